@@ -1,0 +1,5 @@
+"""``python -m flopwatt`` runs the CLI."""
+
+from flopwatt.cli import main
+
+main()

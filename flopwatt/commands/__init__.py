@@ -1,0 +1,1 @@
+"""CLI subcommands, one module per group; shared rendering helpers in :mod:`.output`."""
