@@ -1,0 +1,1 @@
+"""The collector: gRPC ingest with exactly-once storage, physics comparison, Prometheus metrics."""

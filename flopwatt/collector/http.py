@@ -1,0 +1,85 @@
+"""The collector's HTTP side: ``/metrics`` (Prometheus text format), ``/healthz``, and routes
+other modules add (the fleet report). A stdlib threading server in its own thread, so a scrape
+never blocks the gRPC event loop; scrapes read a snapshot of the fleet state.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger(__name__)
+
+#: A route: returns (status, content type, body) for a GET.
+Route = Callable[[], tuple[int, str, bytes]]
+
+
+class HttpServer:
+    """Serves ``/metrics`` from ``registry``, ``/healthz`` from ``healthy()`` and extra routes.
+
+    Args:
+        host, port: where to listen (port 0 picks a free port; see :attr:`port`).
+        registry: the Prometheus registry (injected, never the global one).
+        healthy: returns True while the collector is serving.
+    """
+
+    def __init__(
+        self, host: str, port: int, registry: CollectorRegistry, healthy: Callable[[], bool]
+    ) -> None:
+        self.routes: dict[str, Route] = {
+            "/metrics": lambda: (200, CONTENT_TYPE_LATEST, generate_latest(registry)),
+            "/healthz": lambda: (
+                (200, "text/plain", b"ok\n")
+                if healthy()
+                else (503, "text/plain", b"shutting down\n")
+            ),
+        }
+        routes = self.routes
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                route = routes.get(urlsplit(self.path).path)
+                if route is None:
+                    self._send(404, "text/plain", b"not found\n")
+                    return
+                try:
+                    status, ctype, body = route()
+                except Exception:
+                    log.exception("GET %s failed", self.path)
+                    status, ctype, body = 500, "text/plain", b"internal error\n"
+                self._send(status, ctype, body)
+
+            def _send(self, status: int, ctype: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                log.debug("http: " + format, *args)
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="flopwatt-http", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        """Start serving in a background thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,269 @@
+"""Ingest: turn received agent messages into store writes, and committed writes into state.
+
+The servicer stays thin: it converts wire → records, then calls :meth:`Ingest.prepare` (which
+checks the message belongs to the agent, validates samples and compares results with the
+registry and physics), submits the write, and after the commit calls :meth:`Ingest.committed`
+to update counters and the fleet state. Nothing reaches the state before it is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from flopwatt.analysis.comparison import SpecComparison, compare_to_spec
+from flopwatt.analysis.registry import GpuSpec, Registry, UnknownSkuError
+from flopwatt.collector.state import Counters, DeviceState, FleetState
+from flopwatt.collector.store import MessageWrite, Outcome, Store, WriteOutcome
+from flopwatt.collector.validate import merge_counts, validate_series
+from flopwatt.jsonable import from_jsonable
+from flopwatt.records import (
+    AgentMessage,
+    AgentSettings,
+    DeviceInfo,
+    DeviceKind,
+    DeviceSeries,
+    Dropped,
+    JobResult,
+    JobStatus,
+    NodeInfo,
+    RegisterRequest,
+    RegisterResponse,
+    TelemetryBatch,
+)
+
+log = logging.getLogger(__name__)
+
+
+class StructuralError(ValueError):
+    """A message that is well-formed protobuf but cannot belong to this agent (for example it
+    names a device the agent never registered). Maps to ``INVALID_ARGUMENT``."""
+
+
+def match_device(registry: Registry, d: DeviceInfo) -> tuple[GpuSpec | None, str]:
+    """Registry match for a device: (spec or None, how it matched).
+
+    Simulated devices match by the SKU they simulate ("sim"); the host CPU is "cpu"; real GPUs
+    match by PCI device id, then exact name, never by substring.
+    """
+    if d.simulated and d.sim_sku:
+        try:
+            return registry.get(d.sim_sku), "sim"
+        except UnknownSkuError:
+            return None, "unknown"
+    if d.kind is DeviceKind.CPU:
+        return None, "cpu"
+    m = registry.match_device(d.name, d.pci_device_id)
+    return m.spec, m.method
+
+
+class Ingest:
+    """Per-message ingest logic shared by every stream.
+
+    Args:
+        store: the store (register and rebuild go to it directly; messages via the writer).
+        state: the fleet state updated after commits.
+        registry: the GPU spec registry for matching and comparison.
+        settings: what new agents are told to use.
+        clock_ns: wall clock, ns since the Unix epoch.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        state: FleetState,
+        registry: Registry,
+        *,
+        settings: AgentSettings | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.store = store
+        self.state = state
+        self.registry = registry
+        self.settings = settings or AgentSettings()
+        self.clock_ns = clock_ns
+
+    # --- registration --------------------------------------------------------------------
+
+    async def register(self, req: RegisterRequest) -> RegisterResponse:
+        """Store and remember an agent's node and devices."""
+        now = self.clock_ns()
+        states = []
+        matches: dict[str, tuple[str | None, str]] = {}
+        for d in req.devices:
+            spec, how = match_device(self.registry, d)
+            matches[d.uuid] = (spec.sku if spec else None, how)
+            states.append(DeviceState(info=d, agent_id=req.node.hostname, spec=spec, sku_match=how))
+        await asyncio.to_thread(
+            self.store.register_agent, req.node, req.devices, req.epoch, matches, now
+        )
+        self.state.register(req.node, req.epoch, states, now)
+        return RegisterResponse(agent_id=req.node.hostname, settings=self.settings)
+
+    # --- messages ------------------------------------------------------------------------
+
+    def _device_of(self, agent_id: str, uuid: str) -> DeviceState:
+        d = self.state.device(uuid)
+        if d is None or d.agent_id != agent_id:
+            raise StructuralError(f"device {uuid!r} is not registered by agent {agent_id!r}")
+        return d
+
+    def prepare(
+        self, agent_id: str, msg: AgentMessage, digest: bytes, received_unix_ns: int
+    ) -> MessageWrite:
+        """Validate and enrich one message into a :class:`MessageWrite`.
+
+        Raises:
+            StructuralError: the message cannot belong to this agent.
+        """
+        base = MessageWrite(agent_id, msg.epoch, msg.sequence, msg.kind, digest, received_unix_ns)
+        p = msg.payload
+        if isinstance(p, TelemetryBatch):
+            series, rejected = self._telemetry(agent_id, p, received_unix_ns)
+            return replace(base, series=series, rejected_samples=rejected)
+        if isinstance(p, JobResult):
+            device = self._device_of(agent_id, p.device_uuid)
+            return replace(base, result=p, comparison=self._compare(device, p))
+        if isinstance(p, JobStatus):
+            return replace(base, job_status=p)
+        if isinstance(p, Dropped):
+            return replace(base, dropped_samples=p.samples)
+        return base
+
+    def _telemetry(
+        self, agent_id: str, batch: TelemetryBatch, now_unix_ns: int
+    ) -> tuple[tuple[DeviceSeries, ...], dict[tuple[str, str], int]]:
+        clean: list[DeviceSeries] = []
+        rejected: dict[tuple[str, str], int] = {}
+        for s in batch.series:
+            device = self._device_of(agent_id, s.device_uuid)
+            limit = device.info.power_limit_enforced_w
+            if limit is None and device.spec is not None:
+                limit = device.spec.tdp_w
+            good, counts = validate_series(s, now_unix_ns=now_unix_ns, power_limit_w=limit)
+            merge_counts(rejected, s.device_uuid, counts)
+            clean.append(good)
+        return tuple(clean), rejected
+
+    def _compare(self, device: DeviceState, r: JobResult) -> SpecComparison | None:
+        limit = r.conditions.power_limit_w or device.info.power_limit_enforced_w
+        if r.gemm is not None:
+            g = r.gemm
+            return compare_to_spec(
+                device.spec,
+                g.precision,
+                burst_flops_per_s=g.burst_flops_per_s,
+                sustained_flops_per_s=g.sustained_flops_per_s,
+                energy_per_flop_j=g.energy_per_flop_j,
+                mean_power_w=g.mean_power_w,
+                power_limit_w=limit,
+            )
+        if r.model is not None:
+            m = r.model
+            per_flop = None
+            if m.energy_j_per_inference is not None and m.flops > 0:
+                per_flop = m.energy_j_per_inference * m.batch / m.flops
+            return compare_to_spec(
+                device.spec,
+                m.precision,
+                sustained_flops_per_s=m.delivered_flops_per_s,
+                energy_per_flop_j=per_flop,
+                mean_power_w=m.mean_power_w,
+                power_limit_w=limit,
+            )
+        return None
+
+    def rejection(
+        self,
+        agent_id: str,
+        epoch: int,
+        sequence: int,
+        kind: str,
+        digest: bytes,
+        detail: str,
+        received_unix_ns: int,
+    ) -> MessageWrite:
+        """A write that records a structurally broken message as rejected (consuming its
+        sequence, so a resend is a duplicate rather than a stall)."""
+        return MessageWrite(
+            agent_id, epoch, sequence, kind, digest, received_unix_ns, rejected_detail=detail
+        )
+
+    def committed(self, write: MessageWrite, outcome: WriteOutcome) -> None:
+        """Update counters and state after ``write`` was committed with ``outcome``."""
+        stored = outcome.outcome is Outcome.STORED
+
+        def count(c: Counters) -> None:
+            key = (write.kind, outcome.outcome.value)
+            c.messages[key] = c.messages.get(key, 0) + 1
+            if not stored:
+                return
+            c.samples_ingested += write.samples
+            c.samples_dropped_by_agents += write.dropped_samples
+            for (_, reason), k in write.rejected_samples.items():
+                c.samples_rejected[reason] = c.samples_rejected.get(reason, 0) + k
+
+        self.state.count(count)
+        if outcome.outcome is Outcome.CONFLICT:
+            log.warning(
+                "conflict: %s epoch %d sequence %d was resent with a different payload; "
+                "the first copy is kept",
+                write.agent_id,
+                write.epoch,
+                write.sequence,
+            )
+        if not stored:
+            return
+        if write.series:
+            self.state.apply_series(write.series)
+        r = write.result
+        if r is not None:
+            if r.gemm is not None:
+                self.state.apply_gemm(r.device_uuid, r.gemm, write.comparison, r.finished_unix_ns)
+            elif r.model is not None:
+                self.state.apply_model(r.device_uuid, r.model, r.finished_unix_ns)
+
+    # --- start-up ------------------------------------------------------------------------
+
+    def rebuild(self) -> None:
+        """Reload agents, devices and the latest results from the store into the state."""
+        devices_by_agent: dict[str, list[DeviceState]] = {}
+        for row in self.store.query("SELECT agent_id, info_json FROM devices"):
+            info = from_jsonable(DeviceInfo, json.loads(row["info_json"]))
+            spec, how = match_device(self.registry, info)
+            devices_by_agent.setdefault(row["agent_id"], []).append(
+                DeviceState(info=info, agent_id=row["agent_id"], spec=spec, sku_match=how)
+            )
+        for row in self.store.query("SELECT node_json, epoch, registered_unix_ns FROM agents"):
+            node = from_jsonable(NodeInfo, json.loads(row["node_json"]))
+            self.state.register(
+                node,
+                row["epoch"],
+                devices_by_agent.get(node.hostname, []),
+                row["registered_unix_ns"],
+            )
+        rows = self.store.query(
+            "SELECT r.result_json, c.* FROM job_results r LEFT JOIN comparisons c "
+            "USING (agent_id, epoch, sequence) ORDER BY r.finished_unix_ns"
+        )
+        for row in rows:
+            result = from_jsonable(JobResult, json.loads(row["result_json"]))
+            if result.gemm is not None:
+                comparison = None
+                if row["precision"] is not None:
+                    comparison = from_jsonable(
+                        SpecComparison, {k: row[k] for k in SpecComparison.__dataclass_fields__}
+                    )
+                self.state.apply_gemm(
+                    result.device_uuid, result.gemm, comparison, result.finished_unix_ns
+                )
+            elif result.model is not None:
+                self.state.apply_model(result.device_uuid, result.model, result.finished_unix_ns)
+        log.info(
+            "state rebuilt from store: %d agents",
+            len(self.store.query("SELECT agent_id FROM agents")),
+        )

@@ -1,0 +1,283 @@
+"""One agent's open stream: ordered, pipelined ingest with acks only after commit.
+
+A session reads messages, checks each sequence against what is already committed for its epoch,
+submits writes to the single writer without waiting (so a reconnecting agent's backlog streams
+at full speed), and acks — per epoch, the highest contiguous committed sequence — as commits
+land. A structurally broken message is recorded as rejected before the stream is aborted with
+``INVALID_ARGUMENT``, so its sequence is consumed and a resend is a duplicate, not a stall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+
+from flopwatt.collector.ingest import Ingest, StructuralError
+from flopwatt.collector.store import MessageWrite, WriteOutcome
+from flopwatt.collector.writer import StoreWriter
+from flopwatt.records import Ack, AgentMessage, CollectorPayload, Command, StreamHello
+from flopwatt.v1 import agent_pb2
+from flopwatt.wire import WireError, WireTooLargeError, agent_message_from_proto
+
+log = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 512
+"""Messages a session may have submitted but not yet committed (backpressure on the agent)."""
+
+
+@dataclass(frozen=True)
+class StreamAbort:
+    """Ends the stream with a gRPC status."""
+
+    code: grpc.StatusCode
+    details: str
+
+
+class _End:
+    """Ends the stream normally."""
+
+
+END = _End()
+Outbound = CollectorPayload | StreamAbort | _End
+
+
+def message_digest(raw: agent_pb2.AgentMessage) -> bytes:
+    """Digest identifying a message's content (deterministic serialisation, BLAKE2b-128)."""
+    return hashlib.blake2b(raw.SerializeToString(deterministic=True), digest_size=16).digest()
+
+
+class Session:
+    """The collector side of one agent stream (see module docstring)."""
+
+    def __init__(
+        self,
+        agent_id: str,
+        hello: StreamHello,
+        ingest: Ingest,
+        writer: StoreWriter,
+        *,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.agent_id = agent_id
+        self.hello = hello
+        self._ingest = ingest
+        self._writer = writer
+        self._clock_ns = clock_ns
+        self._outbound: asyncio.Queue[Outbound] = asyncio.Queue()
+        self._pending: asyncio.Queue[tuple[MessageWrite, asyncio.Future[WriteOutcome]] | None] = (
+            asyncio.Queue()
+        )
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._expected: dict[int, int] = {}
+        self._acked: dict[int, int] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._acker: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # --- public --------------------------------------------------------------------------
+
+    def send(self, payload: CollectorPayload) -> None:
+        """Queue a message (an ack or a command) to the agent."""
+        self._outbound.put_nowait(payload)
+
+    def send_command(self, command: Command) -> None:
+        """Queue a command to the agent."""
+        self.send(command)
+
+    def end(self, abort: StreamAbort | None = None) -> None:
+        """End the stream now (normally, or with a status) without draining."""
+        self._closing = True
+        if self._reader is not None:
+            self._reader.cancel()
+        self._outbound.put_nowait(abort or END)
+
+    async def drain(self) -> None:
+        """Stop reading, wait until every submitted message is committed and acked, then end
+        the stream normally (graceful shutdown)."""
+        self._closing = True
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        await self._pending.put(None)
+        if self._acker is not None:
+            await asyncio.gather(self._acker, return_exceptions=True)
+        self._outbound.put_nowait(END)
+
+    async def run(self, requests: AsyncIterator[agent_pb2.AgentMessage]) -> AsyncIterator[Outbound]:
+        """Drive the stream: yields what to send until the stream should end."""
+        epochs = {self.hello.epoch, *self.hello.pending_epochs}
+        for epoch in sorted(epochs):
+            committed = await asyncio.to_thread(
+                self._ingest.store.committed_through, self.agent_id, epoch
+            )
+            self._expected[epoch] = committed + 1
+            self._acked[epoch] = committed
+            yield Ack(epoch, committed)
+        self._reader = asyncio.create_task(self._read(requests), name=f"read-{self.agent_id}")
+        self._acker = asyncio.create_task(self._ack_loop(), name=f"ack-{self.agent_id}")
+        try:
+            while True:
+                item = await self._outbound.get()
+                yield item
+                if isinstance(item, (StreamAbort, _End)):
+                    return
+        finally:
+            for task in (self._reader, self._acker):
+                if task is not None and not task.done():
+                    task.cancel()
+
+    # --- reading -------------------------------------------------------------------------
+
+    async def _read(self, requests: AsyncIterator[agent_pb2.AgentMessage]) -> None:
+        try:
+            async for raw in requests:
+                received = self._clock_ns()
+                self._ingest.state.seen(self.agent_id, received)
+                abort = await self._handle(raw, received)
+                if abort is not None:
+                    await self._pending.put(None)
+                    if self._acker is not None:
+                        await asyncio.gather(self._acker, return_exceptions=True)
+                    self._outbound.put_nowait(abort)
+                    return
+            # The agent half-closed: finish acking what it sent, then end normally.
+            await self._pending.put(None)
+            if self._acker is not None:
+                await asyncio.gather(self._acker, return_exceptions=True)
+            self._outbound.put_nowait(END)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a transport error: the agent will reconnect and resend
+            log.info("stream from %s ended: %s", self.agent_id, exc)
+            self._outbound.put_nowait(END)
+
+    async def _handle(self, raw: agent_pb2.AgentMessage, received: int) -> StreamAbort | None:
+        epoch, seq = raw.epoch, raw.sequence
+        kind = raw.WhichOneof("payload") or "empty"
+        if kind == "hello":
+            return StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, "hello sent twice on one stream")
+        if epoch == 0 or seq == 0:
+            return StreamAbort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{kind} message needs a non-zero epoch and sequence",
+            )
+        expected = self._expected.get(epoch)
+        if expected is None:
+            committed = await asyncio.to_thread(
+                self._ingest.store.committed_through, self.agent_id, epoch
+            )
+            expected = self._expected[epoch] = committed + 1
+            self._acked.setdefault(epoch, committed)
+        if seq > expected:
+            return StreamAbort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"sequence gap in epoch {epoch}: expected {expected}, got {seq}",
+            )
+        digest = message_digest(raw)
+        base = MessageWrite(self.agent_id, epoch, seq, kind, digest, received)
+        if seq < expected:
+            await self._submit(base)  # a resend: the store tells duplicate from conflict
+            return None
+        self._expected[epoch] = expected + 1
+        try:
+            msg: AgentMessage = agent_message_from_proto(raw)
+            write = self._ingest.prepare(self.agent_id, msg, digest, received)
+        except WireTooLargeError as exc:
+            return await self._reject(base, str(exc), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        except (WireError, StructuralError) as exc:
+            return await self._reject(base, str(exc), grpc.StatusCode.INVALID_ARGUMENT)
+        await self._submit(write)
+        return None
+
+    async def _reject(self, base: MessageWrite, detail: str, code: grpc.StatusCode) -> StreamAbort:
+        write = self._ingest.rejection(
+            self.agent_id,
+            base.epoch,
+            base.sequence,
+            base.kind,
+            base.digest,
+            detail,
+            base.received_unix_ns,
+        )
+        fut = await self._submit(write)
+        await asyncio.gather(fut, return_exceptions=True)
+        log.warning(
+            "rejected %s message %d/%d from %s: %s",
+            base.kind,
+            base.epoch,
+            base.sequence,
+            self.agent_id,
+            detail,
+        )
+        return StreamAbort(code, f"epoch {base.epoch} sequence {base.sequence} rejected: {detail}")
+
+    async def _submit(self, write: MessageWrite) -> asyncio.Future[WriteOutcome]:
+        await self._slots.acquire()
+        fut = self._writer.submit(write)
+        await self._pending.put((write, fut))
+        return fut
+
+    # --- acking --------------------------------------------------------------------------
+
+    async def _ack_loop(self) -> None:
+        dirty: set[int] = set()
+        while True:
+            item = await self._pending.get()
+            if item is None:
+                self._flush_acks(dirty)
+                return
+            write, fut = item
+            try:
+                outcome = await fut
+            except Exception as exc:
+                log.error("store write for %s failed: %s", self.agent_id, exc)
+                self._outbound.put_nowait(
+                    StreamAbort(grpc.StatusCode.UNAVAILABLE, "collector store unavailable")
+                )
+                return
+            finally:
+                self._slots.release()
+            self._ingest.committed(write, outcome)
+            if outcome.committed_through > self._acked.get(write.epoch, 0):
+                self._acked[write.epoch] = outcome.committed_through
+                dirty.add(write.epoch)
+            if self._pending.empty():
+                self._flush_acks(dirty)
+
+    def _flush_acks(self, dirty: set[int]) -> None:
+        for epoch in sorted(dirty):
+            self._outbound.put_nowait(Ack(epoch, self._acked[epoch]))
+        dirty.clear()
+
+
+class SessionRegistry:
+    """Open sessions by agent id; a new stream from an agent replaces its old one."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, Session] = {}
+
+    def open(self, session: Session) -> None:
+        """Register ``session``, ending any previous stream of the same agent."""
+        old = self._sessions.get(session.agent_id)
+        if old is not None:
+            old.end(StreamAbort(grpc.StatusCode.ABORTED, "superseded by a newer stream"))
+        self._sessions[session.agent_id] = session
+
+    def close(self, session: Session) -> None:
+        """Forget ``session`` if it is still the agent's current one."""
+        if self._sessions.get(session.agent_id) is session:
+            del self._sessions[session.agent_id]
+
+    def get(self, agent_id: str) -> Session | None:
+        """The agent's open session, if any."""
+        return self._sessions.get(agent_id)
+
+    def all(self) -> list[Session]:
+        """Every open session."""
+        return list(self._sessions.values())

@@ -1,0 +1,252 @@
+"""What the collector currently knows about the fleet, for metrics and the admin API.
+
+Updated only after a commit (so nothing unacked or rejected reaches the metrics) and rebuilt
+from the store at start, so it holds nothing the store does not. RPC handlers (event-loop
+thread) write it; the metrics exporter (HTTP thread) reads a snapshot under the same lock.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from flopwatt.analysis.comparison import SpecComparison
+from flopwatt.analysis.registry import GpuSpec
+from flopwatt.records import (
+    TELEMETRY_COLUMN_NAMES,
+    DeviceInfo,
+    DeviceSeries,
+    GemmResult,
+    ModelResult,
+    NodeInfo,
+)
+
+#: Bucket upper bounds (s) for the commit-latency histogram.
+COMMIT_LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+
+
+@dataclass
+class GemmLatest:
+    """The latest GEMM result of one device at one precision."""
+
+    result: GemmResult
+    comparison: SpecComparison | None
+    finished_unix_ns: int
+
+
+@dataclass
+class ModelLatest:
+    """The latest model result of one device for one (model, batch, precision)."""
+
+    result: ModelResult
+    finished_unix_ns: int
+
+
+@dataclass
+class DeviceState:
+    """One device: identity, registry match, latest sample values and latest results."""
+
+    info: DeviceInfo
+    agent_id: str
+    spec: GpuSpec | None
+    sku_match: str
+    latest: dict[str, float] = field(default_factory=dict)
+    """Column name → last valid value (absent columns are absent)."""
+    latest_sample_unix_ns: int = 0
+    gemm: dict[str, GemmLatest] = field(default_factory=dict)
+    models: dict[tuple[str, int, str], ModelLatest] = field(default_factory=dict)
+
+    @property
+    def sku(self) -> str | None:
+        """Matched registry SKU id, or None."""
+        return self.spec.sku if self.spec is not None else None
+
+
+@dataclass
+class AgentState:
+    """One agent."""
+
+    node: NodeInfo
+    epoch: int
+    device_uuids: tuple[str, ...]
+    connected: bool = False
+    last_seen_unix_ns: int = 0
+
+
+@dataclass
+class Counters:
+    """Collector self-metrics (since this collector process started)."""
+
+    samples_ingested: int = 0
+    samples_rejected: dict[str, int] = field(default_factory=dict)
+    samples_dropped_by_agents: int = 0
+    messages: dict[tuple[str, str], int] = field(default_factory=dict)
+    commit_latency_buckets: list[int] = field(
+        default_factory=lambda: [0] * len(COMMIT_LATENCY_BUCKETS_S)
+    )
+    commit_latency_count: int = 0
+    commit_latency_sum_s: float = 0.0
+    streams_active: int = 0
+
+
+@dataclass(frozen=True)
+class FleetSnapshot:
+    """A consistent copy of the state for one scrape or one admin answer."""
+
+    agents: Mapping[str, AgentState]
+    devices: Mapping[str, DeviceState]
+    counters: Counters
+
+
+class FleetState:
+    """The collector's in-memory view of the fleet (see module docstring)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._agents: dict[str, AgentState] = {}
+        self._devices: dict[str, DeviceState] = {}
+        self._counters = Counters()
+
+    # --- writers (event loop) ------------------------------------------------------------
+
+    def register(
+        self, node: NodeInfo, epoch: int, devices: Iterable[DeviceState], now_unix_ns: int
+    ) -> None:
+        """Record an agent and its devices (replacing a previous registration)."""
+        devs = list(devices)
+        with self._lock:
+            old = self._agents.get(node.hostname)
+            self._agents[node.hostname] = AgentState(
+                node=node,
+                epoch=epoch,
+                device_uuids=tuple(d.info.uuid for d in devs),
+                connected=old.connected if old else False,
+                last_seen_unix_ns=now_unix_ns,
+            )
+            for d in devs:
+                prev = self._devices.get(d.info.uuid)
+                if prev is not None:  # keep results and last values across re-registration
+                    d.latest, d.latest_sample_unix_ns = prev.latest, prev.latest_sample_unix_ns
+                    d.gemm, d.models = prev.gemm, prev.models
+                self._devices[d.info.uuid] = d
+
+    def device(self, uuid: str) -> DeviceState | None:
+        """The device with ``uuid`` (the live object; read-only use from the event loop)."""
+        with self._lock:
+            return self._devices.get(uuid)
+
+    def agent(self, agent_id: str) -> AgentState | None:
+        """The agent (live object; read-only use from the event loop)."""
+        with self._lock:
+            return self._agents.get(agent_id)
+
+    def set_connected(self, agent_id: str, connected: bool, now_unix_ns: int) -> None:
+        """Mark an agent's stream open or closed."""
+        with self._lock:
+            a = self._agents.get(agent_id)
+            if a is not None:
+                a.connected = connected
+                a.last_seen_unix_ns = max(a.last_seen_unix_ns, now_unix_ns)
+            self._counters.streams_active += 1 if connected else -1
+
+    def seen(self, agent_id: str, now_unix_ns: int) -> None:
+        """The agent was just heard from."""
+        with self._lock:
+            a = self._agents.get(agent_id)
+            if a is not None:
+                a.last_seen_unix_ns = max(a.last_seen_unix_ns, now_unix_ns)
+
+    def apply_series(self, series: Iterable[DeviceSeries]) -> None:
+        """Fold committed telemetry into the latest values."""
+        with self._lock:
+            for s in series:
+                d = self._devices.get(s.device_uuid)
+                if d is None or len(s) == 0:
+                    continue
+                last = int(np.argmax(s.timestamp_unix_ns))
+                t = int(s.timestamp_unix_ns[last])
+                if t < d.latest_sample_unix_ns:
+                    continue  # an older resent series must not overwrite newer values
+                d.latest_sample_unix_ns = t
+                for name in TELEMETRY_COLUMN_NAMES:
+                    col = s.columns.get(name)
+                    if col is not None:
+                        d.latest[name] = float(col[last])
+
+    def apply_gemm(
+        self,
+        uuid: str,
+        result: GemmResult,
+        comparison: SpecComparison | None,
+        finished_unix_ns: int,
+    ) -> None:
+        """Record a committed GEMM result (the newest per precision wins)."""
+        with self._lock:
+            d = self._devices.get(uuid)
+            if d is None:
+                return
+            prev = d.gemm.get(result.precision)
+            if prev is None or prev.finished_unix_ns <= finished_unix_ns:
+                d.gemm[result.precision] = GemmLatest(result, comparison, finished_unix_ns)
+
+    def apply_model(self, uuid: str, result: ModelResult, finished_unix_ns: int) -> None:
+        """Record a committed model result (the newest per model/batch/precision wins)."""
+        with self._lock:
+            d = self._devices.get(uuid)
+            if d is None:
+                return
+            key = (result.model, result.batch, result.precision)
+            prev = d.models.get(key)
+            if prev is None or prev.finished_unix_ns <= finished_unix_ns:
+                d.models[key] = ModelLatest(result, finished_unix_ns)
+
+    def count(self, mutate: Callable[[Counters], Any]) -> None:
+        """Update counters under the lock: ``state.count(lambda c: ...)``."""
+        with self._lock:
+            mutate(self._counters)
+
+    def observe_commit_latencies(self, latencies_s: Iterable[float]) -> None:
+        """Add commit latencies (s) to the histogram."""
+        with self._lock:
+            c = self._counters
+            for v in latencies_s:
+                c.commit_latency_count += 1
+                c.commit_latency_sum_s += v
+                for i, bound in enumerate(COMMIT_LATENCY_BUCKETS_S):
+                    if v <= bound:
+                        c.commit_latency_buckets[i] += 1
+                        break
+
+    # --- readers (any thread) ------------------------------------------------------------
+
+    def snapshot(self) -> FleetSnapshot:
+        """A consistent copy for one scrape (shallow per device; results are immutable)."""
+        with self._lock:
+            agents = {k: copy.copy(v) for k, v in self._agents.items()}
+            devices = {}
+            for k, d in self._devices.items():
+                c = copy.copy(d)
+                c.latest = dict(d.latest)
+                c.gemm = dict(d.gemm)
+                c.models = dict(d.models)
+                devices[k] = c
+            counters = copy.deepcopy(self._counters)
+        return FleetSnapshot(agents, devices, counters)

@@ -1,0 +1,750 @@
+"""The collector's store: the :class:`Store` interface and its SQLite implementation.
+
+SQLite runs in WAL mode with ``synchronous=FULL`` (an acked message survives power loss), one
+write connection behind a lock (the collector's single writer) and one read connection per
+thread. Telemetry is stored in chunks — one row per device series per message, each column a
+packed little-endian array — and results, comparisons and jobs as rows. The primary key
+(agent, epoch, sequence) of ``messages`` makes storage exactly-once: a resent message is a
+duplicate; the same key with a different payload keeps the first copy and counts a conflict.
+
+The schema is versioned from the first release; :data:`MIGRATIONS` brings any older file up to
+date on open. The SQL is plain enough to run on PostgreSQL (BLOB ↔ BYTEA) behind the same
+interface.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from flopwatt.analysis.comparison import SpecComparison
+from flopwatt.jsonable import dumps
+from flopwatt.records import (
+    TELEMETRY_COLUMNS,
+    DeviceInfo,
+    DeviceSeries,
+    JobResult,
+    JobState,
+    JobStatus,
+    NodeInfo,
+)
+
+
+class Outcome(StrEnum):
+    """What happened to one agent message."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class MessageWrite:
+    """Everything one agent message adds to the store, prepared (validated) by ingest."""
+
+    agent_id: str
+    epoch: int
+    sequence: int
+    kind: str
+    digest: bytes
+    received_unix_ns: int
+    rejected_detail: str = ""
+    """Non-empty: the message was structurally broken; it is recorded as rejected."""
+    series: tuple[DeviceSeries, ...] = ()
+    """Validated telemetry (bad samples already removed)."""
+    rejected_samples: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    """(device_uuid, reason) → samples rejected by validation."""
+    result: JobResult | None = None
+    comparison: SpecComparison | None = None
+    job_status: JobStatus | None = None
+    dropped_samples: int = 0
+    """For a tombstone: telemetry samples the agent dropped from its spool."""
+
+    @property
+    def samples(self) -> int:
+        """Telemetry samples this message stores."""
+        return sum(len(s) for s in self.series)
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """The result of applying one :class:`MessageWrite`."""
+
+    outcome: Outcome
+    committed_through: int
+
+
+@dataclass(frozen=True)
+class JobTargetRow:
+    """One agent's part of a job."""
+
+    job_id: str
+    agent_id: str
+    state: JobState
+    message: str
+    updated_unix_ns: int
+    delivered_epoch: int
+    results: int
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A job as stored."""
+
+    job_id: str
+    kind: str
+    spec_json: str
+    selector_json: str
+    requested_unix_ns: int
+    targets: tuple[JobTargetRow, ...]
+
+
+class Store(Protocol):
+    """What the collector needs from a store. Implementations must be safe to call from several
+    threads; writes are serialised."""
+
+    def apply(self, writes: Sequence[MessageWrite]) -> list[WriteOutcome]:
+        """Apply message writes in one transaction, in order; return one outcome each."""
+        ...
+
+    def committed_through(self, agent_id: str, epoch: int) -> int:
+        """Highest contiguous committed sequence for (agent, epoch); 0 when none."""
+        ...
+
+    def register_agent(
+        self,
+        node: NodeInfo,
+        devices: Sequence[DeviceInfo],
+        epoch: int,
+        matches: Mapping[str, tuple[str | None, str]],
+        now_unix_ns: int,
+    ) -> None:
+        """Record (or refresh) an agent and its devices; ``matches`` maps uuid → (sku, how)."""
+        ...
+
+    def create_job(
+        self,
+        job_id: str,
+        kind: str,
+        spec_json: str,
+        selector_json: str,
+        agent_ids: Sequence[str],
+        now_unix_ns: int,
+    ) -> None:
+        """Record a job and its targets (all QUEUED)."""
+        ...
+
+    def set_target_state(
+        self,
+        job_id: str,
+        agent_id: str,
+        state: JobState,
+        message: str,
+        now_unix_ns: int,
+        delivered_epoch: int | None = None,
+    ) -> None:
+        """Update one target of a job."""
+        ...
+
+    def get_job(self, job_id: str) -> JobRow | None:
+        """A job with its targets, or None."""
+        ...
+
+    def pending_jobs(self, agent_id: str) -> list[JobRow]:
+        """Jobs with a target for ``agent_id`` not yet in a final state."""
+        ...
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Run a read-only query (reports, state rebuild)."""
+        ...
+
+    def close(self) -> None:
+        """Close every connection."""
+        ...
+
+
+#: Schema migrations: (version, statements). Never edit a released entry; append a new one.
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,
+        (
+            """CREATE TABLE agents (
+                agent_id TEXT PRIMARY KEY,
+                hostname TEXT NOT NULL,
+                agent_version TEXT NOT NULL,
+                device_backend TEXT NOT NULL,
+                node_json TEXT NOT NULL,
+                epoch INTEGER NOT NULL,
+                registered_unix_ns INTEGER NOT NULL
+            )""",
+            """CREATE TABLE devices (
+                device_uuid TEXT PRIMARY KEY,
+                agent_id TEXT NOT NULL,
+                device_index INTEGER NOT NULL,
+                name TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                pci_bus_id TEXT NOT NULL,
+                pci_device_id INTEGER,
+                sku TEXT,
+                sku_match TEXT NOT NULL,
+                simulated INTEGER NOT NULL,
+                power_limit_enforced_w REAL,
+                info_json TEXT NOT NULL,
+                registered_unix_ns INTEGER NOT NULL
+            )""",
+            """CREATE TABLE messages (
+                agent_id TEXT NOT NULL,
+                epoch INTEGER NOT NULL,
+                sequence INTEGER NOT NULL,
+                kind TEXT NOT NULL,
+                digest BLOB NOT NULL,
+                received_unix_ns INTEGER NOT NULL,
+                status TEXT NOT NULL,
+                detail TEXT NOT NULL,
+                samples INTEGER NOT NULL,
+                PRIMARY KEY (agent_id, epoch, sequence)
+            )""",
+            """CREATE TABLE stream_progress (
+                agent_id TEXT NOT NULL,
+                epoch INTEGER NOT NULL,
+                committed_through INTEGER NOT NULL,
+                PRIMARY KEY (agent_id, epoch)
+            )""",
+            """CREATE TABLE telemetry_chunks (
+                agent_id TEXT NOT NULL,
+                epoch INTEGER NOT NULL,
+                sequence INTEGER NOT NULL,
+                chunk_index INTEGER NOT NULL,
+                device_uuid TEXT NOT NULL,
+                t_first_unix_ns INTEGER NOT NULL,
+                t_last_unix_ns INTEGER NOT NULL,
+                n_samples INTEGER NOT NULL,
+                timestamp_unix_ns BLOB NOT NULL,
+                power_instant_w BLOB,
+                power_average_1s_w BLOB,
+                energy_j BLOB,
+                sm_clock_mhz BLOB,
+                mem_clock_mhz BLOB,
+                gpu_temperature_c BLOB,
+                memory_temperature_c BLOB,
+                gpu_utilization_ratio BLOB,
+                memory_utilization_ratio BLOB,
+                throttle_reasons BLOB,
+                power_limit_w BLOB,
+                memory_used_bytes BLOB,
+                PRIMARY KEY (agent_id, epoch, sequence, chunk_index)
+            )""",
+            "CREATE INDEX telemetry_by_device ON telemetry_chunks (device_uuid, t_first_unix_ns)",
+            """CREATE TABLE rejected_samples (
+                agent_id TEXT NOT NULL,
+                epoch INTEGER NOT NULL,
+                sequence INTEGER NOT NULL,
+                device_uuid TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                samples INTEGER NOT NULL,
+                PRIMARY KEY (agent_id, epoch, sequence, device_uuid, reason)
+            )""",
+            """CREATE TABLE job_results (
+                agent_id TEXT NOT NULL,
+                epoch INTEGER NOT NULL,
+                sequence INTEGER NOT NULL,
+                job_id TEXT NOT NULL,
+                device_uuid TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                precision TEXT NOT NULL,
+                model TEXT,
+                batch INTEGER,
+                started_unix_ns INTEGER NOT NULL,
+                finished_unix_ns INTEGER NOT NULL,
+                simulated INTEGER NOT NULL,
+                burst_flops_per_s REAL,
+                sustained_flops_per_s REAL,
+                energy_per_flop_j REAL,
+                mean_power_w REAL,
+                delivered_flops_per_s REAL,
+                latency_p50_s REAL,
+                efficiency_ratio REAL,
+                spec_efficiency_ratio REAL,
+                throttle_reasons_seen INTEGER NOT NULL,
+                power_limit_w REAL,
+                sm_clock_mean_mhz REAL,
+                temperature_max_c REAL,
+                result_json TEXT NOT NULL,
+                PRIMARY KEY (agent_id, epoch, sequence)
+            )""",
+            "CREATE INDEX job_results_by_device ON job_results (device_uuid, finished_unix_ns)",
+            """CREATE TABLE comparisons (
+                agent_id TEXT NOT NULL,
+                epoch INTEGER NOT NULL,
+                sequence INTEGER NOT NULL,
+                sku TEXT,
+                precision TEXT NOT NULL,
+                datapath TEXT,
+                spec_peak_flops_per_s REAL,
+                spec_tdp_w REAL,
+                burst_over_spec_ratio REAL,
+                sustained_over_spec_ratio REAL,
+                mean_power_over_tdp_ratio REAL,
+                mean_power_over_limit_ratio REAL,
+                measured_energy_per_flop_j REAL,
+                physics_energy_per_flop_j REAL,
+                ceiling_energy_per_flop_j REAL,
+                measured_over_physics_ratio REAL,
+                measured_over_ceiling_ratio REAL,
+                physics_tdp_w REAL,
+                physics_power_at_measured_w REAL,
+                PRIMARY KEY (agent_id, epoch, sequence)
+            )""",
+            """CREATE TABLE jobs (
+                job_id TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                spec_json TEXT NOT NULL,
+                selector_json TEXT NOT NULL,
+                requested_unix_ns INTEGER NOT NULL
+            )""",
+            """CREATE TABLE job_targets (
+                job_id TEXT NOT NULL,
+                agent_id TEXT NOT NULL,
+                state INTEGER NOT NULL,
+                message TEXT NOT NULL,
+                updated_unix_ns INTEGER NOT NULL,
+                delivered_epoch INTEGER NOT NULL,
+                PRIMARY KEY (job_id, agent_id)
+            )""",
+        ),
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+_COMPARISON_FIELDS = (
+    "sku",
+    "precision",
+    "datapath",
+    "spec_peak_flops_per_s",
+    "spec_tdp_w",
+    "burst_over_spec_ratio",
+    "sustained_over_spec_ratio",
+    "mean_power_over_tdp_ratio",
+    "mean_power_over_limit_ratio",
+    "measured_energy_per_flop_j",
+    "physics_energy_per_flop_j",
+    "ceiling_energy_per_flop_j",
+    "measured_over_physics_ratio",
+    "measured_over_ceiling_ratio",
+    "physics_tdp_w",
+    "physics_power_at_measured_w",
+)
+_CHUNK_COLUMNS = tuple(c.name for c in TELEMETRY_COLUMNS)
+_LE_DTYPES = {c.name: np.dtype(c.dtype).newbyteorder("<") for c in TELEMETRY_COLUMNS}
+
+
+def pack_column(values: np.ndarray[Any, Any], name: str) -> bytes:
+    """A telemetry column as packed little-endian bytes."""
+    return values.astype(_LE_DTYPES[name], copy=False).tobytes()
+
+
+def unpack_column(blob: bytes | None, name: str) -> np.ndarray[Any, Any] | None:
+    """Inverse of :func:`pack_column`; None stays None (column absent)."""
+    if blob is None:
+        return None
+    return np.frombuffer(blob, dtype=_LE_DTYPES[name])
+
+
+def unpack_timestamps(blob: bytes) -> np.ndarray[Any, Any]:
+    """Timestamps column (int64 ns, little-endian)."""
+    return np.frombuffer(blob, dtype=np.dtype(np.int64).newbyteorder("<"))
+
+
+class SQLiteStore:
+    """:class:`Store` on one SQLite file (created if missing)."""
+
+    def __init__(self, path: Path | str, *, clock: Callable[[], int] = time.time_ns) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._clock = clock
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._conn = self._connect()
+        self._migrate()
+
+    # --- connections ---------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed (and therefore acked) transaction survives power loss.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._write_lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._transaction() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = c.execute("SELECT MAX(version) AS v FROM schema_version").fetchone()
+            current = row["v"] or 0
+            if current > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} has schema version {current}, newer than this flopwatt "
+                    f"({SCHEMA_VERSION}); upgrade flopwatt"
+                )
+            for version, statements in MIGRATIONS:
+                if version <= current:
+                    continue
+                for statement in statements:
+                    c.execute(statement)
+                c.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+
+    def schema_version(self) -> int:
+        """The schema version of the open file."""
+        row = self._reader().execute("SELECT MAX(version) AS v FROM schema_version").fetchone()
+        return int(row["v"])
+
+    def close(self) -> None:
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        with self._write_lock:
+            self._conn.close()
+
+    # --- messages ------------------------------------------------------------------------
+
+    def apply(self, writes: Sequence[MessageWrite]) -> list[WriteOutcome]:
+        outcomes: list[WriteOutcome] = []
+        progress: dict[tuple[str, int], int] = {}
+        with self._transaction() as c:
+            for w in writes:
+                outcomes.append(self._apply_one(c, w, progress))
+        return outcomes
+
+    def _committed(
+        self, c: sqlite3.Connection, agent_id: str, epoch: int, progress: dict[tuple[str, int], int]
+    ) -> int:
+        key = (agent_id, epoch)
+        if key not in progress:
+            row = c.execute(
+                "SELECT committed_through FROM stream_progress WHERE agent_id=? AND epoch=?",
+                key,
+            ).fetchone()
+            progress[key] = int(row["committed_through"]) if row else 0
+        return progress[key]
+
+    def _apply_one(
+        self, c: sqlite3.Connection, w: MessageWrite, progress: dict[tuple[str, int], int]
+    ) -> WriteOutcome:
+        status = Outcome.REJECTED if w.rejected_detail else Outcome.STORED
+        samples = w.dropped_samples if w.kind == "dropped" else w.samples
+        cur = c.execute(
+            "INSERT INTO messages (agent_id, epoch, sequence, kind, digest, received_unix_ns, "
+            "status, detail, samples) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+            (
+                w.agent_id,
+                w.epoch,
+                w.sequence,
+                w.kind,
+                w.digest,
+                w.received_unix_ns,
+                status.value,
+                w.rejected_detail,
+                samples,
+            ),
+        )
+        committed = self._committed(c, w.agent_id, w.epoch, progress)
+        if cur.rowcount == 0:
+            row = c.execute(
+                "SELECT digest FROM messages WHERE agent_id=? AND epoch=? AND sequence=?",
+                (w.agent_id, w.epoch, w.sequence),
+            ).fetchone()
+            same = bytes(row["digest"]) == w.digest
+            return WriteOutcome(Outcome.DUPLICATE if same else Outcome.CONFLICT, committed)
+        if status is Outcome.STORED:
+            self._store_payload(c, w)
+        if w.sequence == committed + 1:
+            committed = w.sequence
+            progress[(w.agent_id, w.epoch)] = committed
+            c.execute(
+                "INSERT INTO stream_progress (agent_id, epoch, committed_through) VALUES (?,?,?) "
+                "ON CONFLICT (agent_id, epoch) DO UPDATE SET committed_through = "
+                "excluded.committed_through",
+                (w.agent_id, w.epoch, committed),
+            )
+        return WriteOutcome(status, committed)
+
+    def _store_payload(self, c: sqlite3.Connection, w: MessageWrite) -> None:
+        key = (w.agent_id, w.epoch, w.sequence)
+        if w.series:
+            rows = []
+            for i, s in enumerate(w.series):
+                if len(s) == 0:
+                    continue
+                ts = s.timestamp_unix_ns
+                cols = [
+                    pack_column(s.columns[name], name) if name in s.columns else None
+                    for name in _CHUNK_COLUMNS
+                ]
+                rows.append(
+                    (
+                        *key,
+                        i,
+                        s.device_uuid,
+                        int(ts.min()),
+                        int(ts.max()),
+                        len(s),
+                        ts.astype("<i8", copy=False).tobytes(),
+                        *cols,
+                    )
+                )
+            placeholders = ",".join("?" * (8 + 1 + len(_CHUNK_COLUMNS)))
+            c.executemany(
+                "INSERT INTO telemetry_chunks (agent_id, epoch, sequence, chunk_index, "
+                "device_uuid, t_first_unix_ns, t_last_unix_ns, n_samples, timestamp_unix_ns, "
+                f"{', '.join(_CHUNK_COLUMNS)}) VALUES ({placeholders})",
+                rows,
+            )
+        if w.rejected_samples:
+            c.executemany(
+                "INSERT INTO rejected_samples VALUES (?,?,?,?,?,?)",
+                [(*key, dev, reason, n) for (dev, reason), n in w.rejected_samples.items()],
+            )
+        if w.result is not None:
+            self._store_result(c, key, w.result)
+            if w.comparison is not None:
+                values = [getattr(w.comparison, f) for f in _COMPARISON_FIELDS]
+                c.execute(
+                    f"INSERT INTO comparisons (agent_id, epoch, sequence, "
+                    f"{', '.join(_COMPARISON_FIELDS)}) "
+                    f"VALUES ({','.join('?' * (3 + len(values)))})",
+                    (*key, *values),
+                )
+        if w.job_status is not None:
+            js = w.job_status
+            c.execute(
+                "UPDATE job_targets SET state=?, message=?, updated_unix_ns=? "
+                "WHERE job_id=? AND agent_id=?",
+                (int(js.state), js.message, w.received_unix_ns, js.job_id, w.agent_id),
+            )
+
+    def _store_result(self, c: sqlite3.Connection, key: tuple[str, int, int], r: JobResult) -> None:
+        cond = r.conditions
+        g, m = r.gemm, r.model
+        precision = g.precision if g is not None else (m.precision if m is not None else "")
+        c.execute(
+            "INSERT INTO job_results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                *key,
+                r.job_id,
+                r.device_uuid,
+                r.kind.value if r.kind else "",
+                precision,
+                m.model if m is not None else None,
+                m.batch if m is not None else None,
+                r.started_unix_ns,
+                r.finished_unix_ns,
+                int(cond.simulated),
+                g.burst_flops_per_s if g is not None else None,
+                g.sustained_flops_per_s if g is not None else None,
+                g.energy_per_flop_j if g is not None else None,
+                (g.mean_power_w if g is not None else m.mean_power_w if m is not None else None),
+                m.delivered_flops_per_s if m is not None else None,
+                m.latency_p50_s if m is not None else None,
+                m.efficiency_ratio if m is not None else None,
+                m.spec_efficiency_ratio if m is not None else None,
+                cond.throttle_reasons_seen,
+                cond.power_limit_w,
+                cond.sm_clock_mean_mhz,
+                cond.temperature_max_c,
+                dumps(r),
+            ),
+        )
+
+    def committed_through(self, agent_id: str, epoch: int) -> int:
+        row = (
+            self._reader()
+            .execute(
+                "SELECT committed_through FROM stream_progress WHERE agent_id=? AND epoch=?",
+                (agent_id, epoch),
+            )
+            .fetchone()
+        )
+        return int(row["committed_through"]) if row else 0
+
+    # --- agents and jobs -----------------------------------------------------------------
+
+    def register_agent(
+        self,
+        node: NodeInfo,
+        devices: Sequence[DeviceInfo],
+        epoch: int,
+        matches: Mapping[str, tuple[str | None, str]],
+        now_unix_ns: int,
+    ) -> None:
+        with self._transaction() as c:
+            c.execute(
+                "INSERT INTO agents VALUES (?,?,?,?,?,?,?) ON CONFLICT (agent_id) DO UPDATE SET "
+                "agent_version=excluded.agent_version, device_backend=excluded.device_backend, "
+                "node_json=excluded.node_json, epoch=excluded.epoch, "
+                "registered_unix_ns=excluded.registered_unix_ns",
+                (
+                    node.hostname,
+                    node.hostname,
+                    node.agent_version,
+                    node.device_backend,
+                    dumps(node),
+                    epoch,
+                    now_unix_ns,
+                ),
+            )
+            for d in devices:
+                sku, how = matches.get(d.uuid, (None, "unknown"))
+                c.execute(
+                    "INSERT INTO devices VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                    "ON CONFLICT (device_uuid) DO UPDATE SET agent_id=excluded.agent_id, "
+                    "device_index=excluded.device_index, name=excluded.name, "
+                    "kind=excluded.kind, pci_bus_id=excluded.pci_bus_id, "
+                    "pci_device_id=excluded.pci_device_id, sku=excluded.sku, "
+                    "sku_match=excluded.sku_match, simulated=excluded.simulated, "
+                    "power_limit_enforced_w=excluded.power_limit_enforced_w, "
+                    "info_json=excluded.info_json, registered_unix_ns=excluded.registered_unix_ns",
+                    (
+                        d.uuid,
+                        node.hostname,
+                        d.index,
+                        d.name,
+                        d.kind.value,
+                        d.pci_bus_id,
+                        d.pci_device_id,
+                        sku,
+                        how,
+                        int(d.simulated),
+                        d.power_limit_enforced_w,
+                        dumps(d),
+                        now_unix_ns,
+                    ),
+                )
+
+    def create_job(
+        self,
+        job_id: str,
+        kind: str,
+        spec_json: str,
+        selector_json: str,
+        agent_ids: Sequence[str],
+        now_unix_ns: int,
+    ) -> None:
+        with self._transaction() as c:
+            c.execute(
+                "INSERT INTO jobs VALUES (?,?,?,?,?)",
+                (job_id, kind, spec_json, selector_json, now_unix_ns),
+            )
+            c.executemany(
+                "INSERT INTO job_targets VALUES (?,?,?,?,?,?)",
+                [(job_id, a, int(JobState.QUEUED), "", now_unix_ns, 0) for a in agent_ids],
+            )
+
+    def set_target_state(
+        self,
+        job_id: str,
+        agent_id: str,
+        state: JobState,
+        message: str,
+        now_unix_ns: int,
+        delivered_epoch: int | None = None,
+    ) -> None:
+        with self._transaction() as c:
+            if delivered_epoch is None:
+                c.execute(
+                    "UPDATE job_targets SET state=?, message=?, updated_unix_ns=? "
+                    "WHERE job_id=? AND agent_id=?",
+                    (int(state), message, now_unix_ns, job_id, agent_id),
+                )
+            else:
+                c.execute(
+                    "UPDATE job_targets SET state=?, message=?, updated_unix_ns=?, "
+                    "delivered_epoch=? WHERE job_id=? AND agent_id=?",
+                    (int(state), message, now_unix_ns, delivered_epoch, job_id, agent_id),
+                )
+
+    def _job_rows(self, where: str, params: Sequence[Any]) -> list[JobRow]:
+        r = self._reader()
+        jobs = r.execute(
+            f"SELECT * FROM jobs WHERE {where} ORDER BY requested_unix_ns", params
+        ).fetchall()
+        out = []
+        for j in jobs:
+            targets = r.execute(
+                "SELECT t.*, (SELECT COUNT(*) FROM job_results jr WHERE jr.job_id = t.job_id "
+                "AND jr.agent_id = t.agent_id) AS results FROM job_targets t WHERE job_id=? "
+                "ORDER BY agent_id",
+                (j["job_id"],),
+            ).fetchall()
+            out.append(
+                JobRow(
+                    j["job_id"],
+                    j["kind"],
+                    j["spec_json"],
+                    j["selector_json"],
+                    j["requested_unix_ns"],
+                    tuple(
+                        JobTargetRow(
+                            t["job_id"],
+                            t["agent_id"],
+                            JobState(t["state"]),
+                            t["message"],
+                            t["updated_unix_ns"],
+                            t["delivered_epoch"],
+                            t["results"],
+                        )
+                        for t in targets
+                    ),
+                )
+            )
+        return out
+
+    def get_job(self, job_id: str) -> JobRow | None:
+        rows = self._job_rows("job_id = ?", (job_id,))
+        return rows[0] if rows else None
+
+    def pending_jobs(self, agent_id: str) -> list[JobRow]:
+        finals = ",".join(str(int(s)) for s in JobState if s.final)
+        return self._job_rows(
+            f"job_id IN (SELECT job_id FROM job_targets WHERE agent_id = ? "
+            f"AND state NOT IN ({finals}))",
+            (agent_id,),
+        )
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return self._reader().execute(sql, params).fetchall()

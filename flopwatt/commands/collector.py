@@ -1,0 +1,165 @@
+"""``flopwatt collector``: run the collector until SIGTERM / SIGINT (graceful stop ≤ 10 s)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from flopwatt.collector.auth import TokenFileError
+from flopwatt.collector.server import CollectorConfig, ConfigError, run_server
+from flopwatt.records import AgentSettings
+
+log = logging.getLogger("flopwatt.collector")
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr with timestamps (stdout is kept for machine-readable lines)."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+_path = click.Path(dir_okay=False, path_type=Path)
+
+
+@click.command("collector")
+@click.option(
+    "--grpc-listen",
+    default="127.0.0.1:50051",
+    show_default=True,
+    help="HOST:PORT for agents and the admin API (port 0 = pick a free one).",
+)
+@click.option(
+    "--http-listen",
+    default="127.0.0.1:9464",
+    show_default=True,
+    help="HOST:PORT for /metrics and /healthz.",
+)
+@click.option(
+    "--db",
+    "db_path",
+    type=_path,
+    default=Path("flopwatt-data/flopwatt.db"),
+    show_default=True,
+    help="SQLite file (created if missing).",
+)
+@click.option(
+    "--agent-token-file", type=_path, default=None, help="Agent tokens: 'hostname token' per line."
+)
+@click.option(
+    "--admin-token-file",
+    type=_path,
+    default=None,
+    help="Admin tokens for the fleet API: one per line.",
+)
+@click.option("--tls-cert", type=_path, default=None, help="Server certificate (PEM).")
+@click.option("--tls-key", type=_path, default=None, help="Server private key (PEM).")
+@click.option(
+    "--tls-client-ca",
+    type=_path,
+    default=None,
+    help="CA for client certificates: enables mutual TLS.",
+)
+@click.option(
+    "--allow-unauthenticated-remote",
+    is_flag=True,
+    help="Listen beyond loopback without credentials (trusted networks only).",
+)
+@click.option(
+    "--staleness",
+    "staleness_s",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="Seconds of silence after which an agent's GPU series disappear from /metrics.",
+)
+@click.option(
+    "--sample-interval",
+    "sample_interval_s",
+    type=click.FloatRange(min=0.01),
+    default=0.1,
+    show_default=True,
+    help="Sampling period agents are told to use (s).",
+)
+@click.option(
+    "--ready-file",
+    type=_path,
+    default=None,
+    help="Write the bound addresses as JSON here once serving.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def collector(
+    grpc_listen: str,
+    http_listen: str,
+    db_path: Path,
+    agent_token_file: Path | None,
+    admin_token_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    allow_unauthenticated_remote: bool,
+    staleness_s: float,
+    sample_interval_s: float,
+    ready_file: Path | None,
+    log_level: str,
+) -> None:
+    """Run the collector: gRPC ingest into SQLite, physics comparison, Prometheus metrics.
+
+    Prints one line 'ready grpc=HOST:PORT http=HOST:PORT' on stdout once serving.
+    """
+    setup_logging(log_level)
+    config = CollectorConfig(
+        grpc_listen=grpc_listen,
+        http_listen=http_listen,
+        db_path=db_path,
+        agent_token_file=agent_token_file,
+        admin_token_file=admin_token_file,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+        allow_unauthenticated_remote=allow_unauthenticated_remote,
+        staleness_s=staleness_s,
+        settings=AgentSettings(sample_interval_s=sample_interval_s),
+    )
+    try:
+        asyncio.run(_serve(config, ready_file))
+    except (ConfigError, TokenFileError) as exc:
+        raise click.UsageError(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot start the collector: {exc}") from None
+
+
+async def _serve(config: CollectorConfig, ready_file: Path | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with run_server(config) as running:
+        line = f"ready grpc={running.grpc_address} http={running.http_host}:{running.http_port}"
+        click.echo(line)
+        sys.stdout.flush()
+        if ready_file is not None:
+            ready_file.parent.mkdir(parents=True, exist_ok=True)
+            ready_file.write_text(
+                json.dumps(
+                    {
+                        "grpc": running.grpc_address,
+                        "http": f"{running.http_host}:{running.http_port}",
+                    }
+                )
+            )
+        await stop.wait()
+        log.info("signal received: stopping (NOT_SERVING, draining streams)")

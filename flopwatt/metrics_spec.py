@@ -1,0 +1,360 @@
+"""Every Prometheus metric flopwatt exports: name, type, unit, help and labels, in one place.
+
+The collector's exporter builds its metric families from this list, the Grafana dashboards are
+checked against it, and the README's metric table is generated from it
+(``python -m flopwatt.metrics_spec`` prints the table). Names follow the Prometheus naming
+guide: ``flopwatt_`` prefix, base units (watts, joules, seconds, hertz, celsius, ratio), counters
+end in ``_total``; labels are lowercase snake_case from one frozen scheme.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class MetricType(StrEnum):
+    """Prometheus metric types used here."""
+
+    GAUGE = "gauge"
+    COUNTER = "counter"
+    HISTOGRAM = "histogram"
+
+
+#: Labels on every per-GPU series. Devices are keyed by UUID; the index is for display.
+#: ``source`` is "hardware" or "sim" (simulated devices are labelled as such everywhere).
+GPU_LABELS: tuple[str, ...] = ("hostname", "gpu_uuid", "gpu_index", "gpu_model", "sku", "source")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One exported metric. ``name`` excludes the ``_total`` suffix of counters' samples only
+    where prometheus_client adds it; here it is the full exposed family name."""
+
+    name: str
+    type: MetricType
+    unit: str
+    help: str
+    labels: tuple[str, ...]
+    scope: str = "collector"
+    """"collector" (exported by the collector) or "agent" (the agent's local /metrics)."""
+
+
+def _gpu(*extra: str) -> tuple[str, ...]:
+    return (*GPU_LABELS, *extra)
+
+
+METRICS: tuple[MetricSpec, ...] = (
+    # --- per-GPU live telemetry ------------------------------------------------------------
+    MetricSpec(
+        "flopwatt_gpu_info",
+        MetricType.GAUGE,
+        "",
+        "Device identity; value is always 1.",
+        _gpu("sku_match", "pci_bus_id"),
+    ),
+    MetricSpec(
+        "flopwatt_gpu_power_watts",
+        MetricType.GAUGE,
+        "watts",
+        'Board power: kind="instant" (instantaneous) or "average_1s" (1-s average).',
+        _gpu("kind"),
+    ),
+    MetricSpec(
+        "flopwatt_gpu_energy_joules_total",
+        MetricType.COUNTER,
+        "joules",
+        "Energy consumed since the agent's epoch began (hardware energy counter).",
+        _gpu(),
+    ),
+    MetricSpec(
+        "flopwatt_gpu_sm_clock_hertz", MetricType.GAUGE, "hertz", "Current SM clock.", _gpu()
+    ),
+    MetricSpec(
+        "flopwatt_gpu_memory_clock_hertz",
+        MetricType.GAUGE,
+        "hertz",
+        "Current memory clock.",
+        _gpu(),
+    ),
+    MetricSpec(
+        "flopwatt_gpu_temperature_celsius",
+        MetricType.GAUGE,
+        "celsius",
+        'Temperature; sensor="gpu" (die) or "memory" (HBM).',
+        _gpu("sensor"),
+    ),
+    MetricSpec(
+        "flopwatt_gpu_utilization_ratio",
+        MetricType.GAUGE,
+        "ratio",
+        'Fraction of time busy; resource="gpu" (kernels) or "memory".',
+        _gpu("resource"),
+    ),
+    MetricSpec(
+        "flopwatt_gpu_memory_used_bytes", MetricType.GAUGE, "bytes", "Device memory used.", _gpu()
+    ),
+    MetricSpec(
+        "flopwatt_gpu_throttle_active",
+        MetricType.GAUGE,
+        "",
+        "1 while the clock-event (throttle) reason is active in the latest sample, else 0.",
+        _gpu("reason"),
+    ),
+    MetricSpec(
+        "flopwatt_gpu_power_limit_watts", MetricType.GAUGE, "watts", "Enforced power limit.", _gpu()
+    ),
+    # --- benchmark results ------------------------------------------------------------------
+    MetricSpec(
+        "flopwatt_gemm_flops_per_second",
+        MetricType.GAUGE,
+        "flops_per_second",
+        'Latest GEMM throughput (2·m·n·k FLOP/s; OP/s for int8): kind="burst" (best of '
+        'the sweep) or "sustained" (one long run).',
+        _gpu("precision", "kind"),
+    ),
+    MetricSpec(
+        "flopwatt_gemm_spec_ratio",
+        MetricType.GAUGE,
+        "ratio",
+        "Latest GEMM throughput ÷ the SKU's dense spec peak at that precision.",
+        _gpu("precision", "kind"),
+    ),
+    MetricSpec(
+        "flopwatt_gemm_mean_power_watts",
+        MetricType.GAUGE,
+        "watts",
+        "Mean power over the latest sustained GEMM run.",
+        _gpu("precision"),
+    ),
+    MetricSpec(
+        "flopwatt_energy_per_flop_joules",
+        MetricType.GAUGE,
+        "joules",
+        "Measured energy per FLOP over the latest sustained GEMM run.",
+        _gpu("precision"),
+    ),
+    MetricSpec(
+        "flopwatt_physics_energy_per_flop_joules",
+        MetricType.GAUGE,
+        "joules",
+        "Physics model's arithmetic energy per FLOP for the SKU and precision (spec profile).",
+        _gpu("precision"),
+    ),
+    MetricSpec(
+        "flopwatt_energy_per_flop_ceiling_joules",
+        MetricType.GAUGE,
+        "joules",
+        "Inverse view: spec TDP ÷ spec peak, the energy per FLOP needed to hold the spec "
+        "peak within TDP.",
+        _gpu("precision"),
+    ),
+    MetricSpec(
+        "flopwatt_physics_tdp_watts",
+        MetricType.GAUGE,
+        "watts",
+        "Physics model's power for the SKU's datapath at its spec peak (spec profile).",
+        _gpu("precision"),
+    ),
+    MetricSpec(
+        "flopwatt_spec_tdp_watts",
+        MetricType.GAUGE,
+        "watts",
+        "The SKU's spec-sheet TDP (registry).",
+        _gpu(),
+    ),
+    MetricSpec(
+        "flopwatt_spec_peak_flops_per_second",
+        MetricType.GAUGE,
+        "flops_per_second",
+        "The SKU's dense spec peak at a precision (registry).",
+        _gpu("precision"),
+    ),
+    MetricSpec(
+        "flopwatt_model_efficiency_ratio",
+        MetricType.GAUGE,
+        "ratio",
+        "Model delivered FLOP/s ÷ measured GEMM peak of the same precision and device.",
+        _gpu("model", "batch", "precision"),
+    ),
+    MetricSpec(
+        "flopwatt_model_spec_efficiency_ratio",
+        MetricType.GAUGE,
+        "ratio",
+        "Model delivered FLOP/s ÷ the SKU's dense spec peak.",
+        _gpu("model", "batch", "precision"),
+    ),
+    MetricSpec(
+        "flopwatt_model_delivered_flops_per_second",
+        MetricType.GAUGE,
+        "flops_per_second",
+        "Model FLOPs (2 × MACs of conv, matmul and attention) ÷ p50 latency.",
+        _gpu("model", "batch", "precision"),
+    ),
+    MetricSpec(
+        "flopwatt_model_latency_p50_seconds",
+        MetricType.GAUGE,
+        "seconds",
+        "Median latency of one batched forward pass.",
+        _gpu("model", "batch", "precision"),
+    ),
+    MetricSpec(
+        "flopwatt_model_energy_per_inference_joules",
+        MetricType.GAUGE,
+        "joules",
+        "Energy per sample over the timed window.",
+        _gpu("model", "batch", "precision"),
+    ),
+    # --- agents ---------------------------------------------------------------------------
+    MetricSpec(
+        "flopwatt_agent_last_seen_timestamp_seconds",
+        MetricType.GAUGE,
+        "seconds",
+        "Unix time the collector last heard from the agent.",
+        ("hostname",),
+    ),
+    MetricSpec(
+        "flopwatt_agent_connected",
+        MetricType.GAUGE,
+        "",
+        "1 while the agent holds an open stream, else 0.",
+        ("hostname",),
+    ),
+    MetricSpec(
+        "flopwatt_agent_info",
+        MetricType.GAUGE,
+        "",
+        "Agent identity; value is always 1.",
+        ("hostname", "agent_version", "device_backend", "driver_version"),
+    ),
+    # --- collector self-metrics -------------------------------------------------------------
+    MetricSpec(
+        "flopwatt_collector_samples_ingested_total",
+        MetricType.COUNTER,
+        "",
+        "Telemetry samples committed to the store.",
+        (),
+    ),
+    MetricSpec(
+        "flopwatt_collector_samples_rejected_total",
+        MetricType.COUNTER,
+        "",
+        "Telemetry samples rejected by validation, by reason.",
+        ("reason",),
+    ),
+    MetricSpec(
+        "flopwatt_collector_samples_dropped_by_agents_total",
+        MetricType.COUNTER,
+        "",
+        "Samples agents reported dropping from a full spool (tombstones).",
+        (),
+    ),
+    MetricSpec(
+        "flopwatt_collector_messages_total",
+        MetricType.COUNTER,
+        "",
+        "Agent messages by kind and outcome (stored, duplicate, conflict, rejected).",
+        ("kind", "outcome"),
+    ),
+    MetricSpec(
+        "flopwatt_collector_commit_latency_seconds",
+        MetricType.HISTOGRAM,
+        "seconds",
+        "Time from a message's arrival to the commit that makes it durable.",
+        (),
+    ),
+    MetricSpec(
+        "flopwatt_collector_streams_active", MetricType.GAUGE, "", "Open agent streams.", ()
+    ),
+    # --- agent self-metrics (the agent's optional local /metrics) ---------------------------
+    MetricSpec(
+        "flopwatt_agent_cpu_seconds_total",
+        MetricType.COUNTER,
+        "seconds",
+        "CPU time used by the agent process.",
+        (),
+        "agent",
+    ),
+    MetricSpec(
+        "flopwatt_agent_resident_memory_bytes",
+        MetricType.GAUGE,
+        "bytes",
+        "Resident set size of the agent process.",
+        (),
+        "agent",
+    ),
+    MetricSpec(
+        "flopwatt_agent_spool_bytes",
+        MetricType.GAUGE,
+        "bytes",
+        "Size of the agent's on-disk spool.",
+        (),
+        "agent",
+    ),
+    MetricSpec(
+        "flopwatt_agent_spool_messages",
+        MetricType.GAUGE,
+        "",
+        "Unacked messages in the spool.",
+        (),
+        "agent",
+    ),
+    MetricSpec(
+        "flopwatt_agent_dropped_samples_total",
+        MetricType.COUNTER,
+        "",
+        "Telemetry samples dropped because the spool was full.",
+        (),
+        "agent",
+    ),
+    MetricSpec(
+        "flopwatt_agent_reconnects_total",
+        MetricType.COUNTER,
+        "",
+        "Reconnections to the collector.",
+        (),
+        "agent",
+    ),
+    MetricSpec(
+        "flopwatt_agent_missed_ticks_total",
+        MetricType.COUNTER,
+        "",
+        "Sampling ticks that could not be taken on time.",
+        (),
+        "agent",
+    ),
+)
+
+BY_NAME: dict[str, MetricSpec] = {m.name: m for m in METRICS}
+
+
+def metric(name: str) -> MetricSpec:
+    """The spec of metric ``name``.
+
+    Raises:
+        KeyError: no such metric.
+    """
+    return BY_NAME[name]
+
+
+def _label_text(labels: tuple[str, ...]) -> str:
+    if labels[: len(GPU_LABELS)] == GPU_LABELS:
+        return ", ".join(("GPU labels", *labels[len(GPU_LABELS) :]))
+    return ", ".join(labels)
+
+
+def markdown_table() -> str:
+    """The README's metric table (Markdown)."""
+    lines = [
+        "| Metric | Type | Labels | Meaning |",
+        "|---|---|---|---|",
+    ]
+    for m in METRICS:
+        labels = _label_text(m.labels)
+        scope = " (agent)" if m.scope == "agent" else ""
+        lines.append(f"| `{m.name}`{scope} | {m.type.value} | {labels} | {m.help} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

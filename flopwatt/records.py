@@ -1,0 +1,466 @@
+"""The records agent and collector exchange, as plain dataclasses (protobuf only at the wire).
+
+Each record mirrors one message of ``proto/flopwatt/v1``; :mod:`flopwatt.wire` converts between
+the two. Units are in every field name; ``None`` means the value is not available (absent, never
+zero). Telemetry is columnar: one numpy array per column, absent columns left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+# --- identity -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SoftwareVersions:
+    """Software on a node; empty string = not present or not detected."""
+
+    driver_version: str = ""
+    cuda_version: str = ""
+    nvml_version: str = ""
+    torch_version: str = ""
+    python_version: str = ""
+    os: str = ""
+    blas: str = ""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """The node an agent runs on (``hostname``: the node's name, in Kubernetes the node)."""
+
+    hostname: str
+    agent_version: str = ""
+    software: SoftwareVersions = field(default_factory=SoftwareVersions)
+    device_backend: str = ""
+
+
+@dataclass(frozen=True)
+class DeviceCapabilities:
+    """What a device can report, probed once at agent start."""
+
+    energy_counter: bool = False
+    power_instant: bool = False
+    power_average_1s: bool = False
+    memory_temperature: bool = False
+    throttle_reasons: bool = False
+    ecc: bool = False
+    utilization: bool = False
+    clocks: bool = False
+
+
+class DeviceKind(StrEnum):
+    """What kind of device a record describes."""
+
+    GPU = "gpu"
+    CPU = "cpu"
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One device at registration. ``uuid`` is the key; ``index`` is for display only."""
+
+    uuid: str
+    index: int
+    name: str
+    kind: DeviceKind = DeviceKind.GPU
+    pci_bus_id: str = ""
+    pci_device_id: int | None = None
+    """NVML packed id: device << 16 | vendor; None when unknown."""
+    memory_total_bytes: int = 0
+    power_limit_enforced_w: float | None = None
+    power_limit_default_w: float | None = None
+    power_limit_min_w: float | None = None
+    power_limit_max_w: float | None = None
+    sm_clock_max_mhz: int | None = None
+    mem_clock_max_mhz: int | None = None
+    capabilities: DeviceCapabilities = field(default_factory=DeviceCapabilities)
+    simulated: bool = False
+    sim_sku: str = ""
+    torch_index: int = -1
+    power_usage_is_average: bool = False
+
+
+# --- telemetry ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """A telemetry column: its name (with unit) and numpy dtype."""
+
+    name: str
+    dtype: type[np.generic]
+
+
+#: The telemetry columns besides the timestamps, in wire order.
+TELEMETRY_COLUMNS: tuple[ColumnSpec, ...] = (
+    ColumnSpec("power_instant_w", np.float64),
+    ColumnSpec("power_average_1s_w", np.float64),
+    ColumnSpec("energy_j", np.float64),
+    ColumnSpec("sm_clock_mhz", np.uint32),
+    ColumnSpec("mem_clock_mhz", np.uint32),
+    ColumnSpec("gpu_temperature_c", np.float32),
+    ColumnSpec("memory_temperature_c", np.float32),
+    ColumnSpec("gpu_utilization_ratio", np.float32),
+    ColumnSpec("memory_utilization_ratio", np.float32),
+    ColumnSpec("throttle_reasons", np.uint64),
+    ColumnSpec("power_limit_w", np.float64),
+    ColumnSpec("memory_used_bytes", np.uint64),
+)
+TELEMETRY_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in TELEMETRY_COLUMNS)
+POWER_COLUMNS: tuple[str, ...] = ("power_instant_w", "power_average_1s_w")
+
+
+@dataclass(frozen=True)
+class DeviceSeries:
+    """Consecutive samples of one device, column by column.
+
+    ``columns`` holds only the columns available for these samples; each array has the same
+    length as ``timestamp_unix_ns`` (wall clock, ns since the Unix epoch).
+    """
+
+    device_uuid: str
+    timestamp_unix_ns: npt.NDArray[np.int64]
+    columns: Mapping[str, npt.NDArray[Any]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.timestamp_unix_ns.shape[0])
+
+    def column(self, name: str) -> npt.NDArray[Any] | None:
+        """The named column, or None when it is absent for these samples."""
+        return self.columns.get(name)
+
+    def take(self, mask: npt.NDArray[np.bool_]) -> DeviceSeries:
+        """The samples where ``mask`` is true (same columns)."""
+        return DeviceSeries(
+            self.device_uuid,
+            self.timestamp_unix_ns[mask],
+            MappingProxyType({k: v[mask] for k, v in self.columns.items()}),
+        )
+
+
+@dataclass(frozen=True)
+class TelemetryBatch:
+    """A batch of series (about one per second per agent)."""
+
+    series: Sequence[DeviceSeries]
+    missed_ticks: int = 0
+
+    @property
+    def samples(self) -> int:
+        """Total samples in the batch (one sample = one timestamp of one device)."""
+        return sum(len(s) for s in self.series)
+
+
+# --- jobs -----------------------------------------------------------------------------------
+
+
+class JobKind(StrEnum):
+    """The benchmark a job runs."""
+
+    GEMM = "gemm"
+    MODEL = "model"
+
+
+@dataclass(frozen=True)
+class GemmJobSpec:
+    """GEMM peak: burst sweep per precision, then a sustained run of ``sustain_s`` seconds."""
+
+    precisions: tuple[str, ...] = ()
+    max_size: int = 0
+    sustain_s: float = 0.0
+    refresh: bool = False
+
+
+@dataclass(frozen=True)
+class ModelJobSpec:
+    """Model efficiency over torchvision models with random weights."""
+
+    models: tuple[str, ...] = ()
+    batches: tuple[int, ...] = ()
+    precision: str = ""
+    warmup: int = 0
+    runs: int = 0
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What to run and on which devices (empty ``device_uuids`` = all of the agent's)."""
+
+    gemm: GemmJobSpec | None = None
+    model: ModelJobSpec | None = None
+    device_uuids: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> JobKind | None:
+        """The job kind, or None when the spec names none."""
+        if self.gemm is not None:
+            return JobKind.GEMM
+        if self.model is not None:
+            return JobKind.MODEL
+        return None
+
+
+@dataclass(frozen=True)
+class GemmShape:
+    """C[m×n] = A[m×k]·B[k×n]; 2·m·n·k FLOPs."""
+
+    m: int
+    n: int
+    k: int
+
+    @property
+    def flops(self) -> int:
+        """FLOPs of one GEMM of this shape (2·m·n·k)."""
+        return 2 * self.m * self.n * self.k
+
+
+@dataclass(frozen=True)
+class GemmPoint:
+    """One point of a GEMM sweep."""
+
+    shape: GemmShape
+    best_s: float
+    median_s: float
+    best_flops_per_s: float
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """Conditions over a job's own timing window (see ``common.proto``)."""
+
+    sm_clock_min_mhz: float | None = None
+    sm_clock_mean_mhz: float | None = None
+    mem_clock_mean_mhz: float | None = None
+    power_limit_w: float | None = None
+    temperature_max_c: float | None = None
+    temperature_mean_c: float | None = None
+    throttle_reasons_seen: int = 0
+    energy_j: float | None = None
+    mean_power_w: float | None = None
+    energy_from_counter: bool = False
+    window_s: float | None = None
+    driver_version: str = ""
+    cuda_version: str = ""
+    torch_version: str = ""
+    blas: str = ""
+    cpu_threads: int = 0
+    other_processes: tuple[str, ...] = ()
+    simulated: bool = False
+
+
+@dataclass(frozen=True)
+class GemmResult:
+    """GEMM peak for one device and precision: burst (best of the sweep) and sustained."""
+
+    precision: str
+    backend: str
+    burst_flops_per_s: float
+    best_shape: GemmShape
+    sweep: tuple[GemmPoint, ...] = ()
+    sustained_flops_per_s: float | None = None
+    sustained_s: float | None = None
+    sustained_flops: float | None = None
+    energy_j: float | None = None
+    energy_per_flop_j: float | None = None
+    mean_power_w: float | None = None
+    burst_spread_ratio: float | None = None
+    from_cache: bool = False
+    measured_unix_ns: int = 0
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """Model efficiency for one device, model, batch and precision (per whole-batch forward)."""
+
+    model: str
+    batch: int
+    precision: str
+    input_size: int
+    flops: float
+    macs: float
+    latency_p50_s: float
+    latency_p90_s: float
+    latency_p99_s: float
+    latency_mean_s: float
+    latency_std_s: float
+    runs: int
+    throughput_samples_per_s: float
+    delivered_flops_per_s: float
+    peak_flops_per_s: float | None = None
+    peak_source: str = ""
+    efficiency_ratio: float | None = None
+    spec_efficiency_ratio: float | None = None
+    energy_j_per_inference: float | None = None
+    mean_power_w: float | None = None
+    arithmetic_intensity_flops_per_byte: float | None = None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A finished job's result on one device (exactly one of ``gemm`` / ``model``)."""
+
+    job_id: str
+    device_uuid: str
+    gemm: GemmResult | None = None
+    model: ModelResult | None = None
+    conditions: Conditions = field(default_factory=Conditions)
+    started_unix_ns: int = 0
+    finished_unix_ns: int = 0
+
+    @property
+    def kind(self) -> JobKind | None:
+        """Which result this is, or None when neither is set."""
+        if self.gemm is not None:
+            return JobKind.GEMM
+        if self.model is not None:
+            return JobKind.MODEL
+        return None
+
+
+class JobState(IntEnum):
+    """Lifecycle of a job on one agent (values are the wire enum's)."""
+
+    UNSPECIFIED = 0
+    QUEUED = 1
+    DELIVERED = 2
+    RUNNING = 3
+    SUCCEEDED = 4
+    FAILED = 5
+    UNAVAILABLE = 6
+
+    @property
+    def final(self) -> bool:
+        """True once nothing more will happen to the job on that agent."""
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.UNAVAILABLE)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job status update from an agent."""
+
+    job_id: str
+    state: JobState
+    message: str = ""
+    progress_ratio: float = 0.0
+
+
+# --- stream ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamHello:
+    """First message of a stream."""
+
+    agent_id: str
+    epoch: int
+    pending_epochs: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """Tombstone for a telemetry message the agent dropped from a full spool."""
+
+    reason: str
+    samples: int
+    original_kind: str = "telemetry"
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Liveness when nothing else is sent."""
+
+    sent_unix_ns: int
+
+
+Payload = StreamHello | TelemetryBatch | JobResult | JobStatus | Heartbeat | Dropped
+
+
+@dataclass(frozen=True)
+class AgentMessage:
+    """One sequenced agent message: (epoch, sequence) is its identity for exactly-once storage."""
+
+    epoch: int
+    sequence: int
+    payload: Payload
+
+    @property
+    def kind(self) -> str:
+        """Payload kind as stored: telemetry, job_result, job_status, heartbeat, dropped, hello."""
+        return _PAYLOAD_KIND[type(self.payload)]
+
+
+_PAYLOAD_KIND: dict[type, str] = {
+    StreamHello: "hello",
+    TelemetryBatch: "telemetry",
+    JobResult: "job_result",
+    JobStatus: "job_status",
+    Heartbeat: "heartbeat",
+    Dropped: "dropped",
+}
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Settings the collector asks an agent to use."""
+
+    sample_interval_s: float = 0.1
+    batch_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class RegisterRequest:
+    """Node, devices and this run's epoch."""
+
+    node: NodeInfo
+    devices: tuple[DeviceInfo, ...]
+    epoch: int
+
+
+@dataclass(frozen=True)
+class RegisterResponse:
+    """The id the collector knows the agent by, and its settings."""
+
+    agent_id: str
+    settings: AgentSettings
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Everything through ``committed_through`` in ``epoch`` is durably stored."""
+
+    epoch: int
+    committed_through: int
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """Command: run a job."""
+
+    job_id: str
+    spec: JobSpec
+
+
+@dataclass(frozen=True)
+class SetSampleInterval:
+    """Command: change the sampling period (s)."""
+
+    sample_interval_s: float
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command from the collector to an agent."""
+
+    command_id: str
+    action: RunJob | SetSampleInterval
+
+
+CollectorPayload = Ack | Command

@@ -1,0 +1,600 @@
+"""Conversion between :mod:`flopwatt.records` and the protobuf messages of ``flopwatt.v1``.
+
+One ``*_to_proto`` / ``*_from_proto`` pair per message, round-trip tested. ``from_proto``
+functions check structure (a payload is set, column lengths agree, enums are known) and raise
+:class:`WireError` for a structurally broken message; servers map it to ``INVALID_ARGUMENT``.
+Value checks (NaN or negative watts, future timestamps) are not done here: they are per sample
+and belong to the collector's validation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from flopwatt.records import (
+    TELEMETRY_COLUMNS,
+    Ack,
+    AgentMessage,
+    AgentSettings,
+    CollectorPayload,
+    Command,
+    Conditions,
+    DeviceCapabilities,
+    DeviceInfo,
+    DeviceKind,
+    DeviceSeries,
+    Dropped,
+    GemmJobSpec,
+    GemmPoint,
+    GemmResult,
+    GemmShape,
+    Heartbeat,
+    JobResult,
+    JobSpec,
+    JobState,
+    JobStatus,
+    ModelJobSpec,
+    ModelResult,
+    NodeInfo,
+    RegisterRequest,
+    RegisterResponse,
+    RunJob,
+    SetSampleInterval,
+    SoftwareVersions,
+    StreamHello,
+    TelemetryBatch,
+)
+from flopwatt.v1 import agent_pb2, common_pb2, jobs_pb2, telemetry_pb2
+
+MAX_SERIES_SAMPLES = 1_000_000
+"""Upper bound on samples in one series; larger is refused as oversized."""
+
+
+class WireError(ValueError):
+    """A structurally broken message (maps to gRPC ``INVALID_ARGUMENT``)."""
+
+
+class WireTooLargeError(WireError):
+    """A message too large to accept (maps to gRPC ``RESOURCE_EXHAUSTED``)."""
+
+
+def _opt(msg: Any, name: str) -> Any:
+    return getattr(msg, name) if msg.HasField(name) else None
+
+
+def _set_opt(msg: Any, name: str, value: Any) -> None:
+    if value is not None:
+        setattr(msg, name, value)
+
+
+# --- identity -------------------------------------------------------------------------------
+
+
+def software_to_proto(s: SoftwareVersions) -> common_pb2.SoftwareVersions:
+    return common_pb2.SoftwareVersions(
+        driver_version=s.driver_version,
+        cuda_version=s.cuda_version,
+        nvml_version=s.nvml_version,
+        torch_version=s.torch_version,
+        python_version=s.python_version,
+        os=s.os,
+        blas=s.blas,
+    )
+
+
+def software_from_proto(m: common_pb2.SoftwareVersions) -> SoftwareVersions:
+    return SoftwareVersions(
+        driver_version=m.driver_version,
+        cuda_version=m.cuda_version,
+        nvml_version=m.nvml_version,
+        torch_version=m.torch_version,
+        python_version=m.python_version,
+        os=m.os,
+        blas=m.blas,
+    )
+
+
+def node_to_proto(n: NodeInfo) -> common_pb2.NodeInfo:
+    return common_pb2.NodeInfo(
+        hostname=n.hostname,
+        agent_version=n.agent_version,
+        software=software_to_proto(n.software),
+        device_backend=n.device_backend,
+    )
+
+
+def node_from_proto(m: common_pb2.NodeInfo) -> NodeInfo:
+    if not m.hostname.strip():
+        raise WireError("node.hostname is empty")
+    return NodeInfo(
+        hostname=m.hostname,
+        agent_version=m.agent_version,
+        software=software_from_proto(m.software),
+        device_backend=m.device_backend,
+    )
+
+
+_CAP_FIELDS = (
+    "energy_counter",
+    "power_instant",
+    "power_average_1s",
+    "memory_temperature",
+    "throttle_reasons",
+    "ecc",
+    "utilization",
+    "clocks",
+)
+
+
+def capabilities_to_proto(c: DeviceCapabilities) -> common_pb2.DeviceCapabilities:
+    return common_pb2.DeviceCapabilities(**{f: getattr(c, f) for f in _CAP_FIELDS})
+
+
+def capabilities_from_proto(m: common_pb2.DeviceCapabilities) -> DeviceCapabilities:
+    return DeviceCapabilities(**{f: getattr(m, f) for f in _CAP_FIELDS})
+
+
+_KIND_TO_PROTO = {
+    DeviceKind.GPU: common_pb2.DEVICE_KIND_GPU,
+    DeviceKind.CPU: common_pb2.DEVICE_KIND_CPU,
+}
+_KIND_FROM_PROTO = {v: k for k, v in _KIND_TO_PROTO.items()}
+_DEVICE_OPTIONALS = (
+    "power_limit_enforced_w",
+    "power_limit_default_w",
+    "power_limit_min_w",
+    "power_limit_max_w",
+    "sm_clock_max_mhz",
+    "mem_clock_max_mhz",
+)
+
+
+def device_to_proto(d: DeviceInfo) -> common_pb2.DeviceInfo:
+    m = common_pb2.DeviceInfo(
+        uuid=d.uuid,
+        index=d.index,
+        name=d.name,
+        pci_bus_id=d.pci_bus_id,
+        pci_device_id=d.pci_device_id or 0,
+        memory_total_bytes=d.memory_total_bytes,
+        capabilities=capabilities_to_proto(d.capabilities),
+        kind=_KIND_TO_PROTO[d.kind],
+        simulated=d.simulated,
+        sim_sku=d.sim_sku,
+        torch_index=d.torch_index,
+        power_usage_is_average=d.power_usage_is_average,
+    )
+    for name in _DEVICE_OPTIONALS:
+        _set_opt(m, name, getattr(d, name))
+    return m
+
+
+def device_from_proto(m: common_pb2.DeviceInfo) -> DeviceInfo:
+    if not m.uuid.strip():
+        raise WireError(f"device {m.index} has an empty uuid")
+    if m.kind not in _KIND_FROM_PROTO:
+        raise WireError(f"device {m.uuid}: unknown kind {m.kind}")
+    return DeviceInfo(
+        uuid=m.uuid,
+        index=m.index,
+        name=m.name,
+        kind=_KIND_FROM_PROTO[m.kind],
+        pci_bus_id=m.pci_bus_id,
+        pci_device_id=m.pci_device_id or None,
+        memory_total_bytes=m.memory_total_bytes,
+        capabilities=capabilities_from_proto(m.capabilities),
+        simulated=m.simulated,
+        sim_sku=m.sim_sku,
+        torch_index=m.torch_index,
+        power_usage_is_average=m.power_usage_is_average,
+        **{name: _opt(m, name) for name in _DEVICE_OPTIONALS},
+    )
+
+
+# --- telemetry ------------------------------------------------------------------------------
+
+
+def series_to_proto(s: DeviceSeries) -> telemetry_pb2.DeviceSeries:
+    m = telemetry_pb2.DeviceSeries(device_uuid=s.device_uuid)
+    m.timestamp_unix_ns.extend(s.timestamp_unix_ns.tolist())
+    for spec in TELEMETRY_COLUMNS:
+        col = s.columns.get(spec.name)
+        if col is not None:
+            getattr(m, spec.name).extend(col.tolist())
+    return m
+
+
+def series_from_proto(m: telemetry_pb2.DeviceSeries) -> DeviceSeries:
+    if not m.device_uuid:
+        raise WireError("telemetry series without device_uuid")
+    n = len(m.timestamp_unix_ns)
+    if n > MAX_SERIES_SAMPLES:
+        raise WireTooLargeError(
+            f"series for {m.device_uuid} has {n} samples (max {MAX_SERIES_SAMPLES})"
+        )
+    columns = {}
+    for spec in TELEMETRY_COLUMNS:
+        values = getattr(m, spec.name)
+        if len(values) == 0:
+            continue
+        if len(values) != n:
+            raise WireError(
+                f"series for {m.device_uuid}: column {spec.name} has {len(values)} values "
+                f"for {n} timestamps"
+            )
+        columns[spec.name] = np.asarray(values, dtype=spec.dtype)
+    return DeviceSeries(m.device_uuid, np.asarray(m.timestamp_unix_ns, dtype=np.int64), columns)
+
+
+def telemetry_to_proto(b: TelemetryBatch) -> telemetry_pb2.TelemetryBatch:
+    return telemetry_pb2.TelemetryBatch(
+        series=[series_to_proto(s) for s in b.series], missed_ticks=b.missed_ticks
+    )
+
+
+def telemetry_from_proto(m: telemetry_pb2.TelemetryBatch) -> TelemetryBatch:
+    return TelemetryBatch([series_from_proto(s) for s in m.series], m.missed_ticks)
+
+
+# --- jobs -----------------------------------------------------------------------------------
+
+
+def job_spec_to_proto(s: JobSpec) -> jobs_pb2.JobSpec:
+    m = jobs_pb2.JobSpec(device_uuids=list(s.device_uuids))
+    if s.gemm is not None:
+        m.gemm.CopyFrom(
+            jobs_pb2.GemmJobSpec(
+                precisions=list(s.gemm.precisions),
+                max_size=s.gemm.max_size,
+                sustain_s=s.gemm.sustain_s,
+                refresh=s.gemm.refresh,
+            )
+        )
+    elif s.model is not None:
+        m.model.CopyFrom(
+            jobs_pb2.ModelJobSpec(
+                models=list(s.model.models),
+                batches=list(s.model.batches),
+                precision=s.model.precision,
+                warmup=s.model.warmup,
+                runs=s.model.runs,
+            )
+        )
+    return m
+
+
+def job_spec_from_proto(m: jobs_pb2.JobSpec) -> JobSpec:
+    kind = m.WhichOneof("kind")
+    if kind == "gemm":
+        g = m.gemm
+        return JobSpec(
+            gemm=GemmJobSpec(tuple(g.precisions), g.max_size, g.sustain_s, g.refresh),
+            device_uuids=tuple(m.device_uuids),
+        )
+    if kind == "model":
+        d = m.model
+        return JobSpec(
+            model=ModelJobSpec(tuple(d.models), tuple(d.batches), d.precision, d.warmup, d.runs),
+            device_uuids=tuple(m.device_uuids),
+        )
+    raise WireError("job spec names no job kind (gemm or model)")
+
+
+def _shape_to_proto(s: GemmShape) -> jobs_pb2.GemmShape:
+    return jobs_pb2.GemmShape(m=s.m, n=s.n, k=s.k)
+
+
+def _shape_from_proto(m: jobs_pb2.GemmShape) -> GemmShape:
+    return GemmShape(m.m, m.n, m.k)
+
+
+_COND_OPTIONALS = (
+    "sm_clock_min_mhz",
+    "sm_clock_mean_mhz",
+    "mem_clock_mean_mhz",
+    "power_limit_w",
+    "temperature_max_c",
+    "temperature_mean_c",
+    "energy_j",
+    "mean_power_w",
+    "window_s",
+)
+_COND_PLAIN = (
+    "throttle_reasons_seen",
+    "energy_from_counter",
+    "driver_version",
+    "cuda_version",
+    "torch_version",
+    "blas",
+    "cpu_threads",
+    "simulated",
+)
+
+
+def conditions_to_proto(c: Conditions) -> common_pb2.Conditions:
+    m = common_pb2.Conditions(
+        other_processes=list(c.other_processes), **{f: getattr(c, f) for f in _COND_PLAIN}
+    )
+    for name in _COND_OPTIONALS:
+        _set_opt(m, name, getattr(c, name))
+    return m
+
+
+def conditions_from_proto(m: common_pb2.Conditions) -> Conditions:
+    return Conditions(
+        other_processes=tuple(m.other_processes),
+        **{f: getattr(m, f) for f in _COND_PLAIN},
+        **{f: _opt(m, f) for f in _COND_OPTIONALS},
+    )
+
+
+_GEMM_OPTIONALS = (
+    "sustained_flops_per_s",
+    "sustained_s",
+    "sustained_flops",
+    "energy_j",
+    "energy_per_flop_j",
+    "mean_power_w",
+    "burst_spread_ratio",
+)
+
+
+def gemm_result_to_proto(r: GemmResult) -> jobs_pb2.GemmResult:
+    m = jobs_pb2.GemmResult(
+        precision=r.precision,
+        backend=r.backend,
+        burst_flops_per_s=r.burst_flops_per_s,
+        best_shape=_shape_to_proto(r.best_shape),
+        from_cache=r.from_cache,
+        measured_unix_ns=r.measured_unix_ns,
+        sweep=[
+            jobs_pb2.GemmPoint(
+                shape=_shape_to_proto(p.shape),
+                best_s=p.best_s,
+                median_s=p.median_s,
+                best_flops_per_s=p.best_flops_per_s,
+            )
+            for p in r.sweep
+        ],
+    )
+    for name in _GEMM_OPTIONALS:
+        _set_opt(m, name, getattr(r, name))
+    return m
+
+
+def gemm_result_from_proto(m: jobs_pb2.GemmResult) -> GemmResult:
+    if not m.precision:
+        raise WireError("GEMM result without precision")
+    return GemmResult(
+        precision=m.precision,
+        backend=m.backend,
+        burst_flops_per_s=m.burst_flops_per_s,
+        best_shape=_shape_from_proto(m.best_shape),
+        from_cache=m.from_cache,
+        measured_unix_ns=m.measured_unix_ns,
+        sweep=tuple(
+            GemmPoint(_shape_from_proto(p.shape), p.best_s, p.median_s, p.best_flops_per_s)
+            for p in m.sweep
+        ),
+        **{name: _opt(m, name) for name in _GEMM_OPTIONALS},
+    )
+
+
+_MODEL_PLAIN = (
+    "model",
+    "batch",
+    "precision",
+    "input_size",
+    "flops",
+    "macs",
+    "latency_p50_s",
+    "latency_p90_s",
+    "latency_p99_s",
+    "latency_mean_s",
+    "latency_std_s",
+    "runs",
+    "throughput_samples_per_s",
+    "delivered_flops_per_s",
+    "peak_source",
+)
+_MODEL_OPTIONALS = (
+    "peak_flops_per_s",
+    "efficiency_ratio",
+    "spec_efficiency_ratio",
+    "energy_j_per_inference",
+    "mean_power_w",
+    "arithmetic_intensity_flops_per_byte",
+)
+
+
+def model_result_to_proto(r: ModelResult) -> jobs_pb2.ModelResult:
+    m = jobs_pb2.ModelResult(**{f: getattr(r, f) for f in _MODEL_PLAIN})
+    for name in _MODEL_OPTIONALS:
+        _set_opt(m, name, getattr(r, name))
+    return m
+
+
+def model_result_from_proto(m: jobs_pb2.ModelResult) -> ModelResult:
+    if not m.model or not m.precision or m.batch == 0:
+        raise WireError("model result needs model, precision and a batch > 0")
+    return ModelResult(
+        **{f: getattr(m, f) for f in _MODEL_PLAIN}, **{f: _opt(m, f) for f in _MODEL_OPTIONALS}
+    )
+
+
+def job_result_to_proto(r: JobResult) -> jobs_pb2.JobResult:
+    m = jobs_pb2.JobResult(
+        job_id=r.job_id,
+        device_uuid=r.device_uuid,
+        conditions=conditions_to_proto(r.conditions),
+        started_unix_ns=r.started_unix_ns,
+        finished_unix_ns=r.finished_unix_ns,
+    )
+    if r.gemm is not None:
+        m.gemm.CopyFrom(gemm_result_to_proto(r.gemm))
+    elif r.model is not None:
+        m.model.CopyFrom(model_result_to_proto(r.model))
+    return m
+
+
+def job_result_from_proto(m: jobs_pb2.JobResult) -> JobResult:
+    if not m.job_id or not m.device_uuid:
+        raise WireError("job result needs job_id and device_uuid")
+    which = m.WhichOneof("result")
+    common: dict[str, Any] = {
+        "job_id": m.job_id,
+        "device_uuid": m.device_uuid,
+        "conditions": conditions_from_proto(m.conditions),
+        "started_unix_ns": m.started_unix_ns,
+        "finished_unix_ns": m.finished_unix_ns,
+    }
+    if which == "gemm":
+        return JobResult(gemm=gemm_result_from_proto(m.gemm), **common)
+    if which == "model":
+        return JobResult(model=model_result_from_proto(m.model), **common)
+    raise WireError(f"job result {m.job_id} carries neither a GEMM nor a model result")
+
+
+def job_status_to_proto(s: JobStatus) -> jobs_pb2.JobStatus:
+    return jobs_pb2.JobStatus(
+        job_id=s.job_id,
+        state=jobs_pb2.JobState.Name(int(s.state)),
+        message=s.message,
+        progress_ratio=s.progress_ratio,
+    )
+
+
+def job_status_from_proto(m: jobs_pb2.JobStatus) -> JobStatus:
+    if not m.job_id:
+        raise WireError("job status without job_id")
+    try:
+        state = JobState(m.state)
+    except ValueError:
+        raise WireError(f"job status {m.job_id}: unknown state {m.state}") from None
+    return JobStatus(m.job_id, state, m.message, m.progress_ratio)
+
+
+# --- stream ---------------------------------------------------------------------------------
+
+
+def agent_message_to_proto(msg: AgentMessage) -> agent_pb2.AgentMessage:
+    m = agent_pb2.AgentMessage(epoch=msg.epoch, sequence=msg.sequence)
+    p = msg.payload
+    if isinstance(p, StreamHello):
+        m.hello.CopyFrom(
+            agent_pb2.StreamHello(
+                agent_id=p.agent_id, epoch=p.epoch, pending_epochs=list(p.pending_epochs)
+            )
+        )
+    elif isinstance(p, TelemetryBatch):
+        m.telemetry.CopyFrom(telemetry_to_proto(p))
+    elif isinstance(p, JobResult):
+        m.job_result.CopyFrom(job_result_to_proto(p))
+    elif isinstance(p, JobStatus):
+        m.job_status.CopyFrom(job_status_to_proto(p))
+    elif isinstance(p, Heartbeat):
+        m.heartbeat.CopyFrom(agent_pb2.Heartbeat(sent_unix_ns=p.sent_unix_ns))
+    else:
+        m.dropped.CopyFrom(
+            agent_pb2.Dropped(reason=p.reason, samples=p.samples, original_kind=p.original_kind)
+        )
+    return m
+
+
+def agent_message_from_proto(m: agent_pb2.AgentMessage) -> AgentMessage:
+    which = m.WhichOneof("payload")
+    if which is None:
+        raise WireError(f"message {m.epoch}/{m.sequence} carries no payload")
+    if which == "hello":
+        h = m.hello
+        if not h.agent_id or h.epoch == 0:
+            raise WireError("hello needs agent_id and a non-zero epoch")
+        return AgentMessage(0, 0, StreamHello(h.agent_id, h.epoch, tuple(h.pending_epochs)))
+    if m.epoch == 0 or m.sequence == 0:
+        raise WireError(f"{which} message needs a non-zero epoch and sequence")
+    payload: Any
+    if which == "telemetry":
+        payload = telemetry_from_proto(m.telemetry)
+    elif which == "job_result":
+        payload = job_result_from_proto(m.job_result)
+    elif which == "job_status":
+        payload = job_status_from_proto(m.job_status)
+    elif which == "heartbeat":
+        payload = Heartbeat(m.heartbeat.sent_unix_ns)
+    else:
+        d = m.dropped
+        payload = Dropped(d.reason, d.samples, d.original_kind or "telemetry")
+    return AgentMessage(m.epoch, m.sequence, payload)
+
+
+def register_request_to_proto(r: RegisterRequest) -> agent_pb2.RegisterRequest:
+    return agent_pb2.RegisterRequest(
+        node=node_to_proto(r.node), devices=[device_to_proto(d) for d in r.devices], epoch=r.epoch
+    )
+
+
+def register_request_from_proto(m: agent_pb2.RegisterRequest) -> RegisterRequest:
+    if m.epoch == 0:
+        raise WireError("register needs a non-zero epoch")
+    devices = tuple(device_from_proto(d) for d in m.devices)
+    uuids = [d.uuid for d in devices]
+    if len(set(uuids)) != len(uuids):
+        raise WireError("register lists a device uuid twice")
+    return RegisterRequest(node_from_proto(m.node), devices, m.epoch)
+
+
+def settings_to_proto(s: AgentSettings) -> agent_pb2.AgentSettings:
+    return agent_pb2.AgentSettings(
+        sample_interval_s=s.sample_interval_s, batch_interval_s=s.batch_interval_s
+    )
+
+
+def settings_from_proto(m: agent_pb2.AgentSettings) -> AgentSettings:
+    return AgentSettings(m.sample_interval_s or 0.1, m.batch_interval_s or 1.0)
+
+
+def register_response_to_proto(r: RegisterResponse) -> agent_pb2.RegisterResponse:
+    return agent_pb2.RegisterResponse(agent_id=r.agent_id, settings=settings_to_proto(r.settings))
+
+
+def register_response_from_proto(m: agent_pb2.RegisterResponse) -> RegisterResponse:
+    return RegisterResponse(m.agent_id, settings_from_proto(m.settings))
+
+
+def collector_message_to_proto(p: CollectorPayload) -> agent_pb2.CollectorMessage:
+    if isinstance(p, Ack):
+        return agent_pb2.CollectorMessage(
+            ack=agent_pb2.Ack(epoch=p.epoch, committed_through=p.committed_through)
+        )
+    cmd = agent_pb2.Command(command_id=p.command_id)
+    if isinstance(p.action, RunJob):
+        cmd.run_job.CopyFrom(
+            agent_pb2.RunJob(job_id=p.action.job_id, spec=job_spec_to_proto(p.action.spec))
+        )
+    else:
+        cmd.set_sample_interval.CopyFrom(
+            agent_pb2.SetSampleInterval(sample_interval_s=p.action.sample_interval_s)
+        )
+    return agent_pb2.CollectorMessage(command=cmd)
+
+
+def collector_message_from_proto(m: agent_pb2.CollectorMessage) -> CollectorPayload:
+    which = m.WhichOneof("payload")
+    if which == "ack":
+        return Ack(m.ack.epoch, m.ack.committed_through)
+    if which == "command":
+        c = m.command
+        kind = c.WhichOneof("kind")
+        if kind == "run_job":
+            return Command(
+                c.command_id, RunJob(c.run_job.job_id, job_spec_from_proto(c.run_job.spec))
+            )
+        if kind == "set_sample_interval":
+            interval = c.set_sample_interval.sample_interval_s
+            if not interval > 0:
+                raise WireError(f"sample interval must be > 0 s, got {interval}")
+            return Command(c.command_id, SetSampleInterval(interval))
+        raise WireError(f"command {c.command_id} names no action")
+    raise WireError("collector message carries no payload")
