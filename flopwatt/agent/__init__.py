@@ -1,0 +1,1 @@
+"""The agent: devices, sampler, jobs and uplink."""

@@ -1,0 +1,1 @@
+"""Measurement jobs the agent runs: model zoo, FLOP/MAC counting (and GEMM, model runs)."""
