@@ -19,6 +19,11 @@ _SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "collector",
         "Run the collector (gRPC ingest, SQLite, /metrics).",
     ),
+    "fleet": (
+        "flopwatt.commands.fleet",
+        "fleet",
+        "Operate the fleet: list agents, run and follow jobs (admin API).",
+    ),
 }
 
 

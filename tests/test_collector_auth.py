@@ -37,12 +37,12 @@ def token_files(tmp_path: Path) -> dict[str, Path]:
     return {"agent_token_file": agents, "admin_token_file": admins}
 
 
-async def _register_code(channel: grpc.aio.Channel, host: str,
-                         metadata: tuple[tuple[str, str], ...]) -> grpc.StatusCode:  # fmt: skip
+async def _register_code(
+    channel: grpc.aio.Channel, host: str, metadata: tuple[tuple[str, str], ...]
+) -> grpc.StatusCode:
     stub = agent_pb2_grpc.AgentServiceStub(channel)
     try:
-        await stub.Register(register_pb(host, [device_pb(f"GPU-{host}")], EPOCH),
-                            metadata=metadata)  # fmt: skip
+        await stub.Register(register_pb(host, [device_pb(f"GPU-{host}")], EPOCH), metadata=metadata)
     except grpc.aio.AioRpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK
@@ -59,9 +59,13 @@ async def _register_code(channel: grpc.aio.Channel, host: str,
         (bearer(TOKEN_A), "node-a", grpc.StatusCode.OK),
     ],
 )
-async def test_register_auth_matrix(tmp_path: Path, token_files: dict[str, Path],
-                                    metadata: tuple[tuple[str, str], ...], host: str,
-                                    expected: grpc.StatusCode) -> None:  # fmt: skip
+async def test_register_auth_matrix(
+    tmp_path: Path,
+    token_files: dict[str, Path],
+    metadata: tuple[tuple[str, str], ...],
+    host: str,
+    expected: grpc.StatusCode,
+) -> None:
     async with (
         collector(tmp_path, **token_files) as c,
         grpc.aio.insecure_channel(c.grpc_address) as ch,
@@ -124,8 +128,9 @@ def test_token_file_errors_never_echo_tokens(tmp_path: Path) -> None:
 def test_unauthenticated_collector_stays_on_loopback(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="loopback"):
         build_auth(CollectorConfig(grpc_listen="0.0.0.0:50051"))
-    assert not build_auth(CollectorConfig(grpc_listen="0.0.0.0:1",
-                                          allow_unauthenticated_remote=True)).enabled  # fmt: skip
+    assert not build_auth(
+        CollectorConfig(grpc_listen="0.0.0.0:1", allow_unauthenticated_remote=True)
+    ).enabled
     assert not build_auth(CollectorConfig(grpc_listen="[::1]:1")).enabled
     with pytest.raises(ConfigError, match="go together"):
         build_auth(CollectorConfig(tls_cert=tmp_path / "x"))
@@ -141,8 +146,13 @@ async def test_tls_and_mutual_tls(tmp_path: Path) -> None:
     ca = TestCA(tmp_path)
     server = ca.issue("localhost", server=True)
     client_a = ca.issue("node-a", server=False)
-    async with collector(tmp_path, grpc_listen="localhost:0", tls_cert=server.cert,
-                         tls_key=server.key, tls_client_ca=ca.ca.cert) as c:  # fmt: skip
+    async with collector(
+        tmp_path,
+        grpc_listen="localhost:0",
+        tls_cert=server.cert,
+        tls_key=server.key,
+        tls_client_ca=ca.ca.cert,
+    ) as c:
         target = f"localhost:{c.grpc_port}"
         # TLS without a client certificate: the handshake fails.
         no_cert = grpc.ssl_channel_credentials(root_certificates=ca.ca.cert.read_bytes())

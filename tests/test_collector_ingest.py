@@ -65,17 +65,22 @@ async def test_duplicate_and_conflicting_resends(tmp_path: Path) -> None:
     async with collector(tmp_path) as c, grpc.aio.insecure_channel(c.grpc_address) as ch:
         await _register(ch)
         s = AgentStream(ch)
-        s.send(hello_pb("node-a", EPOCH), telemetry_pb(EPOCH, 1, t0_ns=t0),
-               telemetry_pb(EPOCH, 2, t0_ns=t0 + 10**9))  # fmt: skip
+        s.send(
+            hello_pb("node-a", EPOCH),
+            telemetry_pb(EPOCH, 1, t0_ns=t0),
+            telemetry_pb(EPOCH, 2, t0_ns=t0 + 10**9),
+        )
         await s.wait_ack(EPOCH, 2)
         await s.close()
         # Reconnect (as after a lost ack) and resend 1 unchanged and 2 with another payload.
         s2 = AgentStream(ch)
         s2.send(hello_pb("node-a", EPOCH))
         await s2.wait_ack(EPOCH, 2)  # the hello answer already says 2 is committed
-        s2.send(telemetry_pb(EPOCH, 1, t0_ns=t0),
-                telemetry_pb(EPOCH, 2, t0_ns=t0 + 10**9, power_w=123.0),
-                telemetry_pb(EPOCH, 3, t0_ns=t0 + 2 * 10**9))  # fmt: skip
+        s2.send(
+            telemetry_pb(EPOCH, 1, t0_ns=t0),
+            telemetry_pb(EPOCH, 2, t0_ns=t0 + 10**9, power_w=123.0),
+            telemetry_pb(EPOCH, 3, t0_ns=t0 + 2 * 10**9),
+        )
         await s2.wait_ack(EPOCH, 3)
         await s2.close()
         assert _stored(c) == [("node-a", EPOCH, 1), ("node-a", EPOCH, 2), ("node-a", EPOCH, 3)]
@@ -149,18 +154,31 @@ async def test_structurally_broken_message_is_invalid_argument_and_consumed(
 @pytest.mark.parametrize(
     ("message", "code", "words"),
     [
-        (telemetry_pb(EPOCH, 1, uuid="GPU-not-mine"), grpc.StatusCode.INVALID_ARGUMENT,
-         "not registered"),
+        (
+            telemetry_pb(EPOCH, 1, uuid="GPU-not-mine"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "not registered",
+        ),
         (telemetry_pb(EPOCH, 5), grpc.StatusCode.INVALID_ARGUMENT, "sequence gap"),
-        (agent_pb2.AgentMessage(epoch=EPOCH, sequence=1), grpc.StatusCode.INVALID_ARGUMENT,
-         "no payload"),
-        (agent_pb2.AgentMessage(epoch=EPOCH, sequence=1, job_result=jobs_pb2.JobResult(
-            job_id="j", device_uuid="GPU-0000")), grpc.StatusCode.INVALID_ARGUMENT,
-         "neither a GEMM nor a model"),
+        (
+            agent_pb2.AgentMessage(epoch=EPOCH, sequence=1),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "no payload",
+        ),
+        (
+            agent_pb2.AgentMessage(
+                epoch=EPOCH,
+                sequence=1,
+                job_result=jobs_pb2.JobResult(job_id="j", device_uuid="GPU-0000"),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "neither a GEMM nor a model",
+        ),
     ],
-)  # fmt: skip
-async def test_structural_errors(tmp_path: Path, message: agent_pb2.AgentMessage,
-                                 code: grpc.StatusCode, words: str) -> None:  # fmt: skip
+)
+async def test_structural_errors(
+    tmp_path: Path, message: agent_pb2.AgentMessage, code: grpc.StatusCode, words: str
+) -> None:
     async with collector(tmp_path) as c, grpc.aio.insecure_channel(c.grpc_address) as ch:
         await _register(ch)
         s = AgentStream(ch)

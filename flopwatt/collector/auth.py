@@ -25,12 +25,10 @@ from typing import Any
 
 import grpc
 
+from flopwatt.channel import TokenFileError
+
 AGENT_SERVICE_PREFIX = "/flopwatt.v1.AgentService/"
 ADMIN_SERVICE_PREFIX = "/flopwatt.v1.AdminService/"
-
-
-class TokenFileError(ValueError):
-    """A token file could not be parsed (the message names the line, never the token)."""
 
 
 def _digest(token: str) -> bytes:
@@ -84,18 +82,6 @@ def load_admin_tokens(path: Path) -> list[bytes]:
     if not out:
         raise TokenFileError(f"{path}: no tokens")
     return out
-
-
-def read_token_file(path: Path) -> str:
-    """Read a client-side token file (the token alone, surrounding whitespace ignored).
-
-    Raises:
-        TokenFileError: the file is empty.
-    """
-    token = path.read_text().strip()
-    if not token:
-        raise TokenFileError(f"{path}: empty token file")
-    return token
 
 
 @dataclass(frozen=True)

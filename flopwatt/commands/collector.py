@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from flopwatt.collector.auth import TokenFileError
+from flopwatt.channel import TokenFileError
 from flopwatt.collector.server import CollectorConfig, ConfigError, run_server
 from flopwatt.records import AgentSettings
 

@@ -1,0 +1,144 @@
+"""Store and validation units: exactly-once bookkeeping on a real SQLite file, schema versioning,
+packed telemetry columns, and per-sample validation rules."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flopwatt.collector.store import (
+    SCHEMA_VERSION,
+    MessageWrite,
+    Outcome,
+    SQLiteStore,
+    pack_column,
+    unpack_column,
+    unpack_timestamps,
+)
+from flopwatt.collector.validate import POWER_LIMIT_FACTOR, validate_series
+from flopwatt.records import DeviceSeries
+
+NOW = 1_800_000_000 * 10**9
+
+
+def _series(
+    power: list[float], *, ts: list[int] | None = None, limit: list[float] | None = None
+) -> DeviceSeries:
+    n = len(power)
+    cols = {
+        "power_instant_w": np.array(power, dtype=np.float64),
+        "sm_clock_mhz": np.full(n, 1980, dtype=np.uint32),
+    }
+    if limit is not None:
+        cols["power_limit_w"] = np.array(limit, dtype=np.float64)
+    stamps = np.array(ts if ts is not None else [NOW + i for i in range(n)], dtype=np.int64)
+    return DeviceSeries("GPU-1", stamps, cols)
+
+
+def test_validation_keeps_good_samples_and_counts_each_bad_one_once() -> None:
+    s = _series([100.0, math.nan, -1.0, 700 * POWER_LIMIT_FACTOR + 1, 200.0, math.inf])
+    good, counts = validate_series(s, now_unix_ns=NOW, power_limit_w=700.0)
+    assert good.columns["power_instant_w"].tolist() == [100.0, 200.0]
+    assert good.timestamp_unix_ns.tolist() == [NOW, NOW + 4]
+    assert good.columns["sm_clock_mhz"].tolist() == [1980, 1980]
+    assert counts == {"power_not_finite": 2, "power_negative": 1, "power_above_limit": 1}
+
+
+def test_per_sample_power_limit_column_wins_and_unknown_limit_skips_the_check() -> None:
+    s = _series([500.0, 500.0], limit=[300.0, 0.0])
+    good, counts = validate_series(s, now_unix_ns=NOW, power_limit_w=None)
+    assert counts == {"power_above_limit": 1}  # 500 > 1.5 × 300; no usable limit for the 2nd
+    assert good.columns["power_instant_w"].tolist() == [500.0]
+    _, counts = validate_series(_series([5000.0]), now_unix_ns=NOW, power_limit_w=None)
+    assert counts == {}
+
+
+def test_timestamps_in_the_future_or_invalid() -> None:
+    ten_min = 600 * 10**9
+    s = _series([1.0, 1.0, 1.0], ts=[NOW + ten_min, NOW + ten_min + 1, 0])
+    _, counts = validate_series(s, now_unix_ns=NOW, power_limit_w=700.0)
+    assert counts == {"timestamp_future": 1, "timestamp_invalid": 1}
+
+
+def test_other_non_finite_values_are_rejected() -> None:
+    s = DeviceSeries(
+        "GPU-1",
+        np.array([NOW, NOW + 1], dtype=np.int64),
+        {"gpu_temperature_c": np.array([40.0, math.nan], dtype=np.float32)},
+    )
+    good, counts = validate_series(s, now_unix_ns=NOW, power_limit_w=None)
+    assert counts == {"value_not_finite": 1} and len(good) == 1
+
+
+def test_pack_roundtrip_is_little_endian() -> None:
+    v = np.array([1.5, -2.0, math.nan])
+    blob = pack_column(v, "power_instant_w")
+    assert blob[:8] == np.float64(1.5).tobytes() if np.little_endian else True
+    back = unpack_column(blob, "power_instant_w")
+    assert back is not None and np.array_equal(back, v, equal_nan=True)
+    assert unpack_column(None, "power_instant_w") is None
+    ts = np.array([1, 2], dtype=np.int64)
+    assert unpack_timestamps(ts.astype("<i8").tobytes()).tolist() == [1, 2]
+
+
+def _write(seq: int, digest: bytes = b"d", *, epoch: int = 1) -> MessageWrite:
+    return MessageWrite("a", epoch, seq, "heartbeat", digest, NOW)
+
+
+def test_store_exactly_once_and_contiguous_progress(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    out = store.apply([_write(1), _write(2), _write(2), _write(2, b"other")])
+    assert [o.outcome for o in out] == [
+        Outcome.STORED,
+        Outcome.STORED,
+        Outcome.DUPLICATE,
+        Outcome.CONFLICT,
+    ]
+    assert [o.committed_through for o in out] == [1, 2, 2, 2]
+    assert store.committed_through("a", 1) == 2 and store.committed_through("a", 9) == 0
+    rejected = MessageWrite("a", 1, 3, "telemetry", b"x", NOW, rejected_detail="broken")
+    assert store.apply([rejected])[0].outcome is Outcome.REJECTED
+    assert store.committed_through("a", 1) == 3  # a rejection consumes its sequence
+    store.close()
+
+
+def test_store_reopen_keeps_data_and_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SQLiteStore(path)
+    store.apply([_write(1)])
+    assert store.schema_version() == SCHEMA_VERSION
+    store.close()
+    again = SQLiteStore(path)
+    assert again.committed_through("a", 1) == 1
+    assert again.apply([_write(1)])[0].outcome is Outcome.DUPLICATE
+    mode = again.query("PRAGMA journal_mode")[0][0]
+    assert mode == "wal"
+    again.close()
+
+
+def test_store_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    SQLiteStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION + 1,))
+    db.commit()
+    db.close()
+    with pytest.raises(RuntimeError, match="newer than this flopwatt"):
+        SQLiteStore(path)
+
+
+def test_failed_transaction_rolls_back_everything(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    # A malformed write (a rejection key with three parts) fails inside the transaction.
+    bad = MessageWrite(
+        "a", 1, 2, "telemetry", b"x", NOW, rejected_samples={("GPU", "reason", "extra"): 1}
+    )  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="unpack"):
+        store.apply([_write(1), bad])
+    assert store.committed_through("a", 1) == 0
+    assert store.query("SELECT COUNT(*) FROM messages")[0][0] == 0
+    store.close()
