@@ -134,41 +134,42 @@ METRICS: tuple[MetricSpec, ...] = (
         "Measured energy per FLOP over the latest sustained GEMM run.",
         _gpu("precision"),
     ),
+    # --- per SKU: spec sheet and physics (facts about the part; join GPU series on(sku)) -----
+    MetricSpec(
+        "flopwatt_spec_tdp_watts",
+        MetricType.GAUGE,
+        "watts",
+        "The SKU's spec-sheet TDP (registry).",
+        ("sku",),
+    ),
+    MetricSpec(
+        "flopwatt_spec_peak_flops_per_second",
+        MetricType.GAUGE,
+        "flops_per_second",
+        "The SKU's dense spec peak at a precision (registry; OP/s for int8).",
+        ("sku", "precision"),
+    ),
     MetricSpec(
         "flopwatt_physics_energy_per_flop_joules",
         MetricType.GAUGE,
         "joules",
         "Physics model's arithmetic energy per FLOP for the SKU and precision (spec profile).",
-        _gpu("precision"),
+        ("sku", "precision"),
     ),
     MetricSpec(
         "flopwatt_energy_per_flop_ceiling_joules",
         MetricType.GAUGE,
         "joules",
-        "Inverse view: spec TDP ÷ spec peak, the energy per FLOP needed to hold the spec "
-        "peak within TDP.",
-        _gpu("precision"),
+        "Inverse view: spec TDP ÷ spec peak, the all-in energy per FLOP needed to hold the "
+        "spec peak within TDP.",
+        ("sku", "precision"),
     ),
     MetricSpec(
         "flopwatt_physics_tdp_watts",
         MetricType.GAUGE,
         "watts",
         "Physics model's power for the SKU's datapath at its spec peak (spec profile).",
-        _gpu("precision"),
-    ),
-    MetricSpec(
-        "flopwatt_spec_tdp_watts",
-        MetricType.GAUGE,
-        "watts",
-        "The SKU's spec-sheet TDP (registry).",
-        _gpu(),
-    ),
-    MetricSpec(
-        "flopwatt_spec_peak_flops_per_second",
-        MetricType.GAUGE,
-        "flops_per_second",
-        "The SKU's dense spec peak at a precision (registry).",
-        _gpu("precision"),
+        ("sku", "precision"),
     ),
     MetricSpec(
         "flopwatt_model_efficiency_ratio",

@@ -330,3 +330,26 @@ async def test_healthz_and_health_service(tmp_path: Path) -> None:
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
         status, _ = await http_get(c.http_url + "/nope")
         assert status == 404
+
+
+async def test_fast_text_renderer_matches_the_prometheus_client_collector(tmp_path: Path) -> None:
+    """/metrics is rendered by FleetMetrics.render_text; it must say exactly what the
+    prometheus_client Collector path (collect + generate_latest) says."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from flopwatt.collector.metrics import FleetMetrics
+
+    async with collector(tmp_path) as c, grpc.aio.insecure_channel(c.grpc_address) as ch:
+        await _register(ch)
+        s = AgentStream(ch)
+        s.send(hello_pb("node-a", EPOCH), telemetry_pb(EPOCH, 1, throttle=4), _gemm_result(2))
+        await s.wait_ack(EPOCH, 2)
+        await s.close()
+        now = time.time_ns()
+        exporter = FleetMetrics(c.state, clock_ns=lambda: now)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(exporter)
+        reference = samples(generate_latest(registry).decode())
+        fast = samples(exporter.render_text())
+        assert fast == reference
+        assert len(fast) > 40

@@ -142,3 +142,13 @@ def test_failed_transaction_rolls_back_everything(tmp_path: Path) -> None:
     assert store.committed_through("a", 1) == 0
     assert store.query("SELECT COUNT(*) FROM messages")[0][0] == 0
     store.close()
+
+
+def test_epochs_use_the_full_unsigned_64_bit_range(tmp_path: Path) -> None:
+    """Epochs are random fixed64 values; SQLite integers are signed 64-bit."""
+    store = SQLiteStore(tmp_path / "s.db")
+    big = (1 << 64) - 5
+    assert store.apply([_write(1, epoch=big)])[0].outcome is Outcome.STORED
+    assert store.apply([_write(1, epoch=big)])[0].outcome is Outcome.DUPLICATE
+    assert store.committed_through("a", big) == 1
+    store.close()

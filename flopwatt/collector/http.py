@@ -11,7 +11,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 log = logging.getLogger(__name__)
 
@@ -20,19 +20,19 @@ Route = Callable[[], tuple[int, str, bytes]]
 
 
 class HttpServer:
-    """Serves ``/metrics`` from ``registry``, ``/healthz`` from ``healthy()`` and extra routes.
+    """Serves ``/metrics`` from ``metrics()``, ``/healthz`` from ``healthy()`` and extra routes.
 
     Args:
         host, port: where to listen (port 0 picks a free port; see :attr:`port`).
-        registry: the Prometheus registry (injected, never the global one).
+        metrics: renders the exposition body at scrape time.
         healthy: returns True while the collector is serving.
     """
 
     def __init__(
-        self, host: str, port: int, registry: CollectorRegistry, healthy: Callable[[], bool]
+        self, host: str, port: int, metrics: Callable[[], bytes], healthy: Callable[[], bool]
     ) -> None:
         self.routes: dict[str, Route] = {
-            "/metrics": lambda: (200, CONTENT_TYPE_LATEST, generate_latest(registry)),
+            "/metrics": lambda: (200, CONTENT_TYPE_LATEST, metrics()),
             "/healthz": lambda: (
                 (200, "text/plain", b"ok\n")
                 if healthy()

@@ -18,7 +18,13 @@ from dataclasses import replace
 from flopwatt.analysis.comparison import SpecComparison, compare_to_spec
 from flopwatt.analysis.registry import GpuSpec, Registry, UnknownSkuError
 from flopwatt.collector.state import Counters, DeviceState, FleetState
-from flopwatt.collector.store import MessageWrite, Outcome, Store, WriteOutcome
+from flopwatt.collector.store import (
+    MessageWrite,
+    Outcome,
+    Store,
+    WriteOutcome,
+    epoch_from_db,
+)
 from flopwatt.collector.validate import merge_counts, validate_series
 from flopwatt.jsonable import from_jsonable
 from flopwatt.records import (
@@ -242,7 +248,7 @@ class Ingest:
             node = from_jsonable(NodeInfo, json.loads(row["node_json"]))
             self.state.register(
                 node,
-                row["epoch"],
+                epoch_from_db(row["epoch"]),
                 devices_by_agent.get(node.hostname, []),
                 row["registered_unix_ns"],
             )

@@ -1,16 +1,27 @@
-"""The Prometheus exporter: a custom ``prometheus_client`` Collector that derives every metric
-from a snapshot of the fleet state at scrape time (no ``Gauge.set`` from RPC handlers).
+"""The Prometheus exporter: derives every metric from a snapshot of the fleet state at scrape
+time (no ``Gauge.set`` from RPC handlers).
 
-Families come from :mod:`flopwatt.metrics_spec`. GPU series of an agent silent for longer than
-the staleness window are left out rather than repeating old values; the agent's
+One walk over the snapshot feeds either of two sinks:
+
+* :meth:`FleetMetrics.collect` — a custom ``prometheus_client`` Collector yielding metric
+  families (for registries, tests and composition);
+* :meth:`FleetMetrics.render_text` — the same families written straight to the Prometheus text
+  format. ``/metrics`` uses this one: with each device's label set escaped once per scrape it
+  renders a fleet of thousands of GPUs several times faster than formatting every sample
+  through ``generate_latest``.
+
+Families come from :mod:`flopwatt.metrics_spec`. Per-GPU series of an agent silent for longer
+than the staleness window are left out rather than repeating old values; the agent's
 ``last_seen`` timestamp stays, so an operator can still see how long ago it went quiet.
+Spec-sheet and physics figures are per SKU (they are facts about the part, identical for every
+GPU of it) and join GPU series ``on(sku)``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -21,25 +32,128 @@ from prometheus_client.core import (
 
 from flopwatt.analysis.comparison import physics_energy_per_flop_j
 from flopwatt.analysis.precision import Precision
+from flopwatt.analysis.registry import GpuSpec
 from flopwatt.analysis.throttle import THROTTLE_BITS
-from flopwatt.collector.state import COMMIT_LATENCY_BUCKETS_S, DeviceState, FleetState
-from flopwatt.metrics_spec import METRICS, MetricSpec, MetricType
+from flopwatt.collector.state import (
+    COMMIT_LATENCY_BUCKETS_S,
+    DeviceState,
+    FleetSnapshot,
+    FleetState,
+)
+from flopwatt.metrics_spec import BY_NAME, METRICS, MetricType
 
 _MHZ = 1e6
+_THROTTLE = tuple((reason.value, bit) for reason, bit in THROTTLE_BITS.items())
+_LATEST_SIMPLE = (
+    ("energy_j", "flopwatt_gpu_energy_joules_total", 1.0),
+    ("sm_clock_mhz", "flopwatt_gpu_sm_clock_hertz", _MHZ),
+    ("mem_clock_mhz", "flopwatt_gpu_memory_clock_hertz", _MHZ),
+    ("memory_used_bytes", "flopwatt_gpu_memory_used_bytes", 1.0),
+)
+_LATEST_KIND = (
+    ("power_instant_w", "flopwatt_gpu_power_watts", "instant"),
+    ("power_average_1s_w", "flopwatt_gpu_power_watts", "average_1s"),
+    ("gpu_temperature_c", "flopwatt_gpu_temperature_celsius", "gpu"),
+    ("memory_temperature_c", "flopwatt_gpu_temperature_celsius", "memory"),
+    ("gpu_utilization_ratio", "flopwatt_gpu_utilization_ratio", "gpu"),
+    ("memory_utilization_ratio", "flopwatt_gpu_utilization_ratio", "memory"),
+)
 
 
-def _family(spec: MetricSpec) -> Any:
-    if spec.type is MetricType.COUNTER:
-        return CounterMetricFamily(
-            spec.name.removesuffix("_total"), spec.help, labels=list(spec.labels)
-        )
-    if spec.type is MetricType.HISTOGRAM:
-        return HistogramMetricFamily(spec.name, spec.help, labels=list(spec.labels))
-    return GaugeMetricFamily(spec.name, spec.help, labels=list(spec.labels))
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class _Gpu:
+    """A device's GPU label values, and their text form escaped once."""
+
+    __slots__ = ("text", "values")
+
+    def __init__(self, values: tuple[str, ...]) -> None:
+        self.values = values
+        names = BY_NAME["flopwatt_gpu_power_watts"].labels  # the GPU label names, in order
+        self.text = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=False))
+
+
+class _Sink(Protocol):
+    def gpu(self, name: str, dev: _Gpu, extra: tuple[str, ...], value: float) -> None: ...
+
+    def plain(self, name: str, values: tuple[str, ...], value: float) -> None: ...
+
+    def histogram(self, name: str, buckets: list[tuple[str, float]], total: float) -> None: ...
+
+
+class _FamilySink:
+    """Builds prometheus_client metric families."""
+
+    def __init__(self) -> None:
+        self.families: dict[str, Any] = {}
+        for m in METRICS:
+            if m.scope != "collector":
+                continue
+            if m.type is MetricType.COUNTER:
+                fam: Any = CounterMetricFamily(
+                    m.name.removesuffix("_total"), m.help, labels=list(m.labels)
+                )
+            elif m.type is MetricType.HISTOGRAM:
+                fam = HistogramMetricFamily(m.name, m.help, labels=list(m.labels))
+            else:
+                fam = GaugeMetricFamily(m.name, m.help, labels=list(m.labels))
+            self.families[m.name] = fam
+
+    def gpu(self, name: str, dev: _Gpu, extra: tuple[str, ...], value: float) -> None:
+        self.families[name].add_metric([*dev.values, *extra], value)
+
+    def plain(self, name: str, values: tuple[str, ...], value: float) -> None:
+        self.families[name].add_metric(list(values), value)
+
+    def histogram(self, name: str, buckets: list[tuple[str, float]], total: float) -> None:
+        self.families[name].add_metric([], buckets, total)
+
+
+class _TextSink:
+    """Writes the Prometheus text exposition format (0.0.4) directly."""
+
+    def __init__(self) -> None:
+        self.lines: dict[str, list[str]] = {m.name: [] for m in METRICS if m.scope == "collector"}
+
+    def gpu(self, name: str, dev: _Gpu, extra: tuple[str, ...], value: float) -> None:
+        if extra:
+            labels = BY_NAME[name].labels[len(dev.values) :]
+            tail = "".join(f',{n}="{_escape(v)}"' for n, v in zip(labels, extra, strict=True))
+            self.lines[name].append(f"{name}{{{dev.text}{tail}}} {float(value)!r}")
+        else:
+            self.lines[name].append(f"{name}{{{dev.text}}} {float(value)!r}")
+
+    def plain(self, name: str, values: tuple[str, ...], value: float) -> None:
+        labels = BY_NAME[name].labels
+        if values:
+            inner = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(labels, values, strict=True))
+            self.lines[name].append(f"{name}{{{inner}}} {float(value)!r}")
+        else:
+            self.lines[name].append(f"{name} {float(value)!r}")
+
+    def histogram(self, name: str, buckets: list[tuple[str, float]], total: float) -> None:
+        out = self.lines[name]
+        for le, count in buckets:
+            out.append(f'{name}_bucket{{le="{le}"}} {float(count)!r}')
+        out.append(f"{name}_count {float(buckets[-1][1])!r}")
+        out.append(f"{name}_sum {float(total)!r}")
+
+    def text(self) -> str:
+        parts: list[str] = []
+        for m in METRICS:
+            if m.scope != "collector":
+                continue
+            lines = self.lines[m.name]
+            parts.append(f"# HELP {m.name} {m.help.replace(chr(92), chr(92) * 2)}")
+            parts.append(f"# TYPE {m.name} {m.type.value}")
+            parts.extend(lines)
+        return "\n".join(parts) + "\n"
 
 
 class FleetMetrics:
-    """Custom collector over a :class:`FleetState`.
+    """Custom collector over a :class:`FleetState` (see module docstring).
 
     Args:
         state: the fleet state to read.
@@ -63,164 +177,180 @@ class FleetMetrics:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        """Build every family from one consistent snapshot."""
-        snap = self._state.snapshot()
+        """Every family, as prometheus_client metric families."""
+        sink = _FamilySink()
+        self._walk(self._state.snapshot(), sink)
+        yield from sink.families.values()
+
+    def render_text(self) -> str:
+        """Every family in the Prometheus text format (what ``/metrics`` serves)."""
+        sink = _TextSink()
+        self._walk(self._state.snapshot(), sink)
+        return sink.text()
+
+    # --- the walk -------------------------------------------------------------------------
+
+    def _walk(self, snap: FleetSnapshot, sink: _Sink) -> None:
         now = self._clock_ns()
-        fam = {m.scope + m.name: _family(m) for m in METRICS if m.scope == "collector"}
-
-        def f(name: str) -> Any:
-            return fam["collector" + name]
-
+        skus: dict[str, GpuSpec] = {}
         for agent_id, a in sorted(snap.agents.items()):
-            f("flopwatt_agent_last_seen_timestamp_seconds").add_metric(
-                [agent_id], a.last_seen_unix_ns / 1e9
+            sink.plain(
+                "flopwatt_agent_last_seen_timestamp_seconds", (agent_id,), a.last_seen_unix_ns / 1e9
             )
             if now - a.last_seen_unix_ns > self._staleness_ns:
                 continue
-            f("flopwatt_agent_connected").add_metric([agent_id], 1.0 if a.connected else 0.0)
-            f("flopwatt_agent_info").add_metric(
-                [
+            sink.plain("flopwatt_agent_connected", (agent_id,), 1.0 if a.connected else 0.0)
+            sink.plain(
+                "flopwatt_agent_info",
+                (
                     agent_id,
                     a.node.agent_version,
                     a.node.device_backend,
                     a.node.software.driver_version,
-                ],
+                ),
                 1.0,
             )
             for uuid in a.device_uuids:
                 d = snap.devices.get(uuid)
-                if d is not None:
-                    self._device(f, d)
+                if d is None:
+                    continue
+                self._device(sink, d)
+                if d.spec is not None:
+                    skus[d.spec.sku] = d.spec
+        for sku in sorted(skus):
+            self._sku(sink, skus[sku])
+        self._counters(sink, snap)
 
+    @staticmethod
+    def _device(sink: _Sink, d: DeviceState) -> None:
+        info = d.info
+        dev = _Gpu(
+            (
+                d.agent_id,
+                info.uuid,
+                str(info.index),
+                info.name,
+                d.sku or "unknown",
+                "sim" if info.simulated else "hardware",
+            )
+        )
+        sink.gpu("flopwatt_gpu_info", dev, (d.sku_match, info.pci_bus_id), 1.0)
+        v = d.latest
+        for column, name, kind in _LATEST_KIND:
+            if column in v:
+                sink.gpu(name, dev, (kind,), v[column])
+        for column, name, scale in _LATEST_SIMPLE:
+            if column in v:
+                sink.gpu(name, dev, (), v[column] * scale)
+        if "throttle_reasons" in v:
+            mask = int(v["throttle_reasons"])
+            for reason, bit in _THROTTLE:
+                sink.gpu("flopwatt_gpu_throttle_active", dev, (reason,), 1.0 if mask & bit else 0.0)
+        limit = v.get("power_limit_w", info.power_limit_enforced_w)
+        if limit is not None:
+            sink.gpu("flopwatt_gpu_power_limit_watts", dev, (), limit)
+
+        for precision, g in sorted(d.gemm.items()):
+            r, comp = g.result, g.comparison
+            sink.gpu(
+                "flopwatt_gemm_flops_per_second", dev, (precision, "burst"), r.burst_flops_per_s
+            )
+            if comp is not None and comp.burst_over_spec_ratio is not None:
+                sink.gpu(
+                    "flopwatt_gemm_spec_ratio",
+                    dev,
+                    (precision, "burst"),
+                    comp.burst_over_spec_ratio,
+                )
+            if r.sustained_flops_per_s is not None:
+                sink.gpu(
+                    "flopwatt_gemm_flops_per_second",
+                    dev,
+                    (precision, "sustained"),
+                    r.sustained_flops_per_s,
+                )
+                if comp is not None and comp.sustained_over_spec_ratio is not None:
+                    sink.gpu(
+                        "flopwatt_gemm_spec_ratio",
+                        dev,
+                        (precision, "sustained"),
+                        comp.sustained_over_spec_ratio,
+                    )
+            if r.mean_power_w is not None:
+                sink.gpu("flopwatt_gemm_mean_power_watts", dev, (precision,), r.mean_power_w)
+            if r.energy_per_flop_j is not None:
+                sink.gpu("flopwatt_energy_per_flop_joules", dev, (precision,), r.energy_per_flop_j)
+
+        for (model, batch, precision), m in sorted(d.models.items()):
+            mr = m.result
+            extra = (model, str(batch), precision)
+            sink.gpu(
+                "flopwatt_model_delivered_flops_per_second", dev, extra, mr.delivered_flops_per_s
+            )
+            sink.gpu("flopwatt_model_latency_p50_seconds", dev, extra, mr.latency_p50_s)
+            if mr.efficiency_ratio is not None:
+                sink.gpu("flopwatt_model_efficiency_ratio", dev, extra, mr.efficiency_ratio)
+            spec_eff = mr.spec_efficiency_ratio
+            if spec_eff is None and d.spec is not None:
+                spec_eff = _spec_efficiency(d.spec, precision, mr.delivered_flops_per_s)
+            if spec_eff is not None:
+                sink.gpu("flopwatt_model_spec_efficiency_ratio", dev, extra, spec_eff)
+            if mr.energy_j_per_inference is not None:
+                sink.gpu(
+                    "flopwatt_model_energy_per_inference_joules",
+                    dev,
+                    extra,
+                    mr.energy_j_per_inference,
+                )
+
+    @staticmethod
+    def _sku(sink: _Sink, spec: GpuSpec) -> None:
+        if spec.tdp_w is not None:
+            sink.plain("flopwatt_spec_tdp_watts", (spec.sku,), spec.tdp_w)
+        for precision in Precision:
+            peak = spec.best_peak(precision)
+            if peak is None:
+                continue
+            labels = (spec.sku, precision.value)
+            sink.plain("flopwatt_spec_peak_flops_per_second", labels, peak.flops_per_s)
+            physics = physics_energy_per_flop_j(spec, precision, peak.unit)
+            if physics is not None:
+                sink.plain("flopwatt_physics_energy_per_flop_joules", labels, physics)
+                sink.plain("flopwatt_physics_tdp_watts", labels, physics * peak.flops_per_s)
+            if spec.tdp_w is not None:
+                sink.plain(
+                    "flopwatt_energy_per_flop_ceiling_joules", labels, spec.tdp_w / peak.flops_per_s
+                )
+
+    @staticmethod
+    def _counters(sink: _Sink, snap: FleetSnapshot) -> None:
         c = snap.counters
-        f("flopwatt_collector_samples_ingested_total").add_metric([], c.samples_ingested)
+        sink.plain("flopwatt_collector_samples_ingested_total", (), c.samples_ingested)
         for reason, n in sorted(c.samples_rejected.items()):
-            f("flopwatt_collector_samples_rejected_total").add_metric([reason], n)
-        f("flopwatt_collector_samples_dropped_by_agents_total").add_metric(
-            [], c.samples_dropped_by_agents
+            sink.plain("flopwatt_collector_samples_rejected_total", (reason,), n)
+        sink.plain(
+            "flopwatt_collector_samples_dropped_by_agents_total", (), c.samples_dropped_by_agents
         )
         for (kind, outcome), n in sorted(c.messages.items()):
-            f("flopwatt_collector_messages_total").add_metric([kind, outcome], n)
-        cumulative, buckets = 0, []
+            sink.plain("flopwatt_collector_messages_total", (kind, outcome), n)
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
         for bound, k in zip(COMMIT_LATENCY_BUCKETS_S, c.commit_latency_buckets, strict=True):
             cumulative += k
             buckets.append((repr(bound), cumulative))
         buckets.append(("+Inf", c.commit_latency_count))
-        f("flopwatt_collector_commit_latency_seconds").add_metric(
-            [], buckets, c.commit_latency_sum_s
-        )
-        f("flopwatt_collector_streams_active").add_metric([], c.streams_active)
-        yield from fam.values()
+        sink.histogram("flopwatt_collector_commit_latency_seconds", buckets, c.commit_latency_sum_s)
+        sink.plain("flopwatt_collector_streams_active", (), c.streams_active)
 
-    def _device(self, f: Callable[[str], Any], d: DeviceState) -> None:
-        info = d.info
-        gpu = [
-            d.agent_id,
-            info.uuid,
-            str(info.index),
-            info.name,
-            d.sku or "unknown",
-            "sim" if info.simulated else "hardware",
-        ]
-        f("flopwatt_gpu_info").add_metric([*gpu, d.sku_match, info.pci_bus_id], 1.0)
-        v = d.latest
-        if "power_instant_w" in v:
-            f("flopwatt_gpu_power_watts").add_metric([*gpu, "instant"], v["power_instant_w"])
-        if "power_average_1s_w" in v:
-            f("flopwatt_gpu_power_watts").add_metric([*gpu, "average_1s"], v["power_average_1s_w"])
-        if "energy_j" in v:
-            f("flopwatt_gpu_energy_joules_total").add_metric(gpu, v["energy_j"])
-        if "sm_clock_mhz" in v:
-            f("flopwatt_gpu_sm_clock_hertz").add_metric(gpu, v["sm_clock_mhz"] * _MHZ)
-        if "mem_clock_mhz" in v:
-            f("flopwatt_gpu_memory_clock_hertz").add_metric(gpu, v["mem_clock_mhz"] * _MHZ)
-        if "gpu_temperature_c" in v:
-            f("flopwatt_gpu_temperature_celsius").add_metric([*gpu, "gpu"], v["gpu_temperature_c"])
-        if "memory_temperature_c" in v:
-            f("flopwatt_gpu_temperature_celsius").add_metric(
-                [*gpu, "memory"], v["memory_temperature_c"]
-            )
-        if "gpu_utilization_ratio" in v:
-            f("flopwatt_gpu_utilization_ratio").add_metric(
-                [*gpu, "gpu"], v["gpu_utilization_ratio"]
-            )
-        if "memory_utilization_ratio" in v:
-            f("flopwatt_gpu_utilization_ratio").add_metric(
-                [*gpu, "memory"], v["memory_utilization_ratio"]
-            )
-        if "memory_used_bytes" in v:
-            f("flopwatt_gpu_memory_used_bytes").add_metric(gpu, v["memory_used_bytes"])
-        if "throttle_reasons" in v:
-            mask = int(v["throttle_reasons"])
-            for reason, bit in THROTTLE_BITS.items():
-                f("flopwatt_gpu_throttle_active").add_metric(
-                    [*gpu, reason.value], 1.0 if mask & bit else 0.0
-                )
-        limit = v.get("power_limit_w", info.power_limit_enforced_w)
-        if limit is not None:
-            f("flopwatt_gpu_power_limit_watts").add_metric(gpu, limit)
 
-        spec = d.spec
-        if spec is not None:
-            if spec.tdp_w is not None:
-                f("flopwatt_spec_tdp_watts").add_metric(gpu, spec.tdp_w)
-            for precision in Precision:
-                peak = spec.best_peak(precision)
-                if peak is None:
-                    continue
-                labels = [*gpu, precision.value]
-                f("flopwatt_spec_peak_flops_per_second").add_metric(labels, peak.flops_per_s)
-                physics = physics_energy_per_flop_j(spec, precision, peak.unit)
-                if physics is not None:
-                    f("flopwatt_physics_energy_per_flop_joules").add_metric(labels, physics)
-                    f("flopwatt_physics_tdp_watts").add_metric(labels, physics * peak.flops_per_s)
-                if spec.tdp_w is not None:
-                    f("flopwatt_energy_per_flop_ceiling_joules").add_metric(
-                        labels, spec.tdp_w / peak.flops_per_s
-                    )
+def _spec_efficiency(spec: GpuSpec, precision: str, delivered_flops_per_s: float) -> float | None:
+    try:
+        peak = spec.best_peak(Precision.parse(precision))
+    except ValueError:
+        return None
+    return delivered_flops_per_s / peak.flops_per_s if peak is not None else None
 
-        for prec_name, g in sorted(d.gemm.items()):
-            r, comp = g.result, g.comparison
-            f("flopwatt_gemm_flops_per_second").add_metric(
-                [*gpu, prec_name, "burst"], r.burst_flops_per_s
-            )
-            if comp is not None and comp.burst_over_spec_ratio is not None:
-                f("flopwatt_gemm_spec_ratio").add_metric(
-                    [*gpu, prec_name, "burst"], comp.burst_over_spec_ratio
-                )
-            if r.sustained_flops_per_s is not None:
-                f("flopwatt_gemm_flops_per_second").add_metric(
-                    [*gpu, prec_name, "sustained"], r.sustained_flops_per_s
-                )
-                if comp is not None and comp.sustained_over_spec_ratio is not None:
-                    f("flopwatt_gemm_spec_ratio").add_metric(
-                        [*gpu, prec_name, "sustained"], comp.sustained_over_spec_ratio
-                    )
-            if r.mean_power_w is not None:
-                f("flopwatt_gemm_mean_power_watts").add_metric([*gpu, prec_name], r.mean_power_w)
-            if r.energy_per_flop_j is not None:
-                f("flopwatt_energy_per_flop_joules").add_metric(
-                    [*gpu, prec_name], r.energy_per_flop_j
-                )
 
-        for (model, batch, prec_name), m in sorted(d.models.items()):
-            r2 = m.result
-            labels = [*gpu, model, str(batch), prec_name]
-            f("flopwatt_model_delivered_flops_per_second").add_metric(
-                labels, r2.delivered_flops_per_s
-            )
-            f("flopwatt_model_latency_p50_seconds").add_metric(labels, r2.latency_p50_s)
-            if r2.efficiency_ratio is not None:
-                f("flopwatt_model_efficiency_ratio").add_metric(labels, r2.efficiency_ratio)
-            spec_eff = r2.spec_efficiency_ratio
-            if spec_eff is None and spec is not None:
-                peak = (
-                    spec.best_peak(Precision.parse(precision)) if precision in Precision else None
-                )
-                spec_eff = r2.delivered_flops_per_s / peak.flops_per_s if peak else None
-            if spec_eff is not None:
-                f("flopwatt_model_spec_efficiency_ratio").add_metric(labels, spec_eff)
-            if r2.energy_j_per_inference is not None:
-                f("flopwatt_model_energy_per_inference_joules").add_metric(
-                    labels, r2.energy_j_per_inference
-                )
+def exposition(collectors: Sequence[FleetMetrics]) -> bytes:
+    """The ``/metrics`` body for the given exporters."""
+    return "".join(c.render_text() for c in collectors).encode()

@@ -19,7 +19,6 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from prometheus_client import CollectorRegistry
 
 from flopwatt.analysis.registry import Registry, load_registry
 from flopwatt.collector.auth import (
@@ -31,7 +30,7 @@ from flopwatt.collector.auth import (
 from flopwatt.collector.http import HttpServer
 from flopwatt.collector.ingest import Ingest
 from flopwatt.collector.jobs import JobService
-from flopwatt.collector.metrics import FleetMetrics
+from flopwatt.collector.metrics import FleetMetrics, exposition
 from flopwatt.collector.servicer import AdminServicer, AgentServicer
 from flopwatt.collector.session import SessionRegistry
 from flopwatt.collector.state import FleetState
@@ -243,9 +242,8 @@ async def run_server(
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     serving = [True]
-    prom = CollectorRegistry(auto_describe=False)
-    prom.register(FleetMetrics(state, staleness_s=config.staleness_s, clock_ns=clock_ns))
-    http = HttpServer(http_host, http_port, prom, lambda: serving[0])
+    exporter = FleetMetrics(state, staleness_s=config.staleness_s, clock_ns=clock_ns)
+    http = HttpServer(http_host, http_port, lambda: exposition([exporter]), lambda: serving[0])
     http.start()
     running = RunningCollector(
         grpc_port=bound_grpc,

@@ -348,6 +348,19 @@ _CHUNK_COLUMNS = tuple(c.name for c in TELEMETRY_COLUMNS)
 _LE_DTYPES = {c.name: np.dtype(c.dtype).newbyteorder("<") for c in TELEMETRY_COLUMNS}
 
 
+def epoch_to_db(epoch: int) -> int:
+    """An unsigned 64-bit epoch as the signed 64-bit integer SQLite stores (two's complement).
+
+    Epochs are random ``fixed64`` values; half of them do not fit SQLite's signed INTEGER.
+    """
+    return epoch - (1 << 64) if epoch >= 1 << 63 else epoch
+
+
+def epoch_from_db(value: int) -> int:
+    """Inverse of :func:`epoch_to_db`."""
+    return value + (1 << 64) if value < 0 else value
+
+
 def pack_column(values: np.ndarray[Any, Any], name: str) -> bytes:
     """A telemetry column as packed little-endian bytes."""
     return values.astype(_LE_DTYPES[name], copy=False).tobytes()
@@ -468,12 +481,13 @@ class SQLiteStore:
     ) -> WriteOutcome:
         status = Outcome.REJECTED if w.rejected_detail else Outcome.STORED
         samples = w.dropped_samples if w.kind == "dropped" else w.samples
+        db_epoch = epoch_to_db(w.epoch)
         cur = c.execute(
             "INSERT INTO messages (agent_id, epoch, sequence, kind, digest, received_unix_ns, "
             "status, detail, samples) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
             (
                 w.agent_id,
-                w.epoch,
+                db_epoch,
                 w.sequence,
                 w.kind,
                 w.digest,
@@ -483,11 +497,11 @@ class SQLiteStore:
                 samples,
             ),
         )
-        committed = self._committed(c, w.agent_id, w.epoch, progress)
+        committed = self._committed(c, w.agent_id, db_epoch, progress)
         if cur.rowcount == 0:
             row = c.execute(
                 "SELECT digest FROM messages WHERE agent_id=? AND epoch=? AND sequence=?",
-                (w.agent_id, w.epoch, w.sequence),
+                (w.agent_id, db_epoch, w.sequence),
             ).fetchone()
             same = bytes(row["digest"]) == w.digest
             return WriteOutcome(Outcome.DUPLICATE if same else Outcome.CONFLICT, committed)
@@ -495,17 +509,17 @@ class SQLiteStore:
             self._store_payload(c, w)
         if w.sequence == committed + 1:
             committed = w.sequence
-            progress[(w.agent_id, w.epoch)] = committed
+            progress[(w.agent_id, db_epoch)] = committed
             c.execute(
                 "INSERT INTO stream_progress (agent_id, epoch, committed_through) VALUES (?,?,?) "
                 "ON CONFLICT (agent_id, epoch) DO UPDATE SET committed_through = "
                 "excluded.committed_through",
-                (w.agent_id, w.epoch, committed),
+                (w.agent_id, db_epoch, committed),
             )
         return WriteOutcome(status, committed)
 
     def _store_payload(self, c: sqlite3.Connection, w: MessageWrite) -> None:
-        key = (w.agent_id, w.epoch, w.sequence)
+        key = (w.agent_id, epoch_to_db(w.epoch), w.sequence)
         if w.series:
             rows = []
             for i, s in enumerate(w.series):
@@ -596,7 +610,7 @@ class SQLiteStore:
             self._reader()
             .execute(
                 "SELECT committed_through FROM stream_progress WHERE agent_id=? AND epoch=?",
-                (agent_id, epoch),
+                (agent_id, epoch_to_db(epoch)),
             )
             .fetchone()
         )
@@ -624,7 +638,7 @@ class SQLiteStore:
                     node.agent_version,
                     node.device_backend,
                     dumps(node),
-                    epoch,
+                    epoch_to_db(epoch),
                     now_unix_ns,
                 ),
             )
@@ -695,7 +709,14 @@ class SQLiteStore:
                 c.execute(
                     "UPDATE job_targets SET state=?, message=?, updated_unix_ns=?, "
                     "delivered_epoch=? WHERE job_id=? AND agent_id=?",
-                    (int(state), message, now_unix_ns, delivered_epoch, job_id, agent_id),
+                    (
+                        int(state),
+                        message,
+                        now_unix_ns,
+                        epoch_to_db(delivered_epoch),
+                        job_id,
+                        agent_id,
+                    ),
                 )
 
     def _job_rows(self, where: str, params: Sequence[Any]) -> list[JobRow]:
@@ -725,7 +746,7 @@ class SQLiteStore:
                             JobState(t["state"]),
                             t["message"],
                             t["updated_unix_ns"],
-                            t["delivered_epoch"],
+                            epoch_from_db(t["delivered_epoch"]),
                             t["results"],
                         )
                         for t in targets

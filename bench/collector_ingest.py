@@ -1,0 +1,550 @@
+#!/usr/bin/env python3
+"""Collector ingest benchmark: N concurrent agent streams × G GPUs × R Hz against a real collector
+(its own process, SQLite file), then the same load against a bare grpc.aio echo server.
+
+Prints, per run: samples/s committed and acked, ack latency p50/p99 (send → covering ack),
+collector CPU (% of one core) and RSS, loss (sent vs stored, counted per (agent, epoch,
+sequence) in the database), and the /metrics render time for every registered GPU.
+
+Target on a 2-core machine: 1,000 streams × 8 GPUs × 10 Hz (80,000 samples/s), zero loss,
+ack p99 ≤ 1 s; /metrics for 8,000 GPUs in ≤ 1 s.
+
+Usage:
+    python bench/collector_ingest.py                       # the target load, 30 s
+    python bench/collector_ingest.py --streams 200 --duration 10
+    python bench/collector_ingest.py --ceiling             # step the load up until it fails
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+
+from flopwatt.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+
+STREAM_METHOD = "/flopwatt.v1.AgentService/Stream"
+
+
+# --- load generator (runs in worker processes) -------------------------------------------------
+
+
+def telemetry_bytes(uuids: list[str], samples_per_batch: int, t0_ns: int) -> bytes:
+    """A pre-serialised ``AgentMessage.telemetry`` field for one batch of every GPU."""
+    batch = agent_pb2.AgentMessage()
+    n = samples_per_batch
+    step = 1_000_000_000 // max(n, 1)
+    for i, uuid in enumerate(uuids):
+        s = batch.telemetry.series.add(device_uuid=uuid)
+        s.timestamp_unix_ns.extend(t0_ns + k * step for k in range(n))
+        s.power_instant_w.extend(300.0 + i + 0.5 * k for k in range(n))
+        s.power_average_1s_w.extend(300.0 + i for _ in range(n))
+        s.energy_j.extend(1000.0 + 30.0 * k for k in range(n))
+        s.sm_clock_mhz.extend(1980 for _ in range(n))
+        s.mem_clock_mhz.extend(2619 for _ in range(n))
+        s.gpu_temperature_c.extend(55.0 for _ in range(n))
+        s.memory_temperature_c.extend(60.0 for _ in range(n))
+        s.gpu_utilization_ratio.extend(0.97 for _ in range(n))
+        s.memory_utilization_ratio.extend(0.4 for _ in range(n))
+        s.throttle_reasons.extend(0 for _ in range(n))
+        s.power_limit_w.extend(700.0 for _ in range(n))
+    return batch.SerializeToString()
+
+
+@dataclass
+class WorkerResult:
+    sent_messages: int
+    sent_samples: int
+    acked_messages: int
+    latencies_s: list[float]
+    errors: list[str]
+    agents: list[tuple[str, int, int]]  # (agent, epoch, last sequence sent)
+
+
+async def _agent(
+    target: str,
+    name: str,
+    epoch: int,
+    gpus: int,
+    hz: float,
+    duration_s: float,
+    start_at: float,
+    register: bool,
+    out: WorkerResult,
+) -> None:
+    uuids = [f"GPU-{name}-{g}" for g in range(gpus)]
+    samples_per_batch = max(1, round(hz))  # one batch per second per agent
+    options = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
+    async with grpc.aio.insecure_channel(target, options=options) as ch:
+        if register:
+            stub = agent_pb2_grpc.AgentServiceStub(ch)
+            await stub.Register(
+                agent_pb2.RegisterRequest(
+                    node=common_pb2.NodeInfo(
+                        hostname=name, agent_version="bench", device_backend="sim"
+                    ),
+                    devices=[
+                        common_pb2.DeviceInfo(
+                            uuid=u,
+                            index=i,
+                            name="NVIDIA H100 80GB HBM3",
+                            pci_device_id=0x233010DE,
+                            kind=common_pb2.DEVICE_KIND_GPU,
+                            power_limit_enforced_w=700.0,
+                            simulated=True,
+                            sim_sku="H100-SXM5-80GB",
+                        )
+                        for i, u in enumerate(uuids)
+                    ],
+                    epoch=epoch,
+                ),
+                timeout=60,
+            )
+        call = ch.stream_stream(
+            STREAM_METHOD,
+            request_serializer=lambda b: b,
+            response_deserializer=agent_pb2.CollectorMessage.FromString,
+        )()
+        hello = agent_pb2.AgentMessage(hello=agent_pb2.StreamHello(agent_id=name, epoch=epoch))
+        await call.write(hello.SerializeToString())
+        sent_at: dict[int, float] = {}
+        acked = [0]
+        last_seq = [0]
+        done = asyncio.Event()
+
+        async def read() -> None:
+            try:
+                async for msg in call:
+                    if msg.HasField("ack"):
+                        now = time.monotonic()
+                        for seq in range(acked[0] + 1, msg.ack.committed_through + 1):
+                            t = sent_at.pop(seq, None)
+                            if t is not None:
+                                out.latencies_s.append(now - t)
+                        acked[0] = max(acked[0], msg.ack.committed_through)
+                        if acked[0] >= last_seq[0] > 0 and done.is_set():
+                            return
+            except grpc.aio.AioRpcError as exc:
+                out.errors.append(f"{name}: {exc.code().name} {exc.details()}")
+
+        reader = asyncio.create_task(read())
+        await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+        body = telemetry_bytes(uuids, samples_per_batch, time.time_ns())
+        seq = 0
+        t_end = time.monotonic() + duration_s
+        next_send = time.monotonic()
+        while next_send < t_end:
+            seq += 1
+            header = agent_pb2.AgentMessage(epoch=epoch, sequence=seq).SerializeToString()
+            sent_at[seq] = time.monotonic()
+            await call.write(header + body)
+            out.sent_messages += 1
+            out.sent_samples += gpus * samples_per_batch
+            next_send += 1.0
+            await asyncio.sleep(max(0.0, next_send - time.monotonic()))
+        last_seq[0] = seq
+        done.set()
+        deadline = time.monotonic() + 30
+        while acked[0] < seq and time.monotonic() < deadline and not reader.done():
+            await asyncio.sleep(0.05)
+        if acked[0] < seq:
+            out.errors.append(f"{name}: {seq - acked[0]} messages unacked after 30 s")
+        reader.cancel()
+        await call.done_writing()
+        out.acked_messages += acked[0]
+        out.agents.append((name, epoch, seq))
+
+
+def _worker(
+    args: tuple[str, list[tuple[str, int]], int, float, float, float, bool], queue: Any
+) -> None:
+    target, agents, gpus, hz, duration_s, start_at_wall, register = args
+    res = WorkerResult(0, 0, 0, [], [], [])
+
+    async def main() -> None:
+        start_at = time.monotonic() + (start_at_wall - time.time())
+        await asyncio.gather(
+            *(
+                _agent(
+                    target,
+                    name,
+                    epoch,
+                    gpus,
+                    hz,
+                    duration_s,
+                    start_at + (i % 100) * 0.01,
+                    register,
+                    res,
+                )
+                for i, (name, epoch) in enumerate(agents)
+            )
+        )
+
+    asyncio.run(main())
+    queue.put(res)
+
+
+def run_load(
+    target: str, streams: int, gpus: int, hz: float, duration_s: float, workers: int, register: bool
+) -> tuple[WorkerResult, float]:
+    agents = [(f"bench-{i:05d}", 1000 + i) for i in range(streams)]
+    start_at = time.time() + 3.0 + streams / 400  # time to connect and register everyone
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = []
+    for w in range(workers):
+        part = agents[w::workers]
+        p = ctx.Process(
+            target=_worker, args=((target, part, gpus, hz, duration_s, start_at, register), queue)
+        )
+        p.start()
+        procs.append(p)
+    total = WorkerResult(0, 0, 0, [], [], [])
+    for _ in procs:
+        r: WorkerResult = queue.get(timeout=duration_s + 300)
+        total.sent_messages += r.sent_messages
+        total.sent_samples += r.sent_samples
+        total.acked_messages += r.acked_messages
+        total.latencies_s.extend(r.latencies_s)
+        total.errors.extend(r.errors)
+        total.agents.extend(r.agents)
+    for p in procs:
+        p.join(30)
+    return total, start_at
+
+
+# --- servers -----------------------------------------------------------------------------------
+
+
+def start_collector(tmp: Path) -> tuple[subprocess.Popen[str], str, str]:
+    ready = tmp / "ready.json"
+    with open(tmp / "collector.log", "w") as log:  # the child keeps its own copy of the fd
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flopwatt",
+                "collector",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--db",
+                str(tmp / "bench.db"),
+                "--ready-file",
+                str(ready),
+                "--log-level",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            text=True,
+        )
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise SystemExit(f"collector failed: {(tmp / 'collector.log').read_text()}")
+        time.sleep(0.05)
+    addr = json.loads(ready.read_text())
+    return proc, addr["grpc"], addr["http"]
+
+
+_ECHO_SERVER = r"""
+import asyncio, sys, grpc
+from flopwatt.v1 import agent_pb2
+
+async def stream(request_iterator, context):
+    async for raw in request_iterator:
+        m = agent_pb2.AgentMessage.FromString(raw)
+        if m.sequence:
+            yield agent_pb2.CollectorMessage(ack=agent_pb2.Ack(epoch=m.epoch,
+                committed_through=m.sequence)).SerializeToString()
+
+async def register(raw, context):
+    return agent_pb2.RegisterResponse(agent_id="x").SerializeToString()
+
+async def main():
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler("flopwatt.v1.AgentService", {
+        "Stream": grpc.stream_stream_rpc_method_handler(stream),
+        "Register": grpc.unary_unary_rpc_method_handler(register),
+    })
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+
+def start_echo() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, "-c", _ECHO_SERVER], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline())
+    return proc, f"127.0.0.1:{port}"
+
+
+# --- measurement -------------------------------------------------------------------------------
+
+
+@dataclass
+class RunReport:
+    label: str
+    streams: int
+    gpus: int
+    hz: float
+    duration_s: float
+    sent_samples: int
+    acked_samples_per_s: float
+    committed_samples_per_s: float | None
+    ack_p50_s: float | None
+    ack_p99_s: float | None
+    cpu_pct_of_one_core: float
+    rss_mb: float
+    lost_messages: int | None
+    errors: int
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.lost_messages in (0, None)
+            and self.errors == 0
+            and self.ack_p99_s is not None
+            and self.ack_p99_s <= 1.0
+        )
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def measure(
+    label: str,
+    target: str,
+    pid: int,
+    streams: int,
+    gpus: int,
+    hz: float,
+    duration_s: float,
+    workers: int,
+    db: Path | None,
+) -> RunReport:
+    server = psutil.Process(pid)
+    res_holder: dict[str, Any] = {}
+    cpu0: list[float] = []
+
+    def load() -> None:
+        res_holder["res"] = run_load(target, streams, gpus, hz, duration_s, workers, register=True)
+
+    import threading
+
+    t = threading.Thread(target=load)
+    t.start()
+    # Sample the server's CPU over the steady window only (after connect/register).
+    time.sleep(3.0 + streams / 400 + 2.0)
+    c0 = server.cpu_times()
+    w0 = time.monotonic()
+    cpu0.append(c0.user + c0.system)
+    rss_peak = 0.0
+    while t.is_alive() and time.monotonic() - w0 < duration_s - 3:
+        rss_peak = max(rss_peak, server.memory_info().rss / 2**20)
+        time.sleep(0.5)
+    c1 = server.cpu_times()
+    w1 = time.monotonic()
+    cpu_pct = 100 * ((c1.user + c1.system) - cpu0[0]) / (w1 - w0)
+    t.join()
+    res, _start = res_holder["res"]
+    for err in res.errors[:5]:
+        print(f"    error: {err}")
+    acked_samples = res.acked_messages * gpus * max(1, round(hz))
+    lost = None
+    committed_rate = None
+    if db is not None:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        lost = 0
+        stored = dict(
+            ((a, e), n)
+            for a, e, n in conn.execute(
+                "SELECT agent_id, epoch, COUNT(*) FROM messages GROUP BY agent_id, epoch"
+            )
+        )
+        for name, epoch, last in res.agents:
+            lost += last - stored.get((name, epoch), 0)
+        committed = conn.execute("SELECT SUM(n_samples) FROM telemetry_chunks").fetchone()[0]
+        committed_rate = (committed or 0) / duration_s
+        conn.close()
+    return RunReport(
+        label=label,
+        streams=streams,
+        gpus=gpus,
+        hz=hz,
+        duration_s=duration_s,
+        sent_samples=res.sent_samples,
+        acked_samples_per_s=acked_samples / duration_s,
+        committed_samples_per_s=committed_rate,
+        ack_p50_s=_pct(res.latencies_s, 0.50),
+        ack_p99_s=_pct(res.latencies_s, 0.99),
+        cpu_pct_of_one_core=cpu_pct,
+        rss_mb=rss_peak,
+        lost_messages=lost,
+        errors=len(res.errors),
+    )
+
+
+def time_metrics(http: str, repeats: int = 5) -> tuple[float, float, int, int]:
+    """(median s, max s, bytes, GPU count) for GET /metrics."""
+    times, size, body = [], 0, b""
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(f"http://{http}/metrics", timeout=60) as r:
+            body = r.read()
+        times.append(time.perf_counter() - t0)
+        size = len(body)
+    gpus = body.count(b"flopwatt_gpu_info{")
+    return statistics.median(times), max(times), size, gpus
+
+
+def print_report(r: RunReport) -> None:
+    def fmt(v: float | None, spec: str) -> str:
+        return "—" if v is None else format(v, spec)
+
+    print(
+        f"  {r.label}: {r.streams} streams × {r.gpus} GPUs × {r.hz:g} Hz "
+        f"({r.streams * r.gpus * r.hz:,.0f} samples/s offered) for {r.duration_s:g} s"
+    )
+    print(
+        f"    acked      {r.acked_samples_per_s:10,.0f} samples/s   committed "
+        f"{fmt(r.committed_samples_per_s, '10,.0f')} samples/s"
+    )
+    print(f"    ack latency p50 {fmt(r.ack_p50_s, '.3f')} s   p99 {fmt(r.ack_p99_s, '.3f')} s")
+    print(f"    server CPU {r.cpu_pct_of_one_core:5.0f} % of one core   RSS {r.rss_mb:6.0f} MB")
+    print(
+        f"    lost messages {fmt(r.lost_messages, 'd')}   stream errors {r.errors}   "
+        f"{'PASS' if r.passed else 'FAIL'}"
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--streams", type=int, default=1000)
+    ap.add_argument("--gpus", type=int, default=8)
+    ap.add_argument("--hz", type=float, default=10.0)
+    ap.add_argument("--duration", type=float, default=30.0)
+    ap.add_argument("--workers", type=int, default=2, help="load-generator processes")
+    ap.add_argument("--no-echo", action="store_true", help="skip the echo-server baseline")
+    ap.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="after the target run, step streams up by 25 %% until a run fails",
+    )
+    args = ap.parse_args()
+
+    print(
+        f"machine: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
+        f"python {sys.version.split()[0]}, grpcio {grpc.__version__}"
+    )
+    reports = []
+    with tempfile.TemporaryDirectory(prefix="flopwatt-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        proc, target, http = start_collector(tmp)
+        try:
+            r = measure(
+                "collector",
+                target,
+                proc.pid,
+                args.streams,
+                args.gpus,
+                args.hz,
+                args.duration,
+                args.workers,
+                tmp / "bench.db",
+            )
+            print_report(r)
+            reports.append(r)
+            med, worst, size, gpus = time_metrics(http)
+            print(
+                f"    /metrics for {gpus:,} GPUs: median {med:.3f} s, max {worst:.3f} s, "
+                f"{size / 2**20:.1f} MiB"
+            )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+
+        if not args.no_echo:
+            echo, etarget = start_echo()
+            try:
+                e = measure(
+                    "bare grpc.aio echo",
+                    etarget,
+                    echo.pid,
+                    args.streams,
+                    args.gpus,
+                    args.hz,
+                    args.duration,
+                    args.workers,
+                    None,
+                )
+                print_report(e)
+                if e.cpu_pct_of_one_core > 0:
+                    print(
+                        f"    collector CPU ÷ echo CPU = "
+                        f"{r.cpu_pct_of_one_core / e.cpu_pct_of_one_core:.2f}"
+                    )
+            finally:
+                echo.kill()
+                echo.wait()
+
+        if args.ceiling:
+            streams = args.streams
+            while True:
+                streams = int(streams * 1.25)
+                sub = tmp / f"ceiling-{streams}"
+                sub.mkdir()
+                proc, target, _http = start_collector(sub)
+                try:
+                    c = measure(
+                        "ceiling",
+                        target,
+                        proc.pid,
+                        streams,
+                        args.gpus,
+                        args.hz,
+                        args.duration,
+                        args.workers,
+                        sub / "bench.db",
+                    )
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(30)
+                print_report(c)
+                if not c.passed:
+                    print(
+                        f"  ceiling: last passing load below {streams} streams "
+                        f"({streams * args.gpus * args.hz:,.0f} samples/s offered failed)"
+                    )
+                    break
+    return 0 if reports and reports[0].passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
