@@ -35,9 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import psutil
 
+from flopwatt.records import DeviceSeries, TelemetryBatch
 from flopwatt.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+from flopwatt.wire import telemetry_to_proto
 
 STREAM_METHOD = "/flopwatt.v1.AgentService/Stream"
 
@@ -46,25 +49,29 @@ STREAM_METHOD = "/flopwatt.v1.AgentService/Stream"
 
 
 def telemetry_bytes(uuids: list[str], samples_per_batch: int, t0_ns: int) -> bytes:
-    """A pre-serialised ``AgentMessage.telemetry`` field for one batch of every GPU."""
-    batch = agent_pb2.AgentMessage()
+    """A pre-serialised ``AgentMessage.telemetry`` field: one batch of every GPU, all columns."""
     n = samples_per_batch
+    k = np.arange(n)
     step = 1_000_000_000 // max(n, 1)
+    series = []
     for i, uuid in enumerate(uuids):
-        s = batch.telemetry.series.add(device_uuid=uuid)
-        s.timestamp_unix_ns.extend(t0_ns + k * step for k in range(n))
-        s.power_instant_w.extend(300.0 + i + 0.5 * k for k in range(n))
-        s.power_average_1s_w.extend(300.0 + i for _ in range(n))
-        s.energy_j.extend(1000.0 + 30.0 * k for k in range(n))
-        s.sm_clock_mhz.extend(1980 for _ in range(n))
-        s.mem_clock_mhz.extend(2619 for _ in range(n))
-        s.gpu_temperature_c.extend(55.0 for _ in range(n))
-        s.memory_temperature_c.extend(60.0 for _ in range(n))
-        s.gpu_utilization_ratio.extend(0.97 for _ in range(n))
-        s.memory_utilization_ratio.extend(0.4 for _ in range(n))
-        s.throttle_reasons.extend(0 for _ in range(n))
-        s.power_limit_w.extend(700.0 for _ in range(n))
-    return batch.SerializeToString()
+        columns = {
+            "power_instant_w": 300.0 + i + 0.5 * k,
+            "power_average_1s_w": np.full(n, 300.0 + i),
+            "energy_j": 1000.0 + 30.0 * k,
+            "sm_clock_mhz": np.full(n, 1980),
+            "mem_clock_mhz": np.full(n, 2619),
+            "gpu_temperature_c": np.full(n, 55.0),
+            "memory_temperature_c": np.full(n, 60.0),
+            "gpu_utilization_ratio": np.full(n, 0.97),
+            "memory_utilization_ratio": np.full(n, 0.4),
+            "throttle_reasons": np.zeros(n),
+            "power_limit_w": np.full(n, 700.0),
+            "memory_used_bytes": np.full(n, 40 << 30),
+        }
+        series.append(DeviceSeries(uuid, t0_ns + step * k, columns))
+    msg = agent_pb2.AgentMessage(telemetry=telemetry_to_proto(TelemetryBatch(tuple(series))))
+    return msg.SerializeToString()
 
 
 @dataclass
@@ -78,7 +85,7 @@ class WorkerResult:
 
 
 async def _agent(
-    target: str,
+    ch: grpc.aio.Channel,
     name: str,
     epoch: int,
     gpus: int,
@@ -90,8 +97,7 @@ async def _agent(
 ) -> None:
     uuids = [f"GPU-{name}-{g}" for g in range(gpus)]
     samples_per_batch = max(1, round(hz))  # one batch per second per agent
-    options = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
-    async with grpc.aio.insecure_channel(target, options=options) as ch:
+    if True:  # the channel belongs to the caller (shared by several agents when asked)
         if register:
             stub = agent_pb2_grpc.AgentServiceStub(ch)
             await stub.Register(
@@ -166,23 +172,32 @@ async def _agent(
         if acked[0] < seq:
             out.errors.append(f"{name}: {seq - acked[0]} messages unacked after 30 s")
         reader.cancel()
-        await call.done_writing()
+        call.cancel()  # the run is over; nothing else is read or written on this stream
         out.acked_messages += acked[0]
         out.agents.append((name, epoch, seq))
 
 
 def _worker(
-    args: tuple[str, list[tuple[str, int]], int, float, float, float, bool], queue: Any
+    args: tuple[str, list[tuple[str, int]], int, float, float, float, bool, int], queue: Any
 ) -> None:
-    target, agents, gpus, hz, duration_s, start_at_wall, register = args
+    target, agents, gpus, hz, duration_s, start_at_wall, register, per_conn = args
     res = WorkerResult(0, 0, 0, [], [], [])
 
     async def main() -> None:
         start_at = time.monotonic() + (start_at_wall - time.time())
+        options = [
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.use_local_subchannel_pool", 1),
+        ]
+        channels = [
+            grpc.aio.insecure_channel(target, options=options)
+            for _ in range(-(-len(agents) // per_conn))
+        ]
         await asyncio.gather(
             *(
                 _agent(
-                    target,
+                    channels[i // per_conn],
                     name,
                     epoch,
                     gpus,
@@ -196,12 +211,22 @@ def _worker(
             )
         )
 
+        for ch in channels:
+            await ch.close()
+
     asyncio.run(main())
     queue.put(res)
 
 
 def run_load(
-    target: str, streams: int, gpus: int, hz: float, duration_s: float, workers: int, register: bool
+    target: str,
+    streams: int,
+    gpus: int,
+    hz: float,
+    duration_s: float,
+    workers: int,
+    register: bool,
+    per_conn: int = 1,
 ) -> tuple[WorkerResult, float]:
     agents = [(f"bench-{i:05d}", 1000 + i) for i in range(streams)]
     start_at = time.time() + 3.0 + streams / 400  # time to connect and register everyone
@@ -211,7 +236,8 @@ def run_load(
     for w in range(workers):
         part = agents[w::workers]
         p = ctx.Process(
-            target=_worker, args=((target, part, gpus, hz, duration_s, start_at, register), queue)
+            target=_worker,
+            args=((target, part, gpus, hz, duration_s, start_at, register, per_conn), queue),
         )
         p.start()
         procs.append(p)
@@ -233,6 +259,7 @@ def run_load(
 
 
 def start_collector(tmp: Path) -> tuple[subprocess.Popen[str], str, str]:
+    tmp.mkdir(parents=True, exist_ok=True)
     ready = tmp / "ready.json"
     with open(tmp / "collector.log", "w") as log:  # the child keeps its own copy of the fd
         proc = subprocess.Popen(
@@ -317,6 +344,7 @@ class RunReport:
     ack_p50_s: float | None
     ack_p99_s: float | None
     cpu_pct_of_one_core: float
+    loadgen_cpu_pct_of_one_core: float
     rss_mb: float
     lost_messages: int | None
     errors: int
@@ -338,6 +366,14 @@ def _pct(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+def _cpu(p: psutil.Process) -> float:
+    try:
+        t = p.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(t.user + t.system)
+
+
 def measure(
     label: str,
     target: str,
@@ -348,13 +384,16 @@ def measure(
     duration_s: float,
     workers: int,
     db: Path | None,
+    per_conn: int = 1,
 ) -> RunReport:
     server = psutil.Process(pid)
     res_holder: dict[str, Any] = {}
     cpu0: list[float] = []
 
     def load() -> None:
-        res_holder["res"] = run_load(target, streams, gpus, hz, duration_s, workers, register=True)
+        res_holder["res"] = run_load(
+            target, streams, gpus, hz, duration_s, workers, register=True, per_conn=per_conn
+        )
 
     import threading
 
@@ -362,16 +401,20 @@ def measure(
     t.start()
     # Sample the server's CPU over the steady window only (after connect/register).
     time.sleep(3.0 + streams / 400 + 2.0)
-    c0 = server.cpu_times()
+    # The server is its process tree (the collector's writer process included).
+    servers = [server, *server.children(recursive=True)]
     w0 = time.monotonic()
-    cpu0.append(c0.user + c0.system)
+    cpu0.append(sum(_cpu(p) for p in servers))
+    me = psutil.Process()
+    gens = [p for p in me.children(recursive=True) if p.pid not in {s.pid for s in servers}]
+    g0 = sum(_cpu(p) for p in gens)
     rss_peak = 0.0
     while t.is_alive() and time.monotonic() - w0 < duration_s - 3:
         rss_peak = max(rss_peak, server.memory_info().rss / 2**20)
         time.sleep(0.5)
-    c1 = server.cpu_times()
     w1 = time.monotonic()
-    cpu_pct = 100 * ((c1.user + c1.system) - cpu0[0]) / (w1 - w0)
+    cpu_pct = 100 * (sum(_cpu(p) for p in servers) - cpu0[0]) / (w1 - w0)
+    gen_pct = 100 * (sum(_cpu(p) for p in gens) - g0) / (w1 - w0)
     t.join()
     res, _start = res_holder["res"]
     for err in res.errors[:5]:
@@ -405,6 +448,7 @@ def measure(
         ack_p50_s=_pct(res.latencies_s, 0.50),
         ack_p99_s=_pct(res.latencies_s, 0.99),
         cpu_pct_of_one_core=cpu_pct,
+        loadgen_cpu_pct_of_one_core=gen_pct,
         rss_mb=rss_peak,
         lost_messages=lost,
         errors=len(res.errors),
@@ -437,11 +481,65 @@ def print_report(r: RunReport) -> None:
         f"{fmt(r.committed_samples_per_s, '10,.0f')} samples/s"
     )
     print(f"    ack latency p50 {fmt(r.ack_p50_s, '.3f')} s   p99 {fmt(r.ack_p99_s, '.3f')} s")
-    print(f"    server CPU {r.cpu_pct_of_one_core:5.0f} % of one core   RSS {r.rss_mb:6.0f} MB")
+    print(
+        f"    server CPU {r.cpu_pct_of_one_core:5.0f} % of one core   RSS {r.rss_mb:6.0f} MB   "
+        f"(load generator {r.loadgen_cpu_pct_of_one_core:.0f} %)"
+    )
     print(
         f"    lost messages {fmt(r.lost_messages, 'd')}   stream errors {r.errors}   "
         f"{'PASS' if r.passed else 'FAIL'}"
     )
+
+
+def run_collector(args: argparse.Namespace, tmp: Path, streams: int, label: str) -> RunReport:
+    """One collector run at ``streams`` (fresh database), with the /metrics timing."""
+    proc, target, http = start_collector(tmp)
+    try:
+        report = measure(
+            label,
+            target,
+            proc.pid,
+            streams,
+            args.gpus,
+            args.hz,
+            args.duration,
+            args.workers,
+            tmp / "bench.db",
+            args.streams_per_connection,
+        )
+        print_report(report)
+        med, worst, size, gpus = time_metrics(http)
+        print(
+            f"    /metrics for {gpus:,} GPUs: median {med:.3f} s, max {worst:.3f} s, "
+            f"{size / 2**20:.1f} MiB"
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    return report
+
+
+def run_echo(args: argparse.Namespace, streams: int) -> RunReport:
+    """The same load against a bare grpc.aio echo server."""
+    echo, target = start_echo()
+    try:
+        report = measure(
+            "bare grpc.aio echo",
+            target,
+            echo.pid,
+            streams,
+            args.gpus,
+            args.hz,
+            args.duration,
+            args.workers,
+            None,
+            args.streams_per_connection,
+        )
+        print_report(report)
+    finally:
+        echo.kill()
+        echo.wait()
+    return report
 
 
 def main() -> int:
@@ -451,99 +549,50 @@ def main() -> int:
     ap.add_argument("--hz", type=float, default=10.0)
     ap.add_argument("--duration", type=float, default=30.0)
     ap.add_argument("--workers", type=int, default=2, help="load-generator processes")
+    ap.add_argument(
+        "--streams-per-connection",
+        type=int,
+        default=1,
+        help="agents sharing one HTTP/2 connection in the load generator "
+        "(1 = each agent its own, as in a real fleet)",
+    )
     ap.add_argument("--no-echo", action="store_true", help="skip the echo-server baseline")
+    ap.add_argument("--echo-only", action="store_true", help="only the echo-server baseline")
     ap.add_argument(
         "--ceiling",
         action="store_true",
         help="after the target run, step streams up by 25 %% until a run fails",
     )
     args = ap.parse_args()
-
     print(
         f"machine: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
         f"python {sys.version.split()[0]}, grpcio {grpc.__version__}"
     )
-    reports = []
+    if args.echo_only:
+        run_echo(args, args.streams)
+        return 0
     with tempfile.TemporaryDirectory(prefix="flopwatt-bench-") as tmp_s:
         tmp = Path(tmp_s)
-        proc, target, http = start_collector(tmp)
-        try:
-            r = measure(
-                "collector",
-                target,
-                proc.pid,
-                args.streams,
-                args.gpus,
-                args.hz,
-                args.duration,
-                args.workers,
-                tmp / "bench.db",
-            )
-            print_report(r)
-            reports.append(r)
-            med, worst, size, gpus = time_metrics(http)
-            print(
-                f"    /metrics for {gpus:,} GPUs: median {med:.3f} s, max {worst:.3f} s, "
-                f"{size / 2**20:.1f} MiB"
-            )
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
-
+        report = run_collector(args, tmp / "target", args.streams, "collector")
         if not args.no_echo:
-            echo, etarget = start_echo()
-            try:
-                e = measure(
-                    "bare grpc.aio echo",
-                    etarget,
-                    echo.pid,
-                    args.streams,
-                    args.gpus,
-                    args.hz,
-                    args.duration,
-                    args.workers,
-                    None,
+            echo = run_echo(args, args.streams)
+            if echo.cpu_pct_of_one_core > 0:
+                print(
+                    f"    collector CPU ÷ echo CPU = "
+                    f"{report.cpu_pct_of_one_core / echo.cpu_pct_of_one_core:.2f}"
                 )
-                print_report(e)
-                if e.cpu_pct_of_one_core > 0:
-                    print(
-                        f"    collector CPU ÷ echo CPU = "
-                        f"{r.cpu_pct_of_one_core / e.cpu_pct_of_one_core:.2f}"
-                    )
-            finally:
-                echo.kill()
-                echo.wait()
-
         if args.ceiling:
             streams = args.streams
             while True:
                 streams = int(streams * 1.25)
-                sub = tmp / f"ceiling-{streams}"
-                sub.mkdir()
-                proc, target, _http = start_collector(sub)
-                try:
-                    c = measure(
-                        "ceiling",
-                        target,
-                        proc.pid,
-                        streams,
-                        args.gpus,
-                        args.hz,
-                        args.duration,
-                        args.workers,
-                        sub / "bench.db",
-                    )
-                finally:
-                    proc.send_signal(signal.SIGTERM)
-                    proc.wait(30)
-                print_report(c)
-                if not c.passed:
+                ceiling = run_collector(args, tmp / f"ceiling-{streams}", streams, "ceiling")
+                if not ceiling.passed:
                     print(
-                        f"  ceiling: last passing load below {streams} streams "
-                        f"({streams * args.gpus * args.hz:,.0f} samples/s offered failed)"
+                        f"  ceiling: {streams} streams "
+                        f"({streams * args.gpus * args.hz:,.0f} samples/s offered) failed"
                     )
                     break
-    return 0 if reports and reports[0].passed else 1
+    return 0 if report.passed else 1
 
 
 if __name__ == "__main__":

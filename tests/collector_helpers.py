@@ -78,13 +78,23 @@ def telemetry_pb(
     t0 = time.time_ns() if t0_ns is None else t0_ns
     m = agent_pb2.AgentMessage(epoch=epoch, sequence=sequence)
     s = m.telemetry.series.add(device_uuid=uuid)
-    s.timestamp_unix_ns.extend(t0 + i * 100_000_000 for i in range(n))
+    s.timestamp_unix_ns = le([t0 + i * 100_000_000 for i in range(n)], "timestamp_unix_ns")
     powers = [power_w] * n if isinstance(power_w, (int, float)) else list(power_w)
-    s.power_instant_w.extend(powers)
-    s.energy_j.extend(energy_j if energy_j is not None else [float(i) for i in range(n)])
-    s.sm_clock_mhz.extend([1980] * n)
-    s.throttle_reasons.extend([throttle] * n)
+    s.power_instant_w = le(powers, "power_instant_w")
+    s.energy_j = le(energy_j if energy_j is not None else [float(i) for i in range(n)], "energy_j")
+    s.sm_clock_mhz = le([1980] * n, "sm_clock_mhz")
+    s.throttle_reasons = le([throttle] * n, "throttle_reasons")
     return m
+
+
+def le(values: Sequence[float] | Sequence[int], column: str) -> bytes:
+    """A column's values as the wire's packed little-endian array."""
+    import numpy as np
+
+    from flopwatt.records import COLUMN_DTYPES, TIMESTAMP_DTYPE
+
+    dtype = TIMESTAMP_DTYPE if column == "timestamp_unix_ns" else COLUMN_DTYPES[column]
+    return np.asarray(list(values)).astype(dtype).tobytes()
 
 
 def heartbeat_pb(epoch: int, sequence: int) -> agent_pb2.AgentMessage:
@@ -104,6 +114,8 @@ async def collector(tmp_path: Path, **overrides: Any) -> AsyncIterator[RunningCo
         "grpc_listen": "127.0.0.1:0",
         "http_listen": "127.0.0.1:0",
         "db_path": tmp_path / "collector.db",
+        # The writer thread starts faster; the writer process has its own tests.
+        "writer_process": False,
     }
     config = CollectorConfig(**{**settings, **overrides})
     async with run_server(config) as running:

@@ -84,11 +84,12 @@ async def test_duplicate_and_conflicting_resends(tmp_path: Path) -> None:
         await s2.wait_ack(EPOCH, 3)
         await s2.close()
         assert _stored(c) == [("node-a", EPOCH, 1), ("node-a", EPOCH, 2), ("node-a", EPOCH, 3)]
-        powers = c.store.query("SELECT power_instant_w FROM telemetry_chunks WHERE sequence = 2")
+        powers = c.store.query("SELECT data FROM telemetry_chunks WHERE sequence = 2")
         assert len(powers) == 1  # the first copy is kept, not the conflicting one
-        import numpy as np
 
-        assert set(np.frombuffer(powers[0]["power_instant_w"], "<f8")) == {300.0}
+        from flopwatt.collector.store import unpack_chunk
+
+        assert set(unpack_chunk(powers[0]["data"])[1]["power_instant_w"]) == {300.0}
         _, text = await http_get(c.http_url + "/metrics")
         m = samples(text)
         msgs = "flopwatt_collector_messages_total"
@@ -134,7 +135,7 @@ async def test_structurally_broken_message_is_invalid_argument_and_consumed(
     async with collector(tmp_path) as c, grpc.aio.insecure_channel(c.grpc_address) as ch:
         await _register(ch)
         broken = telemetry_pb(EPOCH, 2)
-        broken.telemetry.series[0].power_instant_w.append(1.0)  # 11 values for 10 timestamps
+        broken.telemetry.series[0].power_instant_w += b"\0" * 8  # 11 values for 10 timestamps
         s = AgentStream(ch)
         s.send(hello_pb("node-a", EPOCH), telemetry_pb(EPOCH, 1), broken)
         assert await s.wait_end() == grpc.StatusCode.INVALID_ARGUMENT
@@ -353,3 +354,43 @@ async def test_fast_text_renderer_matches_the_prometheus_client_collector(tmp_pa
         fast = samples(exporter.render_text())
         assert fast == reference
         assert len(fast) > 40
+
+
+@pytest.mark.parametrize("writer_process", [True])
+async def test_writer_process_stores_exactly_once_and_keeps_rejections(
+    tmp_path: Path, writer_process: bool
+) -> None:
+    """The default (CLI) configuration commits from a child process; telemetry crosses as its
+    wire bytes, and messages with rejected samples as filtered arrays."""
+    t0 = time.time_ns()
+    async with (
+        collector(tmp_path, writer_process=writer_process) as c,
+        grpc.aio.insecure_channel(c.grpc_address) as ch,
+    ):
+        await _register(ch)
+        s = AgentStream(ch)
+        s.send(
+            hello_pb("node-a", EPOCH),
+            telemetry_pb(EPOCH, 1, t0_ns=t0),
+            telemetry_pb(EPOCH, 2, t0_ns=t0 + 10**9, power_w=[300.0] * 9 + [math.nan]),
+            _gemm_result(3),
+        )
+        await s.wait_ack(EPOCH, 3)
+        await s.close()
+        s2 = AgentStream(ch)
+        s2.send(hello_pb("node-a", EPOCH))
+        await s2.wait_ack(EPOCH, 3)
+        s2.send(telemetry_pb(EPOCH, 1, t0_ns=t0), telemetry_pb(EPOCH, 4, t0_ns=t0 + 3 * 10**9))
+        await s2.wait_ack(EPOCH, 4)
+        await s2.close()
+        rows = c.store.query("SELECT sequence, n_samples FROM telemetry_chunks ORDER BY sequence")
+        assert [(r["sequence"], r["n_samples"]) for r in rows] == [(1, 10), (2, 9), (4, 10)]
+        assert c.store.query("SELECT COUNT(*) AS n FROM job_results")[0]["n"] == 1
+        _, text = await http_get(c.http_url + "/metrics")
+        m = samples(text)
+        assert find(
+            m, "flopwatt_collector_messages_total", kind="telemetry", outcome="duplicate"
+        ) == [1.0]
+        assert find(m, "flopwatt_collector_samples_rejected_total", reason="power_not_finite") == [
+            1.0
+        ]

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from flopwatt.collector.store import unpack_chunk
 from tests.collector_helpers import collector
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,6 +36,7 @@ import importlib.util
 import json
 import os
 import queue
+import struct
 import sys
 import time
 
@@ -110,15 +112,15 @@ powers = []
 for seq in range(1, BATCHES + 1):
     m = agent_pb2.AgentMessage(epoch=EPOCH, sequence=seq)
     s = m.telemetry.series.add(device_uuid=UUID)
-    for i in range(N):
-        k = (seq - 1) * N + i
-        s.timestamp_unix_ns.append(t0 + k * 100_000_000)
-        s.power_instant_w.append(250.0 + k)
-        s.energy_j.append(25.0 * k)
-        s.sm_clock_mhz.append(1980)
-        s.gpu_temperature_c.append(60.5)
-        s.throttle_reasons.append(0x4 if k % 2 else 0)
-        powers.append(250.0 + k)
+    ks = [(seq - 1) * N + i for i in range(N)]
+    # Columns are packed little-endian arrays, as the .proto documents: plain struct will do.
+    s.timestamp_unix_ns = struct.pack(f"<{N}q", *(t0 + k * 100_000_000 for k in ks))
+    s.power_instant_w = struct.pack(f"<{N}d", *(250.0 + k for k in ks))
+    s.energy_j = struct.pack(f"<{N}d", *(25.0 * k for k in ks))
+    s.sm_clock_mhz = struct.pack(f"<{N}I", *([1980] * N))
+    s.gpu_temperature_c = struct.pack(f"<{N}f", *([60.5] * N))
+    s.throttle_reasons = struct.pack(f"<{N}Q", *(0x4 if k % 2 else 0 for k in ks))
+    powers.extend(250.0 + k for k in ks)
     sent.put(m)
 now = time.time_ns()
 sent.put(agent_pb2.AgentMessage(epoch=EPOCH, sequence=BATCHES + 1, job_result=jobs_pb2.JobResult(
@@ -293,15 +295,15 @@ async def test_client_from_proto_only(generated: Path, tmp_path: Path, epoch: in
     ]
     chunks = _query(
         db,
-        "SELECT device_uuid, n_samples, power_instant_w, energy_j, power_average_1s_w, "
-        "throttle_reasons FROM telemetry_chunks ORDER BY sequence, chunk_index",
+        "SELECT device_uuid, n_samples, data FROM telemetry_chunks ORDER BY sequence, chunk_index",
     )
     assert [r["device_uuid"] for r in chunks] == [uuid] * 3
     assert sum(r["n_samples"] for r in chunks) == out["samples"] == 30
-    powers = np.concatenate([np.frombuffer(r["power_instant_w"], "<f8") for r in chunks])
+    decoded = [unpack_chunk(r["data"])[1] for r in chunks]
+    powers = np.concatenate([cols["power_instant_w"] for cols in decoded])
     assert powers.tolist() == out["powers"]
-    assert all(r["power_average_1s_w"] is None for r in chunks), "absent column stays absent"
-    throttle = np.concatenate([np.frombuffer(r["throttle_reasons"], "<u8") for r in chunks])
+    assert all("power_average_1s_w" not in cols for cols in decoded), "absent stays absent"
+    throttle = np.concatenate([cols["throttle_reasons"] for cols in decoded])
     assert throttle.tolist() == [0x4 if k % 2 else 0 for k in range(30)]
 
     results = _query(db, "SELECT * FROM job_results")

@@ -32,6 +32,7 @@ from tests.collector_helpers import (
     heartbeat_pb,
     hello_pb,
     http_get,
+    le,
     register_pb,
 )
 from tests.prometheus_helpers import (
@@ -65,27 +66,27 @@ def _telemetry(seq: int, uuid: str, base_w: float, throttle: int) -> agent_pb2.A
     t0 = time.time_ns() - N * 100_000_000
     m = agent_pb2.AgentMessage(epoch=EPOCH, sequence=seq)
     s = m.telemetry.series.add(device_uuid=uuid)
-    s.timestamp_unix_ns.extend(t0 + i * 100_000_000 for i in range(N))
-    s.power_instant_w.extend(base_w + i for i in range(N))
-    s.power_average_1s_w.extend([base_w + 5] * N)
-    s.energy_j.extend(1000.0 + 30.0 * i for i in range(N))
-    s.sm_clock_mhz.extend([1755] * N)
-    s.mem_clock_mhz.extend([2619] * N)
-    s.gpu_temperature_c.extend([65.5] * N)
-    s.memory_temperature_c.extend([71.0] * N)
-    s.gpu_utilization_ratio.extend([0.75] * N)
-    s.memory_utilization_ratio.extend([0.5] * N)
-    s.throttle_reasons.extend([0] * (N - 1) + [throttle])
-    s.power_limit_w.extend([700.0] * N)
-    s.memory_used_bytes.extend([40 * 2**30] * N)
+    s.timestamp_unix_ns = le([t0 + i * 100_000_000 for i in range(N)], "timestamp_unix_ns")
+    s.power_instant_w = le([base_w + i for i in range(N)], "power_instant_w")
+    s.power_average_1s_w = le([base_w + 5] * N, "power_average_1s_w")
+    s.energy_j = le([1000.0 + 30.0 * i for i in range(N)], "energy_j")
+    s.sm_clock_mhz = le([1755] * N, "sm_clock_mhz")
+    s.mem_clock_mhz = le([2619] * N, "mem_clock_mhz")
+    s.gpu_temperature_c = le([65.5] * N, "gpu_temperature_c")
+    s.memory_temperature_c = le([71.0] * N, "memory_temperature_c")
+    s.gpu_utilization_ratio = le([0.75] * N, "gpu_utilization_ratio")
+    s.memory_utilization_ratio = le([0.5] * N, "memory_utilization_ratio")
+    s.throttle_reasons = le([0] * (N - 1) + [throttle], "throttle_reasons")
+    s.power_limit_w = le([700.0] * N, "power_limit_w")
+    s.memory_used_bytes = le([40 * 2**30] * N, "memory_used_bytes")
     return m
 
 
 def _rejected_sample(seq: int) -> agent_pb2.AgentMessage:
     m = agent_pb2.AgentMessage(epoch=EPOCH, sequence=seq)
     s = m.telemetry.series.add(device_uuid=SIM1)
-    s.timestamp_unix_ns.append(time.time_ns() - 10**9)  # older than the series above
-    s.power_instant_w.append(math.nan)
+    s.timestamp_unix_ns = le([time.time_ns() - 10**9], "timestamp_unix_ns")  # older than above
+    s.power_instant_w = le([math.nan], "power_instant_w")
     return m
 
 

@@ -15,9 +15,8 @@ from flopwatt.collector.store import (
     MessageWrite,
     Outcome,
     SQLiteStore,
-    pack_column,
-    unpack_column,
-    unpack_timestamps,
+    pack_chunk,
+    unpack_chunk,
 )
 from flopwatt.collector.validate import POWER_LIMIT_FACTOR, validate_series
 from flopwatt.records import DeviceSeries
@@ -74,15 +73,25 @@ def test_other_non_finite_values_are_rejected() -> None:
     assert counts == {"value_not_finite": 1} and len(good) == 1
 
 
-def test_pack_roundtrip_is_little_endian() -> None:
-    v = np.array([1.5, -2.0, math.nan])
-    blob = pack_column(v, "power_instant_w")
-    assert blob[:8] == np.float64(1.5).tobytes() if np.little_endian else True
-    back = unpack_column(blob, "power_instant_w")
-    assert back is not None and np.array_equal(back, v, equal_nan=True)
-    assert unpack_column(None, "power_instant_w") is None
-    ts = np.array([1, 2], dtype=np.int64)
-    assert unpack_timestamps(ts.astype("<i8").tobytes()).tolist() == [1, 2]
+def test_chunk_roundtrip_keeps_dtypes_and_absent_columns() -> None:
+    ts = np.array([NOW, NOW + 1, NOW + 2], dtype=np.int64)
+    cols = {
+        "power_instant_w": np.array([1.5, -2.0, math.nan]),
+        "sm_clock_mhz": np.array([1980, 1410, 0], dtype=np.uint32),
+        "throttle_reasons": np.array([0, 4, 2**63], dtype=np.uint64),
+    }
+    blob = pack_chunk(ts, cols)
+    assert blob[:4] == b"FWT1"
+    back_ts, back = unpack_chunk(blob)
+    assert back_ts.tolist() == ts.tolist()
+    assert set(back) == set(cols)
+    for name, v in cols.items():
+        assert back[name].dtype == v.dtype.newbyteorder("<") or back[name].dtype == v.dtype
+        assert np.array_equal(back[name], v, equal_nan=True)
+    with pytest.raises(ValueError, match="trailing"):
+        unpack_chunk(blob + b"x")
+    with pytest.raises(ValueError, match="not a flopwatt"):
+        unpack_chunk(b"XXXX" + blob[4:])
 
 
 def _write(seq: int, digest: bytes = b"d", *, epoch: int = 1) -> MessageWrite:

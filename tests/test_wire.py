@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from flopwatt import wire
 from flopwatt.records import (
+    COLUMN_DTYPES,
     TELEMETRY_COLUMN_NAMES,
     TELEMETRY_COLUMNS,
     Ack,
@@ -55,6 +56,7 @@ from flopwatt.records import (
 )
 from flopwatt.v1 import agent_pb2, common_pb2, jobs_pb2, telemetry_pb2
 from flopwatt.wire import WireError, WireTooLargeError
+from tests.collector_helpers import le
 
 EPOCH = 0xFEDC_BA98_7654_3210  # uses the top bit of the fixed64
 NOW_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
@@ -382,7 +384,7 @@ def test_settings_unset_on_the_wire_mean_defaults() -> None:
 def test_series_every_column_round_trip_keeps_dtypes_and_extremes() -> None:
     s = series_full(7)
     m = _reserialize(wire.series_to_proto(s))
-    assert len(m.timestamp_unix_ns) == 7
+    assert len(m.timestamp_unix_ns) == 7 * 8  # packed little-endian int64
     assert_series_equal(wire.series_from_proto(m), s)
 
 
@@ -394,7 +396,8 @@ def test_absent_columns_stay_absent(present: tuple[str, ...]) -> None:
     )
     m = _reserialize(wire.series_to_proto(s))
     for name in TELEMETRY_COLUMN_NAMES:
-        assert len(getattr(m, name)) == (4 if name in present else 0), name
+        size = COLUMN_DTYPES[name].itemsize
+        assert len(getattr(m, name)) == (4 * size if name in present else 0), name
     got = wire.series_from_proto(m)
     assert set(got.columns) == set(present)
     assert_series_equal(got, s)
@@ -620,9 +623,9 @@ def test_collector_message_round_trip(payload: Ack | Command) -> None:
 
 def _series_pb(n: int = 3, **columns: list[Any]) -> telemetry_pb2.DeviceSeries:
     m = telemetry_pb2.DeviceSeries(device_uuid="GPU-0")
-    m.timestamp_unix_ns.extend(NOW_NS + i for i in range(n))
+    m.timestamp_unix_ns = le([NOW_NS + i for i in range(n)], "timestamp_unix_ns")
     for name, values in columns.items():
-        getattr(m, name).extend(values)
+        setattr(m, name, le(values, name))
     return m
 
 
@@ -662,14 +665,14 @@ def test_mismatch_inside_a_batch_fails_the_whole_message() -> None:
 
 def test_oversized_series_is_too_large() -> None:
     m = telemetry_pb2.DeviceSeries(device_uuid="GPU-0")
-    m.timestamp_unix_ns.extend(range(wire.MAX_SERIES_SAMPLES + 1))
+    m.timestamp_unix_ns = np.arange(wire.MAX_SERIES_SAMPLES + 1, dtype="<i8").tobytes()
     with pytest.raises(WireTooLargeError, match=str(wire.MAX_SERIES_SAMPLES)):
         wire.series_from_proto(m)
 
 
 def test_series_at_the_size_limit_is_accepted() -> None:
     m = telemetry_pb2.DeviceSeries(device_uuid="GPU-0")
-    m.timestamp_unix_ns.extend(range(wire.MAX_SERIES_SAMPLES))
+    m.timestamp_unix_ns = np.arange(wire.MAX_SERIES_SAMPLES, dtype="<i8").tobytes()
     assert len(wire.series_from_proto(m)) == wire.MAX_SERIES_SAMPLES
 
 

@@ -25,14 +25,12 @@ from flopwatt.collector.store import (
     WriteOutcome,
     epoch_from_db,
 )
-from flopwatt.collector.validate import merge_counts, validate_series
 from flopwatt.jsonable import from_jsonable
 from flopwatt.records import (
     AgentMessage,
     AgentSettings,
     DeviceInfo,
     DeviceKind,
-    DeviceSeries,
     Dropped,
     JobResult,
     JobStatus,
@@ -67,6 +65,13 @@ def match_device(registry: Registry, d: DeviceInfo) -> tuple[GpuSpec | None, str
     return m.spec, m.method
 
 
+def power_limit_w(d: DeviceState) -> float | None:
+    """The limit telemetry is checked against: the enforced limit, else the SKU's TDP."""
+    if d.info.power_limit_enforced_w is not None:
+        return d.info.power_limit_enforced_w
+    return d.spec.tdp_w if d.spec is not None else None
+
+
 class Ingest:
     """Per-message ingest logic shared by every stream.
 
@@ -92,6 +97,8 @@ class Ingest:
         self.registry = registry
         self.settings = settings or AgentSettings()
         self.clock_ns = clock_ns
+        self.on_devices: Callable[[str, dict[str, float | None]], None] | None = None
+        """Told each agent's devices and power limits (the writer validates telemetry)."""
 
     # --- registration --------------------------------------------------------------------
 
@@ -108,7 +115,18 @@ class Ingest:
             self.store.register_agent, req.node, req.devices, req.epoch, matches, now
         )
         self.state.register(req.node, req.epoch, states, now)
+        self._announce(req.node.hostname, states)
         return RegisterResponse(agent_id=req.node.hostname, settings=self.settings)
+
+    def _announce(self, agent_id: str, devices: list[DeviceState]) -> None:
+        if self.on_devices is not None:
+            self.on_devices(agent_id, {d.info.uuid: power_limit_w(d) for d in devices})
+
+    def announce_all(self) -> None:
+        """Tell ``on_devices`` about every known agent (after a rebuild)."""
+        snap = self.state.snapshot()
+        for agent_id, a in snap.agents.items():
+            self._announce(agent_id, [snap.devices[u] for u in a.device_uuids if u in snap.devices])
 
     # --- messages ------------------------------------------------------------------------
 
@@ -119,9 +137,13 @@ class Ingest:
         return d
 
     def prepare(
-        self, agent_id: str, msg: AgentMessage, digest: bytes, received_unix_ns: int
+        self,
+        agent_id: str,
+        msg: AgentMessage,
+        digest: bytes,
+        received_unix_ns: int,
     ) -> MessageWrite:
-        """Validate and enrich one message into a :class:`MessageWrite`.
+        """Validate and enrich one non-telemetry message into a :class:`MessageWrite`.
 
         Raises:
             StructuralError: the message cannot belong to this agent.
@@ -129,8 +151,7 @@ class Ingest:
         base = MessageWrite(agent_id, msg.epoch, msg.sequence, msg.kind, digest, received_unix_ns)
         p = msg.payload
         if isinstance(p, TelemetryBatch):
-            series, rejected = self._telemetry(agent_id, p, received_unix_ns)
-            return replace(base, series=series, rejected_samples=rejected)
+            raise TypeError("telemetry is prepared by the store writer (telemetry_prep)")
         if isinstance(p, JobResult):
             device = self._device_of(agent_id, p.device_uuid)
             return replace(base, result=p, comparison=self._compare(device, p))
@@ -139,21 +160,6 @@ class Ingest:
         if isinstance(p, Dropped):
             return replace(base, dropped_samples=p.samples)
         return base
-
-    def _telemetry(
-        self, agent_id: str, batch: TelemetryBatch, now_unix_ns: int
-    ) -> tuple[tuple[DeviceSeries, ...], dict[tuple[str, str], int]]:
-        clean: list[DeviceSeries] = []
-        rejected: dict[tuple[str, str], int] = {}
-        for s in batch.series:
-            device = self._device_of(agent_id, s.device_uuid)
-            limit = device.info.power_limit_enforced_w
-            if limit is None and device.spec is not None:
-                limit = device.spec.tdp_w
-            good, counts = validate_series(s, now_unix_ns=now_unix_ns, power_limit_w=limit)
-            merge_counts(rejected, s.device_uuid, counts)
-            clean.append(good)
-        return tuple(clean), rejected
 
     def _compare(self, device: DeviceState, r: JobResult) -> SpecComparison | None:
         limit = r.conditions.power_limit_w or device.info.power_limit_enforced_w
@@ -208,9 +214,9 @@ class Ingest:
             c.messages[key] = c.messages.get(key, 0) + 1
             if not stored:
                 return
-            c.samples_ingested += write.samples
+            c.samples_ingested += outcome.samples
             c.samples_dropped_by_agents += write.dropped_samples
-            for (_, reason), k in write.rejected_samples.items():
+            for (_, reason), k in outcome.rejected_samples.items():
                 c.samples_rejected[reason] = c.samples_rejected.get(reason, 0) + k
 
         self.state.count(count)
@@ -224,8 +230,8 @@ class Ingest:
             )
         if not stored:
             return
-        if write.series:
-            self.state.apply_series(write.series)
+        if outcome.latest:
+            self.state.apply_latest(outcome.latest)
         r = write.result
         if r is not None:
             if r.gemm is not None:

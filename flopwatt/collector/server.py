@@ -35,7 +35,7 @@ from flopwatt.collector.servicer import AdminServicer, AgentServicer
 from flopwatt.collector.session import SessionRegistry
 from flopwatt.collector.state import FleetState
 from flopwatt.collector.store import SQLiteStore
-from flopwatt.collector.writer import StoreWriter
+from flopwatt.collector.writer import BatchWriter, ProcessStoreWriter, StoreWriter
 from flopwatt.records import AgentSettings
 from flopwatt.v1 import admin_pb2_grpc, agent_pb2_grpc
 
@@ -65,6 +65,8 @@ class CollectorConfig:
     """Listen beyond loopback without any credentials (only behind a trusted network)."""
     staleness_s: float = 300.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    writer_process: bool = True
+    """Commit messages from a child process (another core) rather than a thread."""
     settings: AgentSettings = field(default_factory=AgentSettings)
 
 
@@ -149,7 +151,7 @@ class RunningCollector:
     http: HttpServer
     _server: grpc.aio.Server
     _health: HealthServicer
-    _writer: StoreWriter
+    _writer: BatchWriter
     _serving: list[bool]
     _stopped: bool = False
 
@@ -209,7 +211,14 @@ async def run_server(
     state = FleetState()
     ingest = Ingest(store, state, registry, settings=config.settings, clock_ns=clock_ns)
     await asyncio.to_thread(ingest.rebuild)
-    writer = StoreWriter(store, on_commit=lambda _n, lat: state.observe_commit_latencies(lat))
+    on_commit = lambda _n, lat: state.observe_commit_latencies(lat)  # noqa: E731
+    writer: BatchWriter = (
+        await asyncio.to_thread(ProcessStoreWriter, config.db_path, on_commit=on_commit)
+        if config.writer_process
+        else StoreWriter(store, on_commit=on_commit)
+    )
+    ingest.on_devices = writer.update_devices
+    ingest.announce_all()
     sessions = SessionRegistry()
     jobs = JobService(store, state, sessions, clock_ns=clock_ns)
 

@@ -20,7 +20,7 @@ from flopwatt.collector.jobs import (
 )
 from flopwatt.collector.session import END, Session, SessionRegistry, StreamAbort
 from flopwatt.collector.store import JobRow
-from flopwatt.collector.writer import StoreWriter
+from flopwatt.collector.writer import BatchWriter
 from flopwatt.jsonable import from_jsonable
 from flopwatt.records import JobSpec, StreamHello
 from flopwatt.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, jobs_pb2
@@ -67,7 +67,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(
         self,
         ingest: Ingest,
-        writer: StoreWriter,
+        writer: BatchWriter,
         sessions: SessionRegistry,
         jobs: JobService,
         auth: AuthConfig,

@@ -14,13 +14,14 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 
 from flopwatt.collector.ingest import Ingest, StructuralError
 from flopwatt.collector.store import MessageWrite, WriteOutcome
-from flopwatt.collector.writer import StoreWriter
+from flopwatt.collector.telemetry_prep import REJECT_TOO_LARGE
+from flopwatt.collector.writer import BatchWriter
 from flopwatt.records import Ack, AgentMessage, CollectorPayload, Command, StreamHello
 from flopwatt.v1 import agent_pb2
 from flopwatt.wire import WireError, WireTooLargeError, agent_message_from_proto
@@ -52,6 +53,12 @@ def message_digest(raw: agent_pb2.AgentMessage) -> bytes:
     return hashlib.blake2b(raw.SerializeToString(deterministic=True), digest_size=16).digest()
 
 
+def telemetry_digest(telemetry_wire: bytes) -> bytes:
+    """Digest of a telemetry message's content: its serialised batch (BLAKE2b-128). A resend
+    from the agent's spool carries byte-identical content."""
+    return hashlib.blake2b(telemetry_wire, digest_size=16, person=b"telemetry").digest()
+
+
 class Session:
     """The collector side of one agent stream (see module docstring)."""
 
@@ -60,7 +67,7 @@ class Session:
         agent_id: str,
         hello: StreamHello,
         ingest: Ingest,
-        writer: StoreWriter,
+        writer: BatchWriter,
         *,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
@@ -179,12 +186,21 @@ class Session:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"sequence gap in epoch {epoch}: expected {expected}, got {seq}",
             )
-        digest = message_digest(raw)
+        if kind == "telemetry":
+            # Telemetry goes to the writer as its wire bytes; it is decoded and validated there.
+            wire_bytes = raw.telemetry.SerializeToString()
+            digest = telemetry_digest(wire_bytes)
+        else:
+            wire_bytes = None
+            digest = message_digest(raw)
         base = MessageWrite(self.agent_id, epoch, seq, kind, digest, received)
         if seq < expected:
             await self._submit(base)  # a resend: the store tells duplicate from conflict
             return None
         self._expected[epoch] = expected + 1
+        if wire_bytes is not None:
+            await self._submit(replace(base, telemetry_wire=wire_bytes))
+            return None
         try:
             msg: AgentMessage = agent_message_from_proto(raw)
             write = self._ingest.prepare(self.agent_id, msg, digest, received)
@@ -247,6 +263,32 @@ class Session:
             if outcome.committed_through > self._acked.get(write.epoch, 0):
                 self._acked[write.epoch] = outcome.committed_through
                 dirty.add(write.epoch)
+            if outcome.reject_code:
+                # Telemetry the writer found broken: recorded as rejected (its sequence is
+                # consumed), now end the stream so the agent hears why.
+                code = (
+                    grpc.StatusCode.RESOURCE_EXHAUSTED
+                    if outcome.reject_code == REJECT_TOO_LARGE
+                    else grpc.StatusCode.INVALID_ARGUMENT
+                )
+                self._flush_acks(dirty)
+                log.warning(
+                    "rejected telemetry %d/%d from %s: %s",
+                    write.epoch,
+                    write.sequence,
+                    self.agent_id,
+                    outcome.rejected_detail,
+                )
+                self._outbound.put_nowait(
+                    StreamAbort(
+                        code,
+                        f"epoch {write.epoch} sequence {write.sequence} rejected: "
+                        f"{outcome.rejected_detail}",
+                    )
+                )
+                if self._reader is not None:
+                    self._reader.cancel()
+                return
             if self._pending.empty():
                 self._flush_acks(dirty)
 

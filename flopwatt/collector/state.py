@@ -13,14 +13,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from flopwatt.analysis.comparison import SpecComparison
 from flopwatt.analysis.registry import GpuSpec
 from flopwatt.records import (
-    TELEMETRY_COLUMN_NAMES,
     DeviceInfo,
-    DeviceSeries,
     GemmResult,
     ModelResult,
     NodeInfo,
@@ -174,22 +170,15 @@ class FleetState:
             if a is not None:
                 a.last_seen_unix_ns = max(a.last_seen_unix_ns, now_unix_ns)
 
-    def apply_series(self, series: Iterable[DeviceSeries]) -> None:
-        """Fold committed telemetry into the latest values."""
+    def apply_latest(self, latest: Mapping[str, tuple[int, Mapping[str, float]]]) -> None:
+        """Fold each device's latest committed values (from the writer) into the state."""
         with self._lock:
-            for s in series:
-                d = self._devices.get(s.device_uuid)
-                if d is None or len(s) == 0:
-                    continue
-                last = int(np.argmax(s.timestamp_unix_ns))
-                t = int(s.timestamp_unix_ns[last])
-                if t < d.latest_sample_unix_ns:
-                    continue  # an older resent series must not overwrite newer values
-                d.latest_sample_unix_ns = t
-                for name in TELEMETRY_COLUMN_NAMES:
-                    col = s.columns.get(name)
-                    if col is not None:
-                        d.latest[name] = float(col[last])
+            for uuid, (stamp, values) in latest.items():
+                dev = self._devices.get(uuid)
+                if dev is None or stamp < dev.latest_sample_unix_ns:
+                    continue  # unknown, or an older resent sample: keep the newer values
+                dev.latest_sample_unix_ns = stamp
+                dev.latest.update(values)
 
     def apply_gemm(
         self,

@@ -14,7 +14,9 @@ interface.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,11 +33,11 @@ from flopwatt.jsonable import dumps
 from flopwatt.records import (
     TELEMETRY_COLUMNS,
     DeviceInfo,
-    DeviceSeries,
     JobResult,
     JobState,
     JobStatus,
     NodeInfo,
+    SeriesBlock,
 )
 
 
@@ -60,8 +62,10 @@ class MessageWrite:
     received_unix_ns: int
     rejected_detail: str = ""
     """Non-empty: the message was structurally broken; it is recorded as rejected."""
-    series: tuple[DeviceSeries, ...] = ()
-    """Validated telemetry (bad samples already removed)."""
+    reject_code: str = ""
+    """For a rejection: "invalid_argument" or "resource_exhausted" (the stream's status)."""
+    blocks: tuple[SeriesBlock, ...] = ()
+    """Validated telemetry (bad samples already removed), one row per device when stored."""
     rejected_samples: Mapping[tuple[str, str], int] = field(default_factory=dict)
     """(device_uuid, reason) → samples rejected by validation."""
     result: JobResult | None = None
@@ -69,19 +73,37 @@ class MessageWrite:
     job_status: JobStatus | None = None
     dropped_samples: int = 0
     """For a tombstone: telemetry samples the agent dropped from its spool."""
+    telemetry_wire: bytes | None = None
+    """Telemetry exactly as received (a serialised ``TelemetryBatch``), not yet decoded or
+    validated: the writer prepares it (``telemetry_prep``) just before the commit."""
 
     @property
     def samples(self) -> int:
         """Telemetry samples this message stores."""
-        return sum(len(s) for s in self.series)
+        return sum(len(b) for b in self.blocks)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Positional and flat: cheaper to pickle across to a writer process.
+        return (MessageWrite, tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
 
 
 @dataclass(frozen=True)
 class WriteOutcome:
-    """The result of applying one :class:`MessageWrite`."""
+    """The result of applying one :class:`MessageWrite`.
+
+    The writer fills the telemetry fields after preparing telemetry on its side (the stream
+    handler never saw the decoded samples).
+    """
 
     outcome: Outcome
     committed_through: int
+    samples: int = 0
+    """Telemetry samples stored."""
+    rejected_samples: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    rejected_detail: str = ""
+    reject_code: str = ""
+    latest: Mapping[str, tuple[int, Mapping[str, float]]] = field(default_factory=dict)
+    """device uuid → (latest sample time ns, {column: value}) of the samples stored."""
 
 
 @dataclass(frozen=True)
@@ -229,19 +251,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                 t_first_unix_ns INTEGER NOT NULL,
                 t_last_unix_ns INTEGER NOT NULL,
                 n_samples INTEGER NOT NULL,
-                timestamp_unix_ns BLOB NOT NULL,
-                power_instant_w BLOB,
-                power_average_1s_w BLOB,
-                energy_j BLOB,
-                sm_clock_mhz BLOB,
-                mem_clock_mhz BLOB,
-                gpu_temperature_c BLOB,
-                memory_temperature_c BLOB,
-                gpu_utilization_ratio BLOB,
-                memory_utilization_ratio BLOB,
-                throttle_reasons BLOB,
-                power_limit_w BLOB,
-                memory_used_bytes BLOB,
+                data BLOB NOT NULL,
                 PRIMARY KEY (agent_id, epoch, sequence, chunk_index)
             )""",
             "CREATE INDEX telemetry_by_device ON telemetry_chunks (device_uuid, t_first_unix_ns)",
@@ -344,7 +354,6 @@ _COMPARISON_FIELDS = (
     "physics_tdp_w",
     "physics_power_at_measured_w",
 )
-_CHUNK_COLUMNS = tuple(c.name for c in TELEMETRY_COLUMNS)
 _LE_DTYPES = {c.name: np.dtype(c.dtype).newbyteorder("<") for c in TELEMETRY_COLUMNS}
 
 
@@ -361,21 +370,53 @@ def epoch_from_db(value: int) -> int:
     return value + (1 << 64) if value < 0 else value
 
 
-def pack_column(values: np.ndarray[Any, Any], name: str) -> bytes:
-    """A telemetry column as packed little-endian bytes."""
-    return values.astype(_LE_DTYPES[name], copy=False).tobytes()
+CHUNK_MAGIC = b"FWT1"
+_CHUNK_HEADER = struct.Struct("<4sII")
 
 
-def unpack_column(blob: bytes | None, name: str) -> np.ndarray[Any, Any] | None:
-    """Inverse of :func:`pack_column`; None stays None (column absent)."""
-    if blob is None:
-        return None
-    return np.frombuffer(blob, dtype=_LE_DTYPES[name])
+def pack_chunk(
+    timestamps: np.ndarray[Any, Any], columns: Mapping[str, np.ndarray[Any, Any]]
+) -> bytes:
+    """One device's samples as a telemetry chunk blob (the ``data`` column).
+
+    Layout, little-endian: magic ``FWT1``; uint32 sample count n; uint32 bitmap of the columns
+    present (bit i ⇔ ``TELEMETRY_COLUMNS[i]``); int64[n] timestamps (ns since the Unix epoch);
+    then each present column's n values in ``TELEMETRY_COLUMNS`` order, in its own dtype.
+    One blob per row keeps inserts several times cheaper than a column per array.
+    """
+    n = int(timestamps.shape[0])
+    bitmap = 0
+    parts = [b"", timestamps.astype("<i8", copy=False).tobytes()]
+    for i, spec in enumerate(TELEMETRY_COLUMNS):
+        col = columns.get(spec.name)
+        if col is not None:
+            bitmap |= 1 << i
+            parts.append(col.astype(_LE_DTYPES[spec.name], copy=False).tobytes())
+    parts[0] = _CHUNK_HEADER.pack(CHUNK_MAGIC, n, bitmap)
+    return b"".join(parts)
 
 
-def unpack_timestamps(blob: bytes) -> np.ndarray[Any, Any]:
-    """Timestamps column (int64 ns, little-endian)."""
-    return np.frombuffer(blob, dtype=np.dtype(np.int64).newbyteorder("<"))
+def unpack_chunk(blob: bytes) -> tuple[np.ndarray[Any, Any], dict[str, np.ndarray[Any, Any]]]:
+    """Inverse of :func:`pack_chunk`: (timestamps, {column: values}); absent columns absent.
+
+    Raises:
+        ValueError: not a telemetry chunk, or truncated.
+    """
+    magic, n, bitmap = _CHUNK_HEADER.unpack_from(blob)
+    if magic != CHUNK_MAGIC:
+        raise ValueError("not a flopwatt telemetry chunk")
+    offset = _CHUNK_HEADER.size
+    ts = np.frombuffer(blob, dtype="<i8", count=n, offset=offset)
+    offset += 8 * n
+    columns = {}
+    for i, spec in enumerate(TELEMETRY_COLUMNS):
+        if bitmap & (1 << i):
+            dtype = _LE_DTYPES[spec.name]
+            columns[spec.name] = np.frombuffer(blob, dtype=dtype, count=n, offset=offset)
+            offset += dtype.itemsize * n
+    if offset != len(blob):
+        raise ValueError("telemetry chunk has trailing or missing bytes")
+    return ts, columns
 
 
 class SQLiteStore:
@@ -391,6 +432,9 @@ class SQLiteStore:
         self._readers_lock = threading.Lock()
         self._conn = self._connect()
         self._migrate()
+        # committed_through per (agent, db epoch) as of the last commit; only apply() writes
+        # stream_progress, so this cache stays exact and saves a lookup per stream per batch.
+        self._progress: dict[tuple[str, int], int] = {}
 
     # --- connections ---------------------------------------------------------------------
 
@@ -457,12 +501,80 @@ class SQLiteStore:
     # --- messages ------------------------------------------------------------------------
 
     def apply(self, writes: Sequence[MessageWrite]) -> list[WriteOutcome]:
-        outcomes: list[WriteOutcome] = []
-        progress: dict[tuple[str, int], int] = {}
+        progress = dict(self._progress)
         with self._transaction() as c:
-            for w in writes:
-                outcomes.append(self._apply_one(c, w, progress))
+            c.execute("SAVEPOINT fast")
+            try:
+                outcomes = self._apply_fast(c, writes, progress)
+            except sqlite3.IntegrityError:
+                # A message believed new was already stored (two streams of one agent raced):
+                # redo the batch one message at a time, with duplicate detection for each.
+                c.execute("ROLLBACK TO fast")
+                progress = dict(self._progress)
+                outcomes = [self._apply_one(c, w, progress) for w in writes]
+            c.execute("RELEASE fast")
+        self._progress = progress  # only after the commit succeeded
         return outcomes
+
+    def _apply_fast(
+        self,
+        c: sqlite3.Connection,
+        writes: Sequence[MessageWrite],
+        progress: dict[tuple[str, int], int],
+    ) -> list[WriteOutcome]:
+        """Apply a batch with one ``executemany`` per table for messages that are next in
+        sequence (the steady state); resends and rejections take :meth:`_apply_one`."""
+        dirty: set[tuple[str, int]] = set()
+        outcomes: list[WriteOutcome] = []
+        message_rows: list[tuple[Any, ...]] = []
+        chunk_rows: list[tuple[Any, ...]] = []
+        for w in writes:
+            db_epoch = epoch_to_db(w.epoch)
+            committed = self._committed(c, w.agent_id, db_epoch, progress)
+            if w.sequence != committed + 1 or w.rejected_detail:
+                outcomes.append(self._apply_one(c, w, progress))
+                continue
+            samples = w.dropped_samples if w.kind == "dropped" else w.samples
+            message_rows.append(
+                (
+                    w.agent_id,
+                    db_epoch,
+                    w.sequence,
+                    w.kind,
+                    w.digest,
+                    w.received_unix_ns,
+                    Outcome.STORED.value,
+                    "",
+                    samples,
+                )
+            )
+            self._store_payload(c, w, chunk_rows)
+            progress[(w.agent_id, db_epoch)] = w.sequence
+            dirty.add((w.agent_id, db_epoch))
+            outcomes.append(WriteOutcome(Outcome.STORED, w.sequence))
+        c.executemany(
+            "INSERT INTO messages (agent_id, epoch, sequence, kind, digest, "
+            "received_unix_ns, status, detail, samples) VALUES (?,?,?,?,?,?,?,?,?)",
+            message_rows,
+        )
+        self._insert_chunks(c, chunk_rows)
+        c.executemany(
+            "INSERT INTO stream_progress (agent_id, epoch, committed_through) VALUES (?,?,?) "
+            "ON CONFLICT (agent_id, epoch) DO UPDATE SET committed_through = "
+            "excluded.committed_through",
+            [(agent, epoch, progress[(agent, epoch)]) for agent, epoch in dirty],
+        )
+        return outcomes
+
+    @staticmethod
+    def _insert_chunks(c: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            c.executemany(
+                "INSERT INTO telemetry_chunks (agent_id, epoch, sequence, chunk_index, "
+                "device_uuid, t_first_unix_ns, t_last_unix_ns, n_samples, data) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
 
     def _committed(
         self, c: sqlite3.Connection, agent_id: str, epoch: int, progress: dict[tuple[str, int], int]
@@ -506,7 +618,9 @@ class SQLiteStore:
             same = bytes(row["digest"]) == w.digest
             return WriteOutcome(Outcome.DUPLICATE if same else Outcome.CONFLICT, committed)
         if status is Outcome.STORED:
-            self._store_payload(c, w)
+            rows: list[tuple[Any, ...]] = []
+            self._store_payload(c, w, rows)
+            self._insert_chunks(c, rows)
         if w.sequence == committed + 1:
             committed = w.sequence
             progress[(w.agent_id, db_epoch)] = committed
@@ -518,37 +632,51 @@ class SQLiteStore:
             )
         return WriteOutcome(status, committed)
 
-    def _store_payload(self, c: sqlite3.Connection, w: MessageWrite) -> None:
+    def _store_payload(
+        self, c: sqlite3.Connection, w: MessageWrite, rows: list[tuple[Any, ...]]
+    ) -> None:
+        """Store a message's payload; telemetry rows are appended to ``rows`` for the caller
+        to insert (in one ``executemany`` per batch)."""
         key = (w.agent_id, epoch_to_db(w.epoch), w.sequence)
-        if w.series:
-            rows = []
-            for i, s in enumerate(w.series):
-                if len(s) == 0:
-                    continue
-                ts = s.timestamp_unix_ns
-                cols = [
-                    pack_column(s.columns[name], name) if name in s.columns else None
-                    for name in _CHUNK_COLUMNS
+        if w.blocks:
+            chunk = 0
+            for block in w.blocks:
+                bounds = block.offsets.tolist()
+                ts_all = block.timestamp_unix_ns.astype("<i8", copy=False)
+                # Pack each column once for the whole block, then cut each device's slice.
+                present = [
+                    (i, block.columns[spec.name].astype(_LE_DTYPES[spec.name], copy=False))
+                    for i, spec in enumerate(TELEMETRY_COLUMNS)
+                    if spec.name in block.columns
                 ]
-                rows.append(
-                    (
-                        *key,
-                        i,
-                        s.device_uuid,
-                        int(ts.min()),
-                        int(ts.max()),
-                        len(s),
-                        ts.astype("<i8", copy=False).tobytes(),
-                        *cols,
+                bitmap = sum(1 << i for i, _ in present)
+                ts_bytes = ts_all.tobytes()
+                packed = [(col.tobytes(), col.dtype.itemsize) for _, col in present]
+                nonempty = [d for d in range(len(block.device_uuids)) if bounds[d + 1] > bounds[d]]
+                if not nonempty:
+                    continue
+                starts = np.array([bounds[d] for d in nonempty], dtype=np.int64)
+                firsts = np.minimum.reduceat(ts_all, starts).tolist()
+                lasts = np.maximum.reduceat(ts_all, starts).tolist()
+                for k, d in enumerate(nonempty):
+                    a, b = bounds[d], bounds[d + 1]
+                    parts = [
+                        _CHUNK_HEADER.pack(CHUNK_MAGIC, b - a, bitmap),
+                        ts_bytes[8 * a : 8 * b],
+                    ]
+                    parts += [raw[a * size : b * size] for raw, size in packed]
+                    rows.append(
+                        (
+                            *key,
+                            chunk,
+                            block.device_uuids[d],
+                            firsts[k],
+                            lasts[k],
+                            b - a,
+                            b"".join(parts),
+                        )
                     )
-                )
-            placeholders = ",".join("?" * (8 + 1 + len(_CHUNK_COLUMNS)))
-            c.executemany(
-                "INSERT INTO telemetry_chunks (agent_id, epoch, sequence, chunk_index, "
-                "device_uuid, t_first_unix_ns, t_last_unix_ns, n_samples, timestamp_unix_ns, "
-                f"{', '.join(_CHUNK_COLUMNS)}) VALUES ({placeholders})",
-                rows,
-            )
+                    chunk += 1
         if w.rejected_samples:
             c.executemany(
                 "INSERT INTO rejected_samples VALUES (?,?,?,?,?,?)",

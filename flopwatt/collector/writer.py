@@ -1,60 +1,108 @@
-"""The single writer: one thread that applies message writes to the store in batched commits.
+"""The single writer: applies message writes to the store in batched commits.
 
 Stream handlers submit :class:`MessageWrite` items and await a future per item; the writer
 drains whatever has queued up (up to ``max_batch`` items, waiting at most ``max_delay_s`` for
 more), applies them in one transaction and resolves the futures only after the commit — so an
 ack is never sent for anything not durable. Batching across streams is what lets one SQLite file
 take tens of thousands of samples per second with ``synchronous=FULL``.
+
+Two implementations share the batching:
+
+* :class:`StoreWriter` applies batches on a thread of the collector process (simple; used by
+  tests and small fleets);
+* :class:`ProcessStoreWriter` ships batches to a child process that owns the bulk write
+  connection, so packing and SQLite run on another core, outside the event loop's GIL.
+  Telemetry crosses as the message's own wire bytes and is decoded and validated in the child
+  (``telemetry_prep``), which keeps that work off the event loop altogether.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing as mp
+import pickle
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
 
-from flopwatt.collector.store import MessageWrite, Store, WriteOutcome
+from flopwatt.collector.store import MessageWrite, Outcome, SQLiteStore, Store, WriteOutcome
+from flopwatt.collector.telemetry_prep import Latest, TelemetryPreparer
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class DeviceUpdate:
+    """Control item: the devices an agent registered (uuid → power limit W), for validation."""
+
+    agent_id: str
+    power_limits_w: Mapping[str, float | None]
+
+
+BatchEntry = MessageWrite | DeviceUpdate
+
+
 @dataclass
 class _Item:
-    write: MessageWrite
-    future: asyncio.Future[WriteOutcome]
-    loop: asyncio.AbstractEventLoop
+    entry: BatchEntry
+    future: asyncio.Future[WriteOutcome] | None
+    loop: asyncio.AbstractEventLoop | None
     enqueued_ns: int
+
+
+def apply_batch(
+    store: Store, preparer: TelemetryPreparer, entries: Sequence[BatchEntry]
+) -> list[WriteOutcome]:
+    """Prepare telemetry, apply the writes in one transaction, and return one outcome per
+    :class:`MessageWrite` (control entries update the preparer in order and return nothing)."""
+    writes: list[MessageWrite] = []
+    extras: list[Latest] = []
+    for entry in entries:
+        if isinstance(entry, DeviceUpdate):
+            preparer.update_devices(entry.agent_id, entry.power_limits_w)
+            continue
+        prepared, latest = preparer.prepare(entry)
+        writes.append(prepared)
+        extras.append(latest)
+    outcomes = store.apply(writes)
+    result = []
+    for w, o, latest in zip(writes, outcomes, extras, strict=True):
+        if o.outcome is Outcome.STORED and w.blocks:
+            o = WriteOutcome(
+                o.outcome, o.committed_through, w.samples, w.rejected_samples, latest=latest
+            )
+        elif o.outcome is Outcome.REJECTED and w.reject_code:
+            o = WriteOutcome(
+                o.outcome,
+                o.committed_through,
+                rejected_detail=w.rejected_detail,
+                reject_code=w.reject_code,
+            )
+        result.append(o)
+    return result
 
 
 class WriterClosedError(RuntimeError):
     """The writer has been closed; nothing more can be submitted."""
 
 
-class StoreWriter:
-    """Batches :class:`MessageWrite` items into transactions on a dedicated thread.
-
-    Args:
-        store: where to write.
-        max_batch: most items per transaction.
-        max_delay_s: how long to wait for more items once one has arrived.
-        on_commit: called on the writer thread after each commit with (items, seconds from the
-            oldest item's submission to the commit) — used for commit-latency metrics.
-    """
+class BatchWriter:
+    """Queue, batching thread and future resolution; subclasses say how a batch is applied."""
 
     def __init__(
         self,
-        store: Store,
         *,
         max_batch: int = 2000,
         max_delay_s: float = 0.01,
         on_commit: Callable[[int, list[float]], None] | None = None,
         clock_ns: Callable[[], int] = time.monotonic_ns,
     ) -> None:
-        self._store = store
         self._max_batch = max_batch
         self._max_delay_s = max_delay_s
         self._on_commit = on_commit
@@ -62,6 +110,8 @@ class StoreWriter:
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="flopwatt-store-writer", daemon=True)
+
+    def _start(self) -> None:
         self._thread.start()
 
     def submit(self, write: MessageWrite) -> asyncio.Future[WriteOutcome]:
@@ -77,13 +127,27 @@ class StoreWriter:
         self._queue.put(_Item(write, fut, loop, self._clock_ns()))
         return fut
 
+    def update_devices(self, agent_id: str, power_limits_w: Mapping[str, float | None]) -> None:
+        """Tell the writer which devices ``agent_id`` registered (applied in submission order,
+        so telemetry submitted afterwards is checked against them)."""
+        if self._closed:
+            raise WriterClosedError("store writer is closed")
+        self._queue.put(_Item(DeviceUpdate(agent_id, dict(power_limits_w)), None, None, 0))
+
     def close(self, timeout_s: float = 10.0) -> None:
-        """Commit everything queued, then stop the thread."""
+        """Commit everything queued, then stop."""
         if self._closed:
             return
         self._closed = True
         self._queue.put(None)
         self._thread.join(timeout_s)
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        """Release what the subclass holds (after the last batch)."""
+
+    def _apply(self, entries: Sequence[BatchEntry]) -> list[WriteOutcome]:
+        raise NotImplementedError  # pragma: no cover - subclasses implement
 
     def _run(self) -> None:
         stopping = False
@@ -97,7 +161,7 @@ class StoreWriter:
                 timeout = deadline - time.monotonic()
                 try:
                     item = (
-                        self._queue.get(timeout=max(timeout, 0))
+                        self._queue.get(timeout=timeout)
                         if timeout > 0
                         else (self._queue.get_nowait())
                     )
@@ -110,23 +174,126 @@ class StoreWriter:
             self._commit(batch)
 
     def _commit(self, batch: list[_Item]) -> None:
+        waiting = [i for i in batch if i.future is not None]
         try:
-            outcomes = self._store.apply([i.write for i in batch])
+            outcomes = self._apply([i.entry for i in batch])
         except Exception as exc:  # the whole transaction rolled back: fail every item in it
-            log.exception("store commit of %d messages failed", len(batch))
-            for item in batch:
+            log.exception("store commit of %d messages failed", len(waiting))
+            for item in waiting:
+                assert item.loop is not None and item.future is not None
                 item.loop.call_soon_threadsafe(_set_exception, item.future, exc)
             return
         now = self._clock_ns()
-        if self._on_commit is not None:
-            self._on_commit(len(batch), [(now - i.enqueued_ns) / 1e9 for i in batch])
-        for item, outcome in zip(batch, outcomes, strict=True):
-            item.loop.call_soon_threadsafe(_set_result, item.future, outcome)
+        if self._on_commit is not None and waiting:
+            self._on_commit(len(waiting), [(now - i.enqueued_ns) / 1e9 for i in waiting])
+        # One wake-up per event loop per commit, not one per message.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, WriteOutcome]]] = {}
+        for item, outcome in zip(waiting, outcomes, strict=True):
+            assert item.loop is not None
+            by_loop.setdefault(item.loop, []).append((item.future, outcome))
+        for loop, results in by_loop.items():
+            loop.call_soon_threadsafe(_set_results, results)
 
 
-def _set_result(fut: asyncio.Future[WriteOutcome], value: WriteOutcome) -> None:
-    if not fut.done():
-        fut.set_result(value)
+class StoreWriter(BatchWriter):
+    """Applies batches on a thread of this process.
+
+    Args:
+        store: where to write.
+        max_batch: most items per transaction.
+        max_delay_s: how long to wait for more items once one has arrived.
+        on_commit: called after each commit with (items, seconds from each item's submission
+            to the commit) — used for commit-latency metrics.
+    """
+
+    def __init__(self, store: Store, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._store = store
+        self._preparer = TelemetryPreparer()
+        self._start()
+
+    def _apply(self, entries: Sequence[BatchEntry]) -> list[WriteOutcome]:
+        return apply_batch(self._store, self._preparer, entries)
+
+
+class ProcessStoreWriter(BatchWriter):
+    """Applies batches in a child process that owns the bulk write connection to ``db_path``.
+
+    The parent keeps its own store for reads and rare writes (registrations, jobs); SQLite's
+    locking serialises the two writers, and the child is the only one that writes messages and
+    stream progress.
+
+    Raises (from the constructor):
+        RuntimeError: the child could not open the store.
+    """
+
+    def __init__(self, db_path: Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(
+            target=_child_main,
+            args=(child, str(db_path)),
+            name="flopwatt-store-writer",
+            daemon=True,
+        )
+        self._proc.start()
+        child.close()
+        ready = self._conn.recv()
+        if ready != "ready":
+            self._proc.join(5)
+            raise RuntimeError(f"store writer process failed to start: {ready}")
+        self._start()
+
+    def _apply(self, entries: Sequence[BatchEntry]) -> list[WriteOutcome]:
+        self._conn.send_bytes(pickle.dumps(list(entries), protocol=pickle.HIGHEST_PROTOCOL))
+        reply = pickle.loads(self._conn.recv_bytes())
+        if isinstance(reply, BaseException):
+            raise reply
+        outcomes: list[WriteOutcome] = reply
+        return outcomes
+
+    def _shutdown(self) -> None:
+        try:
+            self._conn.send_bytes(b"")
+            self._proc.join(10)
+        except (OSError, EOFError):
+            pass
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(5)
+        self._conn.close()
+
+
+def _child_main(conn: Connection, db_path: str) -> None:  # pragma: no cover - child process
+    """The writer process: prepare telemetry, apply batches, reply with outcomes."""
+    try:
+        store = SQLiteStore(db_path)
+    except Exception as exc:
+        conn.send(f"{type(exc).__name__}: {exc}")
+        return
+    preparer = TelemetryPreparer()
+    conn.send("ready")
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            break
+        if not data:
+            break
+        entries: list[BatchEntry] = pickle.loads(data)
+        try:
+            reply: Any = apply_batch(store, preparer, entries)
+        except Exception as exc:  # reported to the parent, which fails the batch's futures
+            reply = RuntimeError(f"store commit failed: {type(exc).__name__}: {exc}")
+        conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+    store.close()
+
+
+def _set_results(results: list[tuple[asyncio.Future[WriteOutcome], WriteOutcome]]) -> None:
+    for fut, value in results:
+        if not fut.done():
+            fut.set_result(value)
 
 
 def _set_exception(fut: asyncio.Future[WriteOutcome], exc: BaseException) -> None:

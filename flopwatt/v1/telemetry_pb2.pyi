@@ -23,20 +23,20 @@ class DeviceSeries(_message.Message):
     POWER_LIMIT_W_FIELD_NUMBER: _ClassVar[int]
     MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     device_uuid: str
-    timestamp_unix_ns: _containers.RepeatedScalarFieldContainer[int]
-    power_instant_w: _containers.RepeatedScalarFieldContainer[float]
-    power_average_1s_w: _containers.RepeatedScalarFieldContainer[float]
-    energy_j: _containers.RepeatedScalarFieldContainer[float]
-    sm_clock_mhz: _containers.RepeatedScalarFieldContainer[int]
-    mem_clock_mhz: _containers.RepeatedScalarFieldContainer[int]
-    gpu_temperature_c: _containers.RepeatedScalarFieldContainer[float]
-    memory_temperature_c: _containers.RepeatedScalarFieldContainer[float]
-    gpu_utilization_ratio: _containers.RepeatedScalarFieldContainer[float]
-    memory_utilization_ratio: _containers.RepeatedScalarFieldContainer[float]
-    throttle_reasons: _containers.RepeatedScalarFieldContainer[int]
-    power_limit_w: _containers.RepeatedScalarFieldContainer[float]
-    memory_used_bytes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, device_uuid: _Optional[str] = ..., timestamp_unix_ns: _Optional[_Iterable[int]] = ..., power_instant_w: _Optional[_Iterable[float]] = ..., power_average_1s_w: _Optional[_Iterable[float]] = ..., energy_j: _Optional[_Iterable[float]] = ..., sm_clock_mhz: _Optional[_Iterable[int]] = ..., mem_clock_mhz: _Optional[_Iterable[int]] = ..., gpu_temperature_c: _Optional[_Iterable[float]] = ..., memory_temperature_c: _Optional[_Iterable[float]] = ..., gpu_utilization_ratio: _Optional[_Iterable[float]] = ..., memory_utilization_ratio: _Optional[_Iterable[float]] = ..., throttle_reasons: _Optional[_Iterable[int]] = ..., power_limit_w: _Optional[_Iterable[float]] = ..., memory_used_bytes: _Optional[_Iterable[int]] = ...) -> None: ...
+    timestamp_unix_ns: bytes
+    power_instant_w: bytes
+    power_average_1s_w: bytes
+    energy_j: bytes
+    sm_clock_mhz: bytes
+    mem_clock_mhz: bytes
+    gpu_temperature_c: bytes
+    memory_temperature_c: bytes
+    gpu_utilization_ratio: bytes
+    memory_utilization_ratio: bytes
+    throttle_reasons: bytes
+    power_limit_w: bytes
+    memory_used_bytes: bytes
+    def __init__(self, device_uuid: _Optional[str] = ..., timestamp_unix_ns: _Optional[bytes] = ..., power_instant_w: _Optional[bytes] = ..., power_average_1s_w: _Optional[bytes] = ..., energy_j: _Optional[bytes] = ..., sm_clock_mhz: _Optional[bytes] = ..., mem_clock_mhz: _Optional[bytes] = ..., gpu_temperature_c: _Optional[bytes] = ..., memory_temperature_c: _Optional[bytes] = ..., gpu_utilization_ratio: _Optional[bytes] = ..., memory_utilization_ratio: _Optional[bytes] = ..., throttle_reasons: _Optional[bytes] = ..., power_limit_w: _Optional[bytes] = ..., memory_used_bytes: _Optional[bytes] = ...) -> None: ...
 
 class TelemetryBatch(_message.Message):
     __slots__ = ("series", "missed_ticks")
