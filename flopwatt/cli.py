@@ -19,6 +19,11 @@ _SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "collector",
         "Run the collector (gRPC ingest, SQLite, /metrics).",
     ),
+    "agent": (
+        "flopwatt.commands.agent",
+        "agent",
+        "Run an agent: sample devices, stream to a collector, run jobs.",
+    ),
     "fleet": (
         "flopwatt.commands.fleet",
         "fleet",

@@ -27,7 +27,6 @@ from flopwatt.collector.auth import (
     load_admin_tokens,
     load_agent_tokens,
 )
-from flopwatt.collector.http import HttpServer
 from flopwatt.collector.ingest import Ingest
 from flopwatt.collector.jobs import JobService
 from flopwatt.collector.metrics import FleetMetrics, exposition
@@ -36,6 +35,7 @@ from flopwatt.collector.session import SessionRegistry
 from flopwatt.collector.state import FleetState
 from flopwatt.collector.store import SQLiteStore
 from flopwatt.collector.writer import BatchWriter, ProcessStoreWriter, StoreWriter
+from flopwatt.http_server import HttpServer
 from flopwatt.records import AgentSettings
 from flopwatt.v1 import admin_pb2_grpc, agent_pb2_grpc
 

@@ -1,6 +1,6 @@
-"""The collector's HTTP side: ``/metrics`` (Prometheus text format), ``/healthz``, and routes
-other modules add (the fleet report). A stdlib threading server in its own thread, so a scrape
-never blocks the gRPC event loop; scrapes read a snapshot of the fleet state.
+"""A small HTTP server for ``/metrics``, ``/healthz`` and extra routes, used by the collector
+and the agent. A stdlib threading server in its own thread, so a scrape never blocks an event
+loop; the routes read snapshots of state.
 """
 
 from __future__ import annotations

@@ -1,0 +1,89 @@
+"""Runs the jobs the collector asks for and streams status and results back.
+
+Jobs run one at a time per agent, off the sampler's thread, so the sampler keeps sampling; each
+result carries the conditions (energy, mean power, clocks, throttle reasons) the sampler recorded
+over that job's own window. Simulated devices answer with simulated timings (:mod:`.sim_jobs`);
+real devices run the benchmarks in a child process (:mod:`.real_jobs`) so a crash or an
+out-of-memory in torch cannot take the sampler down.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from flopwatt.records import JobKind, JobResult, JobSpec, JobState, JobStatus
+
+if TYPE_CHECKING:
+    from flopwatt.agent.agent import Agent
+
+log = logging.getLogger(__name__)
+
+
+class JobUnavailableError(RuntimeError):
+    """This agent cannot run the job (the message says why); reported as UNAVAILABLE."""
+
+
+class JobRunner:
+    """A queue of jobs worked by one thread (see module docstring)."""
+
+    def __init__(self, agent: Agent, options: dict[str, Any]) -> None:
+        self._agent = agent
+        self._options = options
+        self._queue: queue.SimpleQueue[tuple[str, JobSpec] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="flopwatt-jobs", daemon=True)
+        self._thread.start()
+
+    def submit(self, job_id: str, spec: JobSpec) -> None:
+        """Queue a job (status QUEUED→RUNNING→… is streamed as it progresses)."""
+        self._queue.put((job_id, spec))
+
+    def close(self) -> None:
+        """Stop after the current job."""
+        self._queue.put(None)
+
+    def _status(
+        self, job_id: str, state: JobState, message: str = "", progress: float = 0.0
+    ) -> None:
+        self._agent.emit(JobStatus(job_id, state, message, progress))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            job_id, spec = item
+            self._status(job_id, JobState.RUNNING)
+            try:
+                results = self._execute(job_id, spec)
+            except JobUnavailableError as exc:
+                self._status(job_id, JobState.UNAVAILABLE, str(exc))
+                continue
+            except Exception as exc:  # a job failure must never stop the agent
+                log.error("job %s failed: %s\n%s", job_id, exc, traceback.format_exc())
+                self._status(job_id, JobState.FAILED, f"{type(exc).__name__}: {exc}")
+                continue
+            for result in results:
+                self._agent.emit(result)
+            self._status(job_id, JobState.SUCCEEDED, f"{len(results)} results")
+
+    def _execute(self, job_id: str, spec: JobSpec) -> list[JobResult]:
+        agent = self._agent
+        wanted = set(spec.device_uuids)
+        devices = [d for d in agent.sampler_devices() if not wanted or d.info.uuid in wanted]
+        if not devices:
+            raise JobUnavailableError("none of the requested devices is available on this agent")
+        if spec.kind is None:
+            raise JobUnavailableError("job names no kind")
+        if agent.backend.name == "sim":
+            from flopwatt.agent.jobs import sim_jobs
+
+            return sim_jobs.run(job_id, spec, devices, agent.sampler, self._options)
+        from flopwatt.agent.jobs import real_jobs
+
+        if spec.kind is JobKind.GEMM or spec.kind is JobKind.MODEL:
+            return real_jobs.run(job_id, spec, devices, agent.sampler, agent.backend, self._options)
+        raise JobUnavailableError(f"unknown job kind {spec.kind}")

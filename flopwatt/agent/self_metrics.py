@@ -1,0 +1,51 @@
+"""The agent's own ``/metrics`` (optional): CPU seconds, RSS, spool size, dropped samples,
+reconnects and missed ticks, rendered at scrape time from the agent's state."""
+
+from __future__ import annotations
+
+import os
+import resource
+
+from flopwatt.agent.agent import Agent
+from flopwatt.http_server import HttpServer
+from flopwatt.metrics_spec import METRICS
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux: the peak is the best available figure
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def render(agent: Agent) -> bytes:
+    """The agent's metrics in the Prometheus text format."""
+    t = os.times()
+    stats = agent.spool.stats()
+    values = {
+        "flopwatt_agent_cpu_seconds_total": t.user + t.system,
+        "flopwatt_agent_resident_memory_bytes": _rss_bytes(),
+        "flopwatt_agent_spool_bytes": stats.payload_bytes,
+        "flopwatt_agent_spool_messages": stats.messages,
+        "flopwatt_agent_dropped_samples_total": stats.dropped_samples_total,
+        "flopwatt_agent_reconnects_total": agent.uplink.stats.reconnects,
+        "flopwatt_agent_missed_ticks_total": agent.sampler.missed_ticks_total,
+    }
+    lines = []
+    for m in METRICS:
+        if m.scope == "agent":
+            lines += [
+                f"# HELP {m.name} {m.help}",
+                f"# TYPE {m.name} {m.type.value}",
+                f"{m.name} {float(values[m.name])!r}",
+            ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def serve_agent_metrics(agent: Agent, listen: str) -> HttpServer:
+    """Serve the agent's metrics on ``HOST:PORT`` (started; call ``stop()`` when done)."""
+    host, _, port = listen.rpartition(":")
+    server = HttpServer(host or "127.0.0.1", int(port), lambda: render(agent), lambda: True)
+    server.start()
+    return server
