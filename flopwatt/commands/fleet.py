@@ -61,15 +61,26 @@ class FleetClient:
 def _client_options(f: Any) -> Any:
     for decorator in reversed(
         [
-            click.option("--collector", "target", default="127.0.0.1:50051", show_default=True,
-                         envvar="FLOPWATT_COLLECTOR", help="Collector gRPC HOST:PORT."),
-            click.option("--token-file", type=_path, default=None,
-                         envvar="FLOPWATT_ADMIN_TOKEN_FILE", help="File holding the admin token."),
+            click.option(
+                "--collector",
+                "target",
+                default="127.0.0.1:50051",
+                show_default=True,
+                envvar="FLOPWATT_COLLECTOR",
+                help="Collector gRPC HOST:PORT.",
+            ),
+            click.option(
+                "--token-file",
+                type=_path,
+                default=None,
+                envvar="FLOPWATT_ADMIN_TOKEN_FILE",
+                help="File holding the admin token.",
+            ),
             click.option("--tls-ca", type=_path, default=None, help="CA to verify the collector."),
             click.option("--tls-cert", type=_path, default=None, help="Client certificate."),
             click.option("--tls-key", type=_path, default=None, help="Client key."),
         ]
-    ):  # fmt: skip
+    ):
         f = decorator(f)
     return f
 
@@ -198,11 +209,15 @@ def _job_json(info: admin_pb2.JobInfo) -> dict[str, Any]:
         "job_id": info.job_id,
         "finished": info.finished,
         "targets": [
-            {"agent_id": t.agent_id, "state": _state_name(t.state), "results": t.results,
-             "message": t.message}
+            {
+                "agent_id": t.agent_id,
+                "state": _state_name(t.state),
+                "results": t.results,
+                "message": t.message,
+            }
             for t in info.targets
         ],
-    }  # fmt: skip
+    }
 
 
 def _follow(client: FleetClient, job_id: str, as_json: bool) -> admin_pb2.JobInfo:
@@ -270,10 +285,11 @@ def run_cmd(
     device_uuids = tuple(parse_csv_option(devices))
     if kind == "gemm":
         spec = JobSpec(
-            gemm=GemmJobSpec(tuple(parse_csv_option(precisions)), max_size, sustain_seconds,
-                             refresh),
+            gemm=GemmJobSpec(
+                tuple(parse_csv_option(precisions)), max_size, sustain_seconds, refresh
+            ),
             device_uuids=device_uuids,
-        )  # fmt: skip
+        )
     else:
         prec = parse_csv_option(precisions)
         if len(prec) > 1:
@@ -283,10 +299,11 @@ def run_cmd(
         except ValueError:
             raise click.BadParameter("batch sizes are integers", param_hint="--batch") from None
         spec = JobSpec(
-            model=ModelJobSpec(tuple(parse_csv_option(models)), batch_sizes,
-                               prec[0] if prec else "", warmup, runs),
+            model=ModelJobSpec(
+                tuple(parse_csv_option(models)), batch_sizes, prec[0] if prec else "", warmup, runs
+            ),
             device_uuids=device_uuids,
-        )  # fmt: skip
+        )
     client = _client(ctx)
     try:
         resp = client.run(selector, spec)
