@@ -18,7 +18,7 @@ from flopwatt import __version__
 from flopwatt.agent.devices.base import Backend, Device
 from flopwatt.agent.jobs.runner import JobRunner
 from flopwatt.agent.sampler import Sampler
-from flopwatt.agent.spool import Spool, SpooledMessage
+from flopwatt.agent.spool import Spool, SpooledMessage, SpoolStats
 from flopwatt.agent.uplink import Uplink
 from flopwatt.channel import ClientCredentials
 from flopwatt.records import (
@@ -88,6 +88,8 @@ class Agent:
         )
         self.register = RegisterRequest(node, tuple(d.info for d in self.devices), self.epoch)
         self.jobs = JobRunner(self, dict(config.job_options))
+        self.final_spool_stats: SpoolStats | None = None
+        """The spool's state when :meth:`run` ended (the spool is closed then)."""
         self.uplink = Uplink(
             config.collector,
             self.spool,
@@ -162,6 +164,12 @@ class Agent:
                 await asyncio.sleep(0.1)
             uplink_stop.set()
             await asyncio.gather(uplink, heartbeat, return_exceptions=True)
+            self.final_spool_stats = self.spool.stats()
+            if self.final_spool_stats.messages:
+                log.warning(
+                    "%d messages stay in the spool for the next run",
+                    self.final_spool_stats.messages,
+                )
             self.spool.close()
             self.backend.close()
 

@@ -174,7 +174,9 @@ class Uplink:
         async with aio_channel(self._creds) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
             reply = await stub.Register(
-                register_request_to_proto(self._register), metadata=metadata, timeout=30
+                register_request_to_proto(self._register),
+                metadata=metadata,
+                timeout=max(5.0, 2 * self._ack_timeout_s),
             )
             settings = register_response_from_proto(reply).settings
             if self._on_settings is not None:
