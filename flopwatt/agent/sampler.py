@@ -173,6 +173,25 @@ class Sampler:
             self._windows.append(w)
         return w
 
+    def window_conditions(
+        self, window: _Window, start_unix_ns: int, end_unix_ns: int
+    ) -> dict[str, Conditions]:
+        """Conditions between two instants of a window that is still recording (a job with
+        several sub-runs asks once per sub-run)."""
+        with self._lock:
+            snaps = {u: list(v) for u, v in window.snapshots.items()}
+        return {
+            uuid: window_conditions(
+                [
+                    s
+                    for s in snaps.get(uuid, [])
+                    if start_unix_ns <= s.timestamp_unix_ns <= end_unix_ns
+                ],
+                (end_unix_ns - start_unix_ns) / 1e9,
+            )
+            for uuid in window.uuids
+        }
+
     def end_window(
         self,
         window: _Window,
@@ -180,20 +199,11 @@ class Sampler:
         end_unix_ns: int,
     ) -> dict[str, Conditions]:
         """Stop recording; the conditions each device ran under between the two instants."""
+        result = self.window_conditions(window, start_unix_ns, end_unix_ns)
         with self._lock:
             if window in self._windows:
                 self._windows.remove(window)
-        return {
-            uuid: window_conditions(
-                [
-                    s
-                    for s in window.snapshots.get(uuid, [])
-                    if start_unix_ns <= s.timestamp_unix_ns <= end_unix_ns
-                ],
-                (end_unix_ns - start_unix_ns) / 1e9,
-            )
-            for uuid in window.uuids
-        }
+        return result
 
 
 def to_series(uuid: str, snapshots: Sequence[Snapshot]) -> list[DeviceSeries]:
