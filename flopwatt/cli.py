@@ -24,10 +24,20 @@ _SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "agent",
         "Run an agent: sample devices, stream to a collector, run jobs.",
     ),
+    "demo": (
+        "flopwatt.commands.demo",
+        "demo",
+        "The whole pipeline on this machine: collector, agents, jobs, fleet report.",
+    ),
     "fleet": (
         "flopwatt.commands.fleet",
         "fleet",
         "Operate the fleet: list agents, run and follow jobs (admin API).",
+    ),
+    "report": (
+        "flopwatt.commands.report",
+        "report",
+        "Fleet comparison report: per GPU, per SKU, outliers, spec verdict (html/md/csv/...).",
     ),
 }
 

@@ -1,0 +1,283 @@
+#!/usr/bin/env bash
+# GPU check of the NVML backend (flopwatt/agent/devices/nvml.py) on a real NVIDIA GPU.
+#
+# Opens the nvml backend, samples every GPU at 10 Hz for 30 s in a background thread while a
+# sustained bf16 GEMM (8192^3, torch) runs for ~20 s on torch device 0, then prints: each GPU's
+# identity and one snapshot, the energy-counter delta against trapezoid-integrated power (instant
+# and 1-s average) with their ratios, min/mean SM clock, the throttle reasons seen, and the
+# achieved TFLOP/s. Exits non-zero with a clear message when there is no GPU or NVML.
+#
+# Needs only python3, torch (CUDA build), nvidia-ml-py and numpy; the repository is used in place
+# (PYTHONPATH), not installed. About 45-60 s of wall time (torch start-up included).
+#
+# Usage: bench/gpu_check.sh            (from anywhere; writes samples.npz to $OUT when set)
+#        SAMPLE_S=10 GEMM_S=5 bench/gpu_check.sh   (a shorter run)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+export SAMPLE_S="${SAMPLE_S:-30}" GEMM_S="${GEMM_S:-20}" SAMPLE_HZ="${SAMPLE_HZ:-10}"
+
+exec python3 - <<'PY'
+import dataclasses
+import logging
+import os
+import sys
+import threading
+import time
+
+
+def fail(message: str) -> None:
+    print(f"gpu_check: FAIL: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def section(title: str) -> None:
+    print(f"\n=== {title} " + "=" * max(0, 72 - len(title)))
+
+
+# The backend's own lines (what the probe found missing, lost GPUs, counter resets) belong in
+# the output of a check.
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="  log %(levelname)s: %(message)s")
+
+SAMPLE_S = float(os.environ["SAMPLE_S"])
+GEMM_S = float(os.environ["GEMM_S"])
+HZ = float(os.environ["SAMPLE_HZ"])
+N = 8192
+
+try:
+    import numpy as np
+except ImportError:
+    fail("numpy is not installed")
+try:
+    import pynvml  # noqa: F401  (only to give a clear message; the backend imports it itself)
+except ImportError:
+    fail("nvidia-ml-py (module pynvml) is not installed: pip install nvidia-ml-py")
+
+from flopwatt.agent.devices.base import BackendUnavailable, DeviceLost
+from flopwatt.agent.devices.nvml import NvmlBackend
+from flopwatt.analysis.throttle import decode_throttle
+
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"grpc", "pandas", "google", "matplotlib"})
+if heavy:
+    fail(f"importing the nvml backend pulled in {heavy}; it must need only numpy and pynvml")
+
+try:
+    backend = NvmlBackend.open()
+except BackendUnavailable as e:
+    fail(f"no NVIDIA GPU usable through NVML: {e}")
+
+try:
+    import torch
+except ImportError:
+    fail("torch is not installed")
+if not torch.cuda.is_available():
+    fail("torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+
+devices = backend.nvml_devices()
+section("software")
+for k, v in dataclasses.asdict(backend.software()).items():
+    print(f"  {k:16s} {v}")
+print(f"  {'torch':16s} {torch.__version__} (CUDA {torch.version.cuda})")
+
+section("devices (probed once at open)")
+for d in devices:
+    info = dataclasses.asdict(d.info)
+    caps = info.pop("capabilities")
+    print(f"- GPU {d.info.index}: {d.info.name}  {d.info.uuid}")
+    for k, v in info.items():
+        print(f"    {k:26s} {v}")
+    print(f"    {'power_scope':26s} {d.power_scope}")
+    print("    capabilities: " + ", ".join(f"{k}={v}" for k, v in caps.items()))
+    print(f"    missing: {dict(d.missing()) or 'nothing'}")
+
+gemm_dev = next((d for d in devices if d.info.torch_index == 0), None)
+if gemm_dev is None:
+    print("WARN: no NVML GPU maps to torch index 0; analysing NVML GPU 0 instead")
+    gemm_dev = devices[0]
+
+# --- sampler ----------------------------------------------------------------------------------
+samples: dict[str, list] = {d.uuid: [] for d in devices}
+tick_cost_s: list[float] = []
+errors: list[str] = []
+stop = threading.Event()
+
+
+def sampler() -> None:
+    period = 1.0 / HZ
+    start = time.monotonic()
+    k = 0
+    while not stop.is_set() and time.monotonic() - start < SAMPLE_S:
+        t0 = time.perf_counter()
+        for d in devices:
+            if d.lost:
+                continue
+            try:
+                samples[d.uuid].append(d.snapshot(time.time_ns()))
+            except DeviceLost as e:
+                errors.append(f"{d.uuid}: {e}")
+        tick_cost_s.append(time.perf_counter() - t0)
+        k += 1
+        time.sleep(max(0.0, start + k * period - time.monotonic()))
+
+
+# --- GEMM ---------------------------------------------------------------------------------------
+torch.cuda.set_device(0)
+a = torch.randn(N, N, device="cuda:0", dtype=torch.bfloat16)
+b = torch.randn(N, N, device="cuda:0", dtype=torch.bfloat16)
+c = torch.empty(N, N, device="cuda:0", dtype=torch.bfloat16)
+for _ in range(5):  # warm-up: cuBLAS heuristics, clocks out of idle
+    torch.matmul(a, b, out=c)
+torch.cuda.synchronize()
+
+thread = threading.Thread(target=sampler, name="sampler", daemon=True)
+thread.start()
+time.sleep(min(3.0, max(0.0, (SAMPLE_S - GEMM_S) / 3)))  # an idle stretch before the load
+
+gemm_start_ns = time.time_ns()
+ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+ev0.record()
+iters = 0
+t_end = time.monotonic() + GEMM_S
+while time.monotonic() < t_end:
+    for _ in range(20):
+        torch.matmul(a, b, out=c)
+    iters += 20
+    torch.cuda.synchronize()  # keeps the host loop honest about wall time
+ev1.record()
+torch.cuda.synchronize()
+gemm_end_ns = time.time_ns()
+gemm_s = ev0.elapsed_time(ev1) / 1000.0
+thread.join(timeout=SAMPLE_S + 10)
+stop.set()
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def column(snaps: list, name: str) -> "np.ndarray":
+    return np.array([np.nan if getattr(s, name) is None else getattr(s, name) for s in snaps], float)
+
+
+def trapezoid_j(t_s: "np.ndarray", p_w: "np.ndarray") -> float:
+    ok = ~np.isnan(p_w)
+    if ok.sum() < 2:
+        return float("nan")
+    t, p = t_s[ok], p_w[ok]
+    return float(np.sum((p[1:] + p[:-1]) * np.diff(t)) / 2.0)
+
+
+def energy_report(label: str, snaps: list) -> None:
+    if len(snaps) < 2:
+        print(f"  {label}: fewer than 2 samples")
+        return
+    t = np.array([s.timestamp_unix_ns for s in snaps], float) / 1e9
+    e = column(snaps, "energy_j")
+    counter = float(e[-1] - e[0]) if not np.isnan(e[[0, -1]]).any() else float("nan")
+    print(f"  {label}: {len(snaps)} samples over {t[-1] - t[0]:.2f} s")
+    print(f"    energy counter delta           {counter:10.1f} J")
+    for name in ("power_instant_w", "power_average_1s_w"):
+        p = column(snaps, name)
+        integ = trapezoid_j(t, p)
+        ratio = integ / counter if counter and not np.isnan(counter) else float("nan")
+        mean_w = float(np.nanmean(p)) if not np.isnan(p).all() else float("nan")
+        print(
+            f"    ∫{name:22s}       {integ:10.1f} J   ratio to counter {ratio:6.3f}"
+            f"   mean {mean_w:7.1f} W"
+        )
+
+
+section("one snapshot per GPU")
+mid_ns = (gemm_start_ns + gemm_end_ns) // 2
+for d in devices:
+    snaps = samples[d.uuid]
+    if not snaps:
+        print(f"- GPU {d.info.index}: no samples")
+        continue
+    s = min(snaps, key=lambda x: abs(x.timestamp_unix_ns - mid_ns))
+    print(f"- GPU {d.info.index} ({d.info.name}) at mid-GEMM:")
+    for k, v in dataclasses.asdict(s).items():
+        print(f"    {k:26s} {v}")
+
+section("sampling")
+costs = np.array(tick_cost_s) * 1e3
+n_ticks = len(tick_cost_s)
+print(f"  ticks {n_ticks} in {SAMPLE_S:.0f} s (target {HZ:.0f} Hz, {n_ticks / SAMPLE_S:.1f} Hz achieved)")
+if n_ticks:
+    print(
+        f"  one tick over {len(devices)} GPU(s): mean {costs.mean():.2f} ms, "
+        f"p99 {np.percentile(costs, 99):.2f} ms, max {costs.max():.2f} ms"
+    )
+for msg in errors:
+    print(f"  lost: {msg}")
+
+section(f"energy vs integrated power — GPU {gemm_dev.info.index} (GEMM)")
+print(f"  nvmlDeviceGetPowerUsage is a 1-s average here: {gemm_dev.info.power_usage_is_average}")
+g = samples[gemm_dev.uuid]
+energy_report("whole window (idle, load, idle)", g)
+energy_report("GEMM window", [s for s in g if gemm_start_ns <= s.timestamp_unix_ns <= gemm_end_ns])
+for d in devices:
+    if d is not gemm_dev:
+        energy_report(f"GPU {d.info.index} whole window (idle)", samples[d.uuid])
+
+section("clocks and throttle reasons during the GEMM")
+in_gemm = [s for s in g if gemm_start_ns <= s.timestamp_unix_ns <= gemm_end_ns]
+sm = column(in_gemm, "sm_clock_mhz")
+if in_gemm and not np.isnan(sm).all():
+    print(
+        f"  SM clock: min {np.nanmin(sm):.0f} MHz, mean {np.nanmean(sm):.0f} MHz "
+        f"(max supported {gemm_dev.info.sm_clock_max_mhz} MHz)"
+    )
+temp = column(in_gemm, "gpu_temperature_c")
+mtemp = column(in_gemm, "memory_temperature_c")
+if in_gemm and not np.isnan(temp).all():
+    print(f"  GPU temperature max {np.nanmax(temp):.0f} °C", end="")
+    print(f", memory temperature max {np.nanmax(mtemp):.0f} °C" if not np.isnan(mtemp).all() else "")
+seen = 0
+counts: dict[str, int] = {}
+for s in in_gemm:
+    if s.throttle_reasons is not None:
+        seen |= s.throttle_reasons
+        for r in decode_throttle(s.throttle_reasons):
+            counts[r.value] = counts.get(r.value, 0) + 1
+print(f"  reasons seen (OR 0x{seen:x}): {[r.value for r in decode_throttle(seen)] or 'none'}")
+for name, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+    print(f"    {name:26s} in {n}/{len(in_gemm)} samples")
+
+section("GEMM throughput")
+flops = 2.0 * N**3 * iters
+print(f"  bf16 {N}^3 x {iters} in {gemm_s:.2f} s (CUDA events): {flops / gemm_s / 1e12:.1f} TFLOP/s")
+
+section("health (ECC volatile counts, XID events since open)")
+for d in devices:
+    try:
+        h = d.health()
+        xids = "n/a" if h.xid_counts is None else (dict(h.xid_counts) or "none")
+        print(
+            f"  GPU {d.info.index}: ECC corrected {h.ecc_corrected_volatile}, "
+            f"uncorrected {h.ecc_uncorrected_volatile}; XIDs {xids}"
+        )
+    except DeviceLost as e:
+        print(f"  GPU {d.info.index}: lost ({e})")
+
+out = os.environ.get("OUT")
+if out:
+    cols = {}
+    for d in devices:
+        snaps = samples[d.uuid]
+        key = f"gpu{d.info.index}"
+        cols[f"{key}_t_ns"] = np.array([s.timestamp_unix_ns for s in snaps], np.int64)
+        for f in dataclasses.fields(snaps[0]) if snaps else ():
+            if f.name != "timestamp_unix_ns":
+                cols[f"{key}_{f.name}"] = column(snaps, f.name)
+    cols["gemm_window_ns"] = np.array([gemm_start_ns, gemm_end_ns], np.int64)
+    np.savez(os.path.join(out, "samples.npz"), **cols)
+    print(f"\nsamples written to {out}/samples.npz")
+
+backend.close()
+if not g:
+    fail("no samples from the GEMM GPU")
+if errors:
+    fail(f"{len(errors)} GPU(s) lost during the run")
+print("\ngpu_check: done")
+PY

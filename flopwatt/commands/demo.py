@@ -1,0 +1,153 @@
+"""``flopwatt demo``: the whole pipeline on one machine (see :mod:`flopwatt.demo`)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from flopwatt.commands.output import parse_csv_option, stderr_console, stdout_console
+
+
+@click.command("demo")
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="SQLite file (default: ./flopwatt-data/flopwatt.db).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the report goes (default: ./flopwatt-data/report).",
+)
+@click.option("--once", is_flag=True, help="Exit after writing the report (tests, CI).")
+@click.option(
+    "--sim-skus",
+    default=None,
+    help="Comma list of registry SKUs for the simulated nodes "
+    "(default: V100-SXM2-32GB,A100-SXM4-80GB,H100-SXM5-80GB, plus 4 T4s).",
+)
+@click.option(
+    "--sim-nodes",
+    type=click.IntRange(1, 50),
+    default=3,
+    show_default=True,
+    help="Simulated nodes (8 GPUs each) per SKU.",
+)
+@click.option("--no-local-agent", is_flag=True, help="Only simulated agents.")
+@click.option("--grpc-listen", default="127.0.0.1:0", show_default=True)
+@click.option(
+    "--http-listen",
+    default="127.0.0.1:9464",
+    show_default=True,
+    help="Collector /metrics and /report (port 0 = any free port).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Simulation seed.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="warning",
+    show_default=True,
+)
+def demo(
+    db_path: Path | None,
+    out_dir: Path | None,
+    once: bool,
+    sim_skus: str | None,
+    sim_nodes: int,
+    no_local_agent: bool,
+    grpc_listen: str,
+    http_listen: str,
+    seed: int,
+    log_level: str,
+) -> None:
+    """Start a collector (SQLite), a real agent for this machine, simulated agents for a mixed
+    V100/A100/H100/T4 fleet, run a GEMM and a model job on every agent, and write the fleet
+    report. Without --once it keeps serving /metrics and /report until Ctrl-C."""
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from flopwatt.analysis.registry import load_registry
+    from flopwatt.demo import DEFAULT_SKUS, DemoConfig, DemoResult, default_fleet, run_demo_sync
+    from flopwatt.reporting import as_report, terminal_tables
+
+    skus = tuple(parse_csv_option((sim_skus,))) if sim_skus else DEFAULT_SKUS
+    registry = load_registry()
+    for sku in skus:
+        if sku not in registry:
+            raise click.BadParameter(
+                f"unknown SKU {sku!r}; accepted: {', '.join(registry.skus)}",
+                param_hint="--sim-skus",
+            )
+    config = DemoConfig(
+        nodes=default_fleet(skus, sim_nodes),
+        local_agent=not no_local_agent,
+        grpc_listen=grpc_listen,
+        http_listen=http_listen,
+        seed=seed,
+    )
+    if db_path is not None:
+        config.db_path = db_path
+    if out_dir is not None:
+        config.out_dir = out_dir
+    err = stderr_console()
+    gpus = sum(n.gpus for n in config.nodes)
+    err.print(
+        f"[bold]flopwatt demo[/bold]: collector + {len(config.nodes)} simulated nodes "
+        f"({gpus} GPUs: {', '.join(skus)}, T4)" + (" + this machine" if config.local_agent else "")
+    )
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+    task = progress.add_task("GEMM and model jobs on every agent", total=None)
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    def on_report(result: DemoResult) -> None:
+        progress.stop()
+        report = as_report(result.db_path)
+        out = stdout_console()
+        for title, headers, rows, styles in terminal_tables(report):
+            table = Table(title=title)
+            for h in headers:
+                table.add_column(h)
+            for row, style in zip(rows, styles, strict=True):
+                table.add_row(*row, style=style or None)
+            out.print(table)
+        failed = {
+            n: s
+            for n, t in result.jobs.items()
+            for a, s in t.items()
+            if s.name not in ("SUCCEEDED",)
+        }
+        html = next((p for p in result.report_paths if p.suffix == ".html"), None)
+        out.print(f"\nreport:   {html}" if html else "")
+        out.print(
+            f"csv:      {', '.join(str(p) for p in result.report_paths if p.suffix == '.csv')}"
+        )
+        out.print(f"metrics:  {result.metrics_url}")
+        out.print(f"database: {result.db_path}")
+        if result.local_device:
+            out.print(f"this machine: {result.local_device}")
+        if failed:
+            out.print(f"[yellow]jobs not succeeded: {failed}[/yellow]")
+        if not once:
+            out.print("serving /metrics and /report; Ctrl-C to stop")
+
+    with progress:
+        run_demo_sync(config, once=once, progress=on_progress, on_report=on_report)
