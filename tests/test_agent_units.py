@@ -315,3 +315,11 @@ def test_full_jitter_backoff_grows_to_its_cap() -> None:
     assert all(0 <= d <= 30 for d in delays)
     assert max(backoff_delay(0, rng) for _ in range(200)) <= 1.0
     assert max(backoff_delay(10, rng) for _ in range(200)) > 20
+
+
+def test_sim_uuids_differ_between_nodes_with_the_same_seed() -> None:
+    """Regression: UUIDs were derived from (seed, index) only, so every simulated node of a
+    demo fleet had the same GPU UUIDs and the collector mixed their data."""
+    a = SimBackend.from_options(sku="T4", gpus=2, seed=0, host="node-a").sim_devices()
+    b = SimBackend.from_options(sku="T4", gpus=2, seed=0, host="node-b").sim_devices()
+    assert {d.info.uuid for d in a}.isdisjoint({d.info.uuid for d in b})

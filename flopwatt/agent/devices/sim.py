@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import threading
 import time
+import zlib
 import uuid as uuidlib
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -166,7 +167,8 @@ class SimDevice:
     ) -> None:
         self.spec = spec
         self._clock_ns = clock_ns
-        self._rng = np.random.default_rng([seed, index])
+        # The node's name is part of the seed: two simulated nodes must never share GPU UUIDs.
+        self._rng = np.random.default_rng([seed, zlib.crc32(host.encode()), index])
         self._lock = threading.Lock()
         self._slow = 1.0
         self._lost_after_ns: int | None = None
