@@ -51,6 +51,11 @@ from flopwatt.commands.output import parse_csv_option, stderr_console, stdout_co
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Simulation seed.")
 @click.option(
+    "--quick",
+    is_flag=True,
+    help="Lighter jobs (resnet18 at batch 1, 1-s GEMM runs) for CI and smoke tests.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="warning",
@@ -66,6 +71,7 @@ def demo(
     grpc_listen: str,
     http_listen: str,
     seed: int,
+    quick: bool,
     log_level: str,
 ) -> None:
     """Start a collector (SQLite), a real agent for this machine, simulated agents for a mixed
@@ -94,6 +100,9 @@ def demo(
         http_listen=http_listen,
         seed=seed,
     )
+    if quick:
+        config.models, config.batches, config.model_runs = ("resnet18",), (1,), 3
+        config.gemm_sustain_s = config.local_gemm_sustain_s = 1.0
     if db_path is not None:
         config.db_path = db_path
     if out_dir is not None:

@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import threading
 import time
-import zlib
 import uuid as uuidlib
+import zlib
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
