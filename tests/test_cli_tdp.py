@@ -197,3 +197,12 @@ def test_console_entry_point_runs() -> None:
         timeout=120,
     )
     assert len(json.loads(proc.stdout)["rows"]) == 21
+
+
+def test_readme_metric_table_is_generated_from_the_spec() -> None:
+    """The README's metric table is `python -m flopwatt.metrics_spec` output, verbatim."""
+    from flopwatt.metrics_spec import markdown_table
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("<!-- metrics:begin -->\n", 1)[1].split("\n<!-- metrics:end -->", 1)[0]
+    assert block == markdown_table()
