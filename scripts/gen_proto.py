@@ -21,8 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 PROTO_DIR = PROTO_ROOT / "flopwatt" / "v1"
 OUT_PACKAGE = Path("flopwatt") / "v1"
-INIT_TEXT = '"""Generated protobuf and gRPC code for package flopwatt.v1. Never edit by hand: run\n' \
+INIT_TEXT = (
+    '"""Generated protobuf and gRPC code for package flopwatt.v1. Never edit by hand: run\n'
     '``python scripts/gen_proto.py``."""\n'
+)
 
 
 def generate(out_root: Path) -> list[Path]:
@@ -61,8 +63,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         fresh = generate(Path(tmp))
         stale = [
-            str(rel) for rel in fresh
-            if not (ROOT / rel).exists() or not filecmp.cmp(Path(tmp) / rel, ROOT / rel, shallow=False)
+            str(rel)
+            for rel in fresh
+            if not (ROOT / rel).exists()
+            or not filecmp.cmp(Path(tmp) / rel, ROOT / rel, shallow=False)
         ]
         committed = {p.relative_to(ROOT) for p in (ROOT / OUT_PACKAGE).glob("*.py*")}
         extra = sorted(str(p) for p in committed - set(fresh))
