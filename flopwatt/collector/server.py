@@ -30,6 +30,7 @@ from flopwatt.collector.auth import (
 from flopwatt.collector.ingest import Ingest
 from flopwatt.collector.jobs import JobService
 from flopwatt.collector.metrics import FleetMetrics, exposition
+from flopwatt.collector.report_route import report_route
 from flopwatt.collector.servicer import AdminServicer, AgentServicer
 from flopwatt.collector.session import SessionRegistry
 from flopwatt.collector.state import FleetState
@@ -253,6 +254,7 @@ async def run_server(
     serving = [True]
     exporter = FleetMetrics(state, staleness_s=config.staleness_s, clock_ns=clock_ns)
     http = HttpServer(http_host, http_port, lambda: exposition([exporter]), lambda: serving[0])
+    http.routes["/report"] = report_route(config.db_path, clock_ns=clock_ns)
     http.start()
     running = RunningCollector(
         grpc_port=bound_grpc,

@@ -1,0 +1,240 @@
+"""Load the fleet report's input frames from a collector store, or a report from a collector.
+
+:func:`load_report_inputs` opens the SQLite file read-only (a running collector keeps writing
+undisturbed; WAL readers never block the writer) and reads, with the store's schema:
+
+* devices joined with their agent (hostname, node driver version, capabilities from the stored
+  ``DeviceInfo``);
+* the latest result per (device, kind, precision, model, batch) with its spec comparison, the
+  driver version and energy per inference decoded from ``result_json``;
+* the latest telemetry sample per device, decoded from its newest chunk (one indexed lookup per
+  device, never a scan of the telemetry table).
+
+:func:`fetch_report_html` downloads ``GET /report`` from a collector's HTTP side.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import urllib.error
+import urllib.request
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from flopwatt.analysis.fleet_report import (
+    DEVICE_INPUT_COLUMNS,
+    RESULT_INPUT_COLUMNS,
+    TELEMETRY_INPUT_COLUMNS,
+    ReportInputs,
+)
+from flopwatt.collector.store import SCHEMA_VERSION, unpack_chunk
+from flopwatt.jsonable import from_jsonable
+from flopwatt.records import DeviceInfo, JobResult, NodeInfo
+
+
+class ReportSourceError(RuntimeError):
+    """The store or collector could not be read for a report (the message says why)."""
+
+
+def connect_read_only(db_path: Path | str) -> sqlite3.Connection:
+    """A read-only connection to the store at ``db_path`` (rows as :class:`sqlite3.Row`).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ReportSourceError: not a flopwatt store, or written by a newer flopwatt.
+    """
+    path = Path(db_path).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"no flopwatt database at {path}")
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout=10000")
+    try:
+        row = conn.execute("SELECT MAX(version) AS v FROM schema_version").fetchone()
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise ReportSourceError(f"{path} is not a flopwatt database: {exc}") from None
+    version = row["v"] if row is not None else None
+    if version is None or int(version) > SCHEMA_VERSION:
+        conn.close()
+        raise ReportSourceError(
+            f"{path} has schema version {version}; this flopwatt reads up to {SCHEMA_VERSION}"
+        )
+    return conn
+
+
+def load_report_inputs(db_path: Path | str) -> ReportInputs:
+    """The report's input frames from the store at ``db_path`` (opened read-only).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ReportSourceError: not a flopwatt store, or a newer schema.
+    """
+    with closing(connect_read_only(db_path)) as conn:
+        devices = _devices(conn)
+        results = _results(conn)
+        telemetry = _telemetry(conn, list(devices["device_uuid"]))
+    return ReportInputs(devices, results, telemetry, source=str(Path(db_path)))
+
+
+def _devices(conn: sqlite3.Connection) -> pd.DataFrame:
+    rows = conn.execute(
+        "SELECT d.device_uuid, COALESCE(a.hostname, d.agent_id) AS hostname, d.device_index, "
+        "d.name, d.kind, d.sku, d.sku_match, d.simulated, d.power_limit_enforced_w, "
+        "d.info_json, d.registered_unix_ns, a.node_json "
+        "FROM devices d LEFT JOIN agents a ON a.agent_id = d.agent_id"
+    ).fetchall()
+    records = []
+    for r in rows:
+        info = from_jsonable(DeviceInfo, json.loads(r["info_json"]))
+        driver = ""
+        if r["node_json"] is not None:
+            driver = from_jsonable(NodeInfo, json.loads(r["node_json"])).software.driver_version
+        records.append(
+            {
+                "device_uuid": r["device_uuid"],
+                "hostname": r["hostname"],
+                "device_index": r["device_index"],
+                "name": r["name"],
+                "kind": r["kind"],
+                "sku": r["sku"],
+                "sku_match": r["sku_match"],
+                "simulated": bool(r["simulated"]),
+                "power_limit_enforced_w": r["power_limit_enforced_w"],
+                "throttle_reasons_capable": info.capabilities.throttle_reasons,
+                "driver_version": driver or None,
+                "registered_unix_ns": r["registered_unix_ns"],
+            }
+        )
+    return pd.DataFrame.from_records(records, columns=list(DEVICE_INPUT_COLUMNS))
+
+
+# The latest row per result key; NULL model / batch (GEMM) partition together, as wanted.
+# Window functions run on SQLite ≥ 3.25 and PostgreSQL alike.
+_LATEST_RESULTS_SQL = """
+SELECT * FROM (
+    SELECT r.device_uuid, r.job_id, r.kind, r.precision, r.model, r.batch,
+           r.finished_unix_ns, r.simulated, r.burst_flops_per_s, r.sustained_flops_per_s,
+           r.energy_per_flop_j, r.mean_power_w, r.delivered_flops_per_s, r.latency_p50_s,
+           r.efficiency_ratio, r.spec_efficiency_ratio, r.throttle_reasons_seen,
+           r.power_limit_w, r.sm_clock_mean_mhz, r.temperature_max_c, r.result_json,
+           c.datapath, c.spec_peak_flops_per_s, c.spec_tdp_w, c.measured_energy_per_flop_j,
+           c.physics_energy_per_flop_j, c.ceiling_energy_per_flop_j,
+           ROW_NUMBER() OVER (
+               PARTITION BY r.device_uuid, r.kind, r.precision, r.model, r.batch
+               ORDER BY r.finished_unix_ns DESC, r.sequence DESC
+           ) AS newest
+    FROM job_results r
+    LEFT JOIN comparisons c
+        ON c.agent_id = r.agent_id AND c.epoch = r.epoch AND c.sequence = r.sequence
+) AS ranked WHERE newest = 1
+"""
+
+
+def _results(conn: sqlite3.Connection) -> pd.DataFrame:
+    records = []
+    for r in conn.execute(_LATEST_RESULTS_SQL).fetchall():
+        result = from_jsonable(JobResult, json.loads(r["result_json"]))
+        measured = r["measured_energy_per_flop_j"]
+        if measured is None:
+            measured = r["energy_per_flop_j"]
+        records.append(
+            {
+                "device_uuid": r["device_uuid"],
+                "job_id": r["job_id"],
+                "kind": r["kind"],
+                "precision": r["precision"],
+                "model": r["model"],
+                "batch": r["batch"],
+                "finished_unix_ns": r["finished_unix_ns"],
+                "simulated": bool(r["simulated"]),
+                "burst_flops_per_s": r["burst_flops_per_s"],
+                "sustained_flops_per_s": r["sustained_flops_per_s"],
+                "mean_power_w": r["mean_power_w"],
+                "delivered_flops_per_s": r["delivered_flops_per_s"],
+                "latency_p50_s": r["latency_p50_s"],
+                "efficiency_ratio": r["efficiency_ratio"],
+                "spec_efficiency_ratio": r["spec_efficiency_ratio"],
+                "energy_per_inference_j": (
+                    result.model.energy_j_per_inference if result.model is not None else None
+                ),
+                "throttle_reasons_seen": r["throttle_reasons_seen"],
+                "power_limit_w": r["power_limit_w"],
+                "sm_clock_mean_mhz": r["sm_clock_mean_mhz"],
+                "temperature_max_c": r["temperature_max_c"],
+                "driver_version": result.conditions.driver_version or None,
+                "datapath": r["datapath"],
+                "spec_peak_flops_per_s": r["spec_peak_flops_per_s"],
+                "spec_tdp_w": r["spec_tdp_w"],
+                "measured_j_per_flop": measured,
+                "physics_j_per_flop": r["physics_energy_per_flop_j"],
+                "ceiling_j_per_flop": r["ceiling_energy_per_flop_j"],
+            }
+        )
+    return pd.DataFrame.from_records(records, columns=list(RESULT_INPUT_COLUMNS))
+
+
+def _last_finite(columns: dict[str, np.ndarray[Any, Any]], name: str, i: int) -> float | None:
+    col = columns.get(name)
+    if col is None:
+        return None
+    value = float(col[i])
+    return value if math.isfinite(value) else None
+
+
+def _telemetry(conn: sqlite3.Connection, device_uuids: list[str]) -> pd.DataFrame:
+    records = []
+    for uuid in device_uuids:
+        row = conn.execute(
+            "SELECT data FROM telemetry_chunks WHERE device_uuid = ? "
+            "ORDER BY t_first_unix_ns DESC LIMIT 1",
+            (uuid,),
+        ).fetchone()
+        if row is None:
+            continue
+        ts, columns = unpack_chunk(bytes(row["data"]))
+        if ts.size == 0:
+            continue
+        i = int(np.argmax(ts))
+        power = _last_finite(columns, "power_average_1s_w", i)
+        if power is None:
+            power = _last_finite(columns, "power_instant_w", i)
+        records.append(
+            {
+                "device_uuid": uuid,
+                "last_sample_unix_ns": int(ts[i]),
+                "last_power_w": power,
+                "last_temperature_c": _last_finite(columns, "gpu_temperature_c", i),
+            }
+        )
+    return pd.DataFrame.from_records(records, columns=list(TELEMETRY_INPUT_COLUMNS))
+
+
+def report_url(collector_url: str) -> str:
+    """``http://host:port`` (or a URL already ending in ``/report``) → the report's URL."""
+    base = collector_url.rstrip("/")
+    return base if base.endswith("/report") else f"{base}/report"
+
+
+def fetch_report_html(collector_url: str, *, timeout_s: float = 120.0) -> str:
+    """Download the HTML report a collector renders from its own store (``GET /report``).
+
+    Raises:
+        ReportSourceError: the collector could not be reached or did not answer 200.
+    """
+    url = report_url(collector_url)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            body: bytes = resp.read()
+            charset = resp.headers.get_content_charset() or "utf-8"
+    except urllib.error.HTTPError as exc:
+        raise ReportSourceError(f"{url} answered HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise ReportSourceError(f"cannot reach {url}: {exc}") from None
+    return body.decode(charset)

@@ -1,0 +1,176 @@
+"""``flopwatt report``: the fleet comparison report from a store or a running collector.
+
+Without ``--format`` it prints the verdicts, outliers, per-SKU summary and per-GPU tables for
+people; ``--json`` prints the whole report as one JSON document; ``--format`` writes files
+(``--out DIR``, or ``--out -`` for one text format on stdout).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from flopwatt.analysis.fleet_report import FleetReport, ReportParameters
+from flopwatt.collector.report_data import ReportSourceError, fetch_report_html
+from flopwatt.commands.output import emit_json, parse_csv_option, stderr_console, stdout_console
+from flopwatt.reporting import (
+    ReportFormatError,
+    as_report,
+    parse_formats,
+    render_html,
+    render_json,
+    render_markdown,
+    report_from_html,
+    report_to_jsonable,
+    terminal_sections,
+    write_report,
+)
+
+DEFAULT_DB = Path("flopwatt-data/flopwatt.db")
+_STDOUT_FORMATS = ("html", "md", "json", "csv")
+
+
+def _load(
+    db_path: Path | None, collector_url: str | None, params: ReportParameters
+) -> tuple[FleetReport, str | None]:
+    """The report, and the collector's own HTML when it came from one."""
+    try:
+        if collector_url is not None:
+            page = fetch_report_html(collector_url)
+            return report_from_html(page), page
+        return as_report(db_path or DEFAULT_DB, parameters=params), None
+    except (FileNotFoundError, ReportSourceError, ReportFormatError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _print_tables(report: FleetReport) -> None:
+    console = stdout_console()
+    sims = int((report.gpus.drop_duplicates("device_uuid")["source"] == "sim").sum())
+    console.print(
+        Text(f"flopwatt fleet report from {report.source or 'unknown'}"),
+        Text(f"({sims} simulated devices, shown in magenta)" if sims else ""),
+    )
+    for section in terminal_sections(report):
+        table = Table(title=section.title, title_justify="left")
+        for i, c in enumerate(section.columns):
+            # Names and verdicts keep their width; numeric columns wrap their headers instead.
+            widest = max((len(r[i]) for r in section.rows), default=0)
+            table.add_column(
+                c.header,
+                justify="right" if c.numeric else "left",
+                min_width=None if c.numeric else min(widest, 16),
+            )
+        for row, style in zip(section.rows, section.styles, strict=True):
+            table.add_row(*(Text(cell) for cell in row), style=style or None)
+        if not section.rows:
+            console.print(Text(f"{section.title}: none", style="italic"))
+        else:
+            console.print(table)
+
+
+def _to_stdout(report: FleetReport, fmt: str, collector_page: str | None) -> None:
+    if fmt == "html":
+        text = collector_page if collector_page is not None else render_html(report)
+    elif fmt == "md":
+        text = render_markdown(report)
+    elif fmt == "json":
+        text = render_json(report)
+    else:
+        text = report.gpus.to_csv(index=False)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+@click.command("report")
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"Collector store (SQLite) to read, read-only [default: {DEFAULT_DB}].",
+)
+@click.option(
+    "--collector",
+    "collector_url",
+    default=None,
+    metavar="URL",
+    help="A collector's HTTP address (http://HOST:PORT): use the report it renders (/report).",
+)
+@click.option(
+    "--format",
+    "formats",
+    multiple=True,
+    help="Files to write: html, md, csv, parquet, json (comma list). Default: tables on stdout.",
+)
+@click.option(
+    "--out",
+    "out",
+    default=".",
+    show_default=True,
+    help="Directory for --format files, or '-' for stdout (one of html, md, json, csv).",
+)
+@click.option("--stem", default="report", show_default=True, help="File name stem.")
+@click.option(
+    "--outlier-z",
+    type=click.FloatRange(min=0, min_open=True),
+    default=ReportParameters().outlier_z,
+    show_default=True,
+    help="|robust z| at which a GPU is an outlier within its cohort (with --db).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def report(
+    db_path: Path | None,
+    collector_url: str | None,
+    formats: tuple[str, ...],
+    out: str,
+    stem: str,
+    outlier_z: float,
+    as_json: bool,
+) -> None:
+    """Fleet comparison report: per GPU, per SKU, outliers and the spec-achievability verdict.
+
+    Reads a collector store (--db) or asks a running collector (--collector). Simulated
+    devices are marked as such in every format.
+    """
+    if db_path is not None and collector_url is not None:
+        raise click.UsageError("give --db or --collector, not both")
+    try:
+        wanted = parse_formats(parse_csv_option(formats))
+    except ReportFormatError as exc:
+        raise click.BadParameter(str(exc), param_hint="--format") from None
+    params = ReportParameters(outlier_z=outlier_z)
+    fleet_report, page = _load(db_path, collector_url, params)
+
+    if not wanted:
+        if as_json:
+            emit_json(report_to_jsonable(fleet_report))
+        else:
+            _print_tables(fleet_report)
+        return
+    if out == "-":
+        if len(wanted) != 1 or wanted[0] not in _STDOUT_FORMATS:
+            raise click.BadParameter(
+                f"--out - takes exactly one of {', '.join(_STDOUT_FORMATS)}", param_hint="--out"
+            )
+        _to_stdout(fleet_report, wanted[0], page)
+        return
+    out_dir = Path(out)
+    try:
+        written = write_report(fleet_report, out_dir, [f for f in wanted if f != "html"], stem=stem)
+        if "html" in wanted:
+            # A collector's page is written as served; a local one is rendered here.
+            html_path = out_dir / f"{stem}.html"
+            html_path.write_text(page if page is not None else render_html(fleet_report), "utf-8")
+            written.insert(wanted.index("html"), html_path)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the report: {exc}") from None
+    if as_json:
+        emit_json({"written": [str(p) for p in written]})
+    else:
+        err = stderr_console()
+        for p in written:
+            err.print(Text(f"wrote {p}"))
