@@ -3,13 +3,16 @@ clients. Exactly-once storage, per-sample rejection, structural errors, comparis
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
 import pytest
 
+from flopwatt.collector.store import MessageWrite, SQLiteStore, WriteOutcome
 from flopwatt.v1 import agent_pb2, agent_pb2_grpc, jobs_pb2
 from tests.collector_helpers import (
     AgentStream,
@@ -394,3 +397,34 @@ async def test_writer_process_stores_exactly_once_and_keeps_rejections(
         assert find(m, "flopwatt_collector_samples_rejected_total", reason="power_not_finite") == [
             1.0
         ]
+
+
+async def test_acks_flow_while_an_agent_keeps_sending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: acks were only sent when a session had nothing left in flight, so an agent
+    sending faster than commits land (any busy collector) heard no ack until it paused, and a
+    steady agent never did. Acks must go out after every commit. Each commit here takes 0.3 s
+    (a slow disk) while the agent sends every 0.05 s, so something is always in flight."""
+    apply = SQLiteStore.apply
+
+    def slow_apply(self: SQLiteStore, writes: Sequence[MessageWrite]) -> list[WriteOutcome]:
+        time.sleep(0.3)
+        return apply(self, writes)
+
+    monkeypatch.setattr(SQLiteStore, "apply", slow_apply)
+    async with (
+        collector(tmp_path) as c,
+        grpc.aio.insecure_channel(c.grpc_address) as ch,
+    ):
+        await _register(ch)
+        s = AgentStream(ch)
+        s.send(hello_pb("node-a", EPOCH))
+        await s.wait_ack(EPOCH, 0)
+        for seq in range(1, 41):
+            s.send(heartbeat_pb(EPOCH, seq))
+            await asyncio.sleep(0.05)
+        acked_while_sending = s.acks[EPOCH]
+        await s.wait_ack(EPOCH, 40)
+        await s.close()
+    assert acked_while_sending >= 10

@@ -68,6 +68,9 @@ class CollectorConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     writer_process: bool = True
     """Commit messages from a child process (another core) rather than a thread."""
+    writer_max_delay_s: float = 0.01
+    """How long the writer waits for more messages to join a commit once one has arrived (s):
+    longer batches fewer, larger transactions at the cost of ack latency."""
     settings: AgentSettings = field(default_factory=AgentSettings)
 
 
@@ -214,9 +217,14 @@ async def run_server(
     await asyncio.to_thread(ingest.rebuild)
     on_commit = lambda _n, lat: state.observe_commit_latencies(lat)  # noqa: E731
     writer: BatchWriter = (
-        await asyncio.to_thread(ProcessStoreWriter, config.db_path, on_commit=on_commit)
+        await asyncio.to_thread(
+            ProcessStoreWriter,
+            config.db_path,
+            on_commit=on_commit,
+            max_delay_s=config.writer_max_delay_s,
+        )
         if config.writer_process
-        else StoreWriter(store, on_commit=on_commit)
+        else StoreWriter(store, on_commit=on_commit, max_delay_s=config.writer_max_delay_s)
     )
     ingest.on_devices = writer.update_devices
     ingest.announce_all()

@@ -10,6 +10,7 @@ land. A structurally broken message is recorded as rejected before the stream is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -59,6 +60,10 @@ def telemetry_digest(telemetry_wire: bytes) -> bytes:
     return hashlib.blake2b(telemetry_wire, digest_size=16, person=b"telemetry").digest()
 
 
+_Pending = tuple[MessageWrite, "asyncio.Future[WriteOutcome]"]
+"""A submitted write and the future its commit resolves."""
+
+
 class Session:
     """The collector side of one agent stream (see module docstring)."""
 
@@ -77,9 +82,7 @@ class Session:
         self._writer = writer
         self._clock_ns = clock_ns
         self._outbound: asyncio.Queue[Outbound] = asyncio.Queue()
-        self._pending: asyncio.Queue[tuple[MessageWrite, asyncio.Future[WriteOutcome]] | None] = (
-            asyncio.Queue()
-        )
+        self._pending: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._expected: dict[int, int] = {}
         self._acked: dict[int, int] = {}
@@ -242,9 +245,13 @@ class Session:
     # --- acking --------------------------------------------------------------------------
 
     async def _ack_loop(self) -> None:
+        # Acks are coalesced over the writes one commit resolved together, and sent as soon as
+        # the next write in line is not committed yet. (Waiting for nothing to be in flight
+        # starved an agent that sends faster than commits land of acks altogether.)
         dirty: set[int] = set()
+        ahead: list[_Pending | None] = []  # at most one item, taken early to look at it
         while True:
-            item = await self._pending.get()
+            item = ahead.pop() if ahead else await self._pending.get()
             if item is None:
                 self._flush_acks(dirty)
                 return
@@ -289,7 +296,9 @@ class Session:
                 if self._reader is not None:
                     self._reader.cancel()
                 return
-            if self._pending.empty():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                ahead.append(self._pending.get_nowait())
+            if not ahead or ahead[0] is None or not ahead[0][1].done():
                 self._flush_acks(dirty)
 
     def _flush_acks(self, dirty: set[int]) -> None:
