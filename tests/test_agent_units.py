@@ -13,12 +13,13 @@ import pytest
 from flopwatt.agent.devices.base import DeviceLost, EnergyAccumulator, Snapshot
 from flopwatt.agent.devices.cpu import CpuDevice
 from flopwatt.agent.devices.sim import SimBackend, parse_fault
+from flopwatt.agent.jobs import sim_jobs
 from flopwatt.agent.sampler import Sampler, to_series, window_conditions
 from flopwatt.agent.spool import Spool, SpooledMessage
 from flopwatt.agent.uplink import backoff_delay
 from flopwatt.analysis.precision import Precision
 from flopwatt.analysis.throttle import ThrottleReason, decode_throttle
-from flopwatt.records import TelemetryBatch
+from flopwatt.records import GemmJobSpec, JobSpec, TelemetryBatch
 from flopwatt.v1 import agent_pb2
 
 
@@ -323,3 +324,25 @@ def test_sim_uuids_differ_between_nodes_with_the_same_seed() -> None:
     a = SimBackend.from_options(sku="T4", gpus=2, seed=0, host="node-a").sim_devices()
     b = SimBackend.from_options(sku="T4", gpus=2, seed=0, host="node-b").sim_devices()
     assert {d.info.uuid for d in a}.isdisjoint({d.info.uuid for d in b})
+
+
+def test_sim_gemm_energy_per_flop_covers_the_same_seconds_as_its_energy() -> None:
+    """Regression: the sim GEMM job divided the sampler's energy (first to last reading, up to
+    two sampling periods short of the run) by the FLOPs of the whole run, so J/FLOP came out
+    low by a random few percent per node (demo: a whole V100 node flagged "hungry"). Energy and
+    work must cover the same seconds: J/FLOP = mean power ÷ sustained FLOP/s."""
+    b = SimBackend.from_options(sku="A100-SXM4-80GB", gpus=2, seed=3)
+    sampler = Sampler(b.devices(), lambda _batch: None, interval_s=0.1)
+    sampler.start()
+    try:
+        spec = JobSpec(gemm=GemmJobSpec(precisions=("fp16",), sustain_s=0.7))
+        results = sim_jobs.run("job-e", spec, b.devices(), sampler, {})
+    finally:
+        sampler.stop(flush=False)
+    assert len(results) == 2
+    for r in results:
+        g = r.gemm
+        assert g is not None and g.mean_power_w is not None and g.energy_per_flop_j is not None
+        assert g.sustained_flops_per_s is not None
+        ratio = g.energy_per_flop_j * g.sustained_flops_per_s / g.mean_power_w
+        assert ratio == pytest.approx(1.0, rel=1e-3)

@@ -267,9 +267,9 @@ async def test_job_result_is_compared_with_registry_and_physics(tmp_path: Path) 
         assert comp["sustained_over_spec_ratio"] == pytest.approx(700 / 989.5)
         assert comp["mean_power_over_tdp_ratio"] == pytest.approx(650 / 700)
         # physics: 1.456 pJ/MAC = 0.728 pJ/FLOP; ceiling 700 W / 989.5 TFLOP/s = 0.7074 pJ/FLOP
-        assert comp["physics_energy_per_flop_j"] == pytest.approx(0.728e-12)
-        assert comp["ceiling_energy_per_flop_j"] == pytest.approx(700 / 989.5e12)
-        assert comp["measured_energy_per_flop_j"] == pytest.approx(650 / 700e12)
+        assert comp["physics_energy_per_flop_j"] == pytest.approx(0.728e-12, rel=1e-6, abs=0)
+        assert comp["ceiling_energy_per_flop_j"] == pytest.approx(700 / 989.5e12, rel=1e-6, abs=0)
+        assert comp["measured_energy_per_flop_j"] == pytest.approx(650 / 700e12, rel=1e-6, abs=0)
         _, text = await http_get(c.http_url + "/metrics")
         m = samples(text)
         assert find(m, "flopwatt_gemm_flops_per_second", precision="bf16", kind="sustained") == [

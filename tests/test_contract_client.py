@@ -328,7 +328,7 @@ async def test_client_from_proto_only(generated: Path, tmp_path: Path, epoch: in
     assert comp["sustained_over_spec_ratio"] == pytest.approx(
         700e12 / comp["spec_peak_flops_per_s"]
     )
-    assert comp["measured_energy_per_flop_j"] == pytest.approx(650 / 700e12)
+    assert comp["measured_energy_per_flop_j"] == pytest.approx(650 / 700e12, rel=1e-6, abs=0)
 
     devices = _query(db, "SELECT device_uuid, agent_id, sku, sku_match FROM devices")
     assert [tuple(d) for d in devices] == [(uuid, host, H100_SKU, "pci_device_id")]

@@ -25,6 +25,7 @@ from flopwatt.agent.devices.base import Device
 from flopwatt.agent.devices.sim import SimDevice
 from flopwatt.agent.jobs.runner import JobUnavailableError
 from flopwatt.agent.sampler import Sampler
+from flopwatt.analysis.efficiency import energy_per_operation_j
 from flopwatt.analysis.precision import Precision
 from flopwatt.records import (
     GemmPoint,
@@ -161,7 +162,9 @@ def _gemm(
                         sustained_s=seconds,
                         sustained_flops=flops,
                         energy_j=cond.energy_j,
-                        energy_per_flop_j=None if cond.energy_j is None else cond.energy_j / flops,
+                        energy_per_flop_j=energy_per_operation_j(
+                            cond.energy_j, cond.window_s, flops, seconds
+                        ),
                         mean_power_w=cond.mean_power_w,
                         burst_spread_ratio=0.02,
                         measured_unix_ns=t1,
