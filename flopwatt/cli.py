@@ -14,6 +14,11 @@ from flopwatt import __version__
 #: subcommand name → (module, attribute, one-line help shown by ``flopwatt --help``)
 _SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "tdp": ("flopwatt.commands.tdp", "tdp", "Physics TDP model and spec-registry comparison."),
+    "bench": (
+        "flopwatt.commands.bench",
+        "bench",
+        "Measure GEMM peak (burst, sustained) and model efficiency on this machine.",
+    ),
     "collector": (
         "flopwatt.commands.collector",
         "collector",
