@@ -561,7 +561,8 @@ def main() -> int:
     ap.add_argument(
         "--ceiling",
         action="store_true",
-        help="after the target run, step streams up by 25 %% until a run fails",
+        help="after the target run, step the load up 25 %% while runs pass (or down 10 %% "
+        "until one does) and print the largest load that passed",
     )
     args = ap.parse_args()
     print(
@@ -582,16 +583,28 @@ def main() -> int:
                     f"{report.cpu_pct_of_one_core / echo.cpu_pct_of_one_core:.2f}"
                 )
         if args.ceiling:
+            # From the target, step up 25 % while runs pass, or down 10 % until one does: the
+            # ceiling is the largest load run that met zero loss and ack p99 <= 1 s.
+            step = 1.25 if report.passed else 0.9
+            passed = args.streams if report.passed else 0
+            failed = 0 if report.passed else args.streams
             streams = args.streams
-            while True:
-                streams = int(streams * 1.25)
-                ceiling = run_collector(args, tmp / f"ceiling-{streams}", streams, "ceiling")
-                if not ceiling.passed:
-                    print(
-                        f"  ceiling: {streams} streams "
-                        f"({streams * args.gpus * args.hz:,.0f} samples/s offered) failed"
-                    )
-                    break
+            while streams > 10:
+                streams = int(streams * step)
+                run = run_collector(args, tmp / f"ceiling-{streams}", streams, "ceiling")
+                if run.passed:
+                    passed = max(passed, streams)
+                    if step < 1:
+                        break
+                else:
+                    failed = streams if not failed else min(failed, streams)
+                    if step > 1:
+                        break
+
+            def load(n: int) -> str:
+                return f"{n} streams ({n * args.gpus * args.hz:,.0f} samples/s)"
+
+            print(f"  ceiling: {load(passed)} passed; {load(failed)} failed")
     return 0 if report.passed else 1
 
 

@@ -296,6 +296,17 @@ async def test_spool_full_while_the_collector_is_down_is_counted_exactly(tmp_pat
         dropped = agent.spool.stats()
         async with collector(tmp_path, grpc_listen=f"127.0.0.1:{port}") as c:
             await wait_for(lambda: agent.spool.stats().messages <= 2, 30, "drained")
+
+            def tombstones_stored() -> int:
+                n = c.store.query("SELECT COUNT(*) AS n FROM messages WHERE kind = 'dropped'")
+                return int(n[0]["n"])
+
+            # The last tombstone may still be in flight when the spool is nearly empty.
+            await wait_for(
+                lambda: tombstones_stored() == agent.spool.stats().dropped_messages_total,
+                30,
+                "every tombstone stored",
+            )
             stop.set()
             await asyncio.gather(*tasks)
             _, text = await http_get(c.http_url + "/metrics")

@@ -3,8 +3,10 @@ packed telemetry columns, and per-sample validation rules."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,11 @@ from flopwatt.collector.store import (
     pack_chunk,
     unpack_chunk,
 )
+from flopwatt.collector.telemetry_prep import TelemetryPreparer
 from flopwatt.collector.validate import POWER_LIMIT_FACTOR, validate_series
+from flopwatt.collector.writer import DeviceUpdate, ProcessStoreWriter, apply_batch
 from flopwatt.records import DeviceSeries
+from tests.collector_helpers import telemetry_pb
 
 NOW = 1_800_000_000 * 10**9
 
@@ -161,3 +166,66 @@ def test_epochs_use_the_full_unsigned_64_bit_range(tmp_path: Path) -> None:
     assert store.apply([_write(1, epoch=big)])[0].outcome is Outcome.DUPLICATE
     assert store.committed_through("a", big) == 1
     store.close()
+
+
+async def test_process_writer_pipelines_batches_in_order(tmp_path: Path) -> None:
+    """The process writer keeps several batches in flight; every write still commits exactly
+    once, in submission order, and each future carries its own outcome."""
+    SQLiteStore(tmp_path / "s.db").close()  # create the schema
+    writer = ProcessStoreWriter(tmp_path / "s.db", max_batch=7, max_delay_s=0.0)
+    try:
+        futures = [writer.submit(_write(seq)) for seq in range(1, 301)]
+        futures.append(writer.submit(_write(5, b"other")))
+        outcomes = await asyncio.gather(*futures)
+    finally:
+        await asyncio.to_thread(writer.close)
+    assert [o.outcome for o in outcomes[:300]] == [Outcome.STORED] * 300
+    assert [o.committed_through for o in outcomes[:300]] == list(range(1, 301))
+    assert outcomes[300].outcome is Outcome.CONFLICT
+    store = SQLiteStore(tmp_path / "s.db")
+    assert store.committed_through("a", 1) == 300
+    store.close()
+
+
+async def test_process_writer_fails_writes_when_its_process_dies(tmp_path: Path) -> None:
+    """A writer process that dies fails the writes in flight and every later one with a clear
+    error: nothing waits forever, and nothing is acked that was not committed."""
+    SQLiteStore(tmp_path / "s.db").close()
+    writer = ProcessStoreWriter(tmp_path / "s.db")
+    try:
+        assert (await writer.submit(_write(1))).outcome is Outcome.STORED
+        writer._proc.kill()
+        writer._proc.join(5)
+        for seq in (2, 3):
+            with pytest.raises(RuntimeError, match="store writer process ended"):
+                await asyncio.wait_for(writer.submit(_write(seq)), 10)
+    finally:
+        await asyncio.to_thread(writer.close)
+
+
+def test_batch_reports_each_devices_newest_values_once(tmp_path: Path) -> None:
+    """Within one commit only the newest message of each device carries its latest values (the
+    metrics show the newest anyway); a device missing from the newer message keeps its own."""
+    store = SQLiteStore(tmp_path / "s.db")
+    preparer = TelemetryPreparer()
+    t0 = time.time_ns() - 10**9
+
+    def telemetry(seq: int, uuid: str, power: float, t_ns: int) -> MessageWrite:
+        wire = telemetry_pb(1, seq, uuid, n=3, t0_ns=t_ns, power_w=power).telemetry
+        return MessageWrite(
+            "a", 1, seq, "telemetry", b"%d" % seq, NOW, telemetry_wire=wire.SerializeToString()
+        )
+
+    entries = [
+        DeviceUpdate("a", {"GPU-0": None, "GPU-1": None}),
+        telemetry(1, "GPU-0", 100.0, t0),
+        telemetry(2, "GPU-1", 200.0, t0),
+        telemetry(3, "GPU-0", 300.0, t0 + 10**8),
+    ]
+    out = apply_batch(store, preparer, entries)
+    store.close()
+    assert [o.outcome for o in out] == [Outcome.STORED] * 3
+    assert out[0].latest == {}  # superseded by message 3 in the same commit
+    assert out[1].latest["GPU-1"][1]["power_instant_w"] == 200.0
+    assert out[2].latest["GPU-0"][1]["power_instant_w"] == 300.0
+    assert out[2].latest["GPU-0"][0] == t0 + 10**8 + 2 * 100_000_000

@@ -68,7 +68,7 @@ class CollectorConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     writer_process: bool = True
     """Commit messages from a child process (another core) rather than a thread."""
-    writer_max_delay_s: float = 0.01
+    writer_max_delay_s: float = 0.05
     """How long the writer waits for more messages to join a commit once one has arrived (s):
     longer batches fewer, larger transactions at the cost of ack latency."""
     settings: AgentSettings = field(default_factory=AgentSettings)

@@ -47,26 +47,24 @@ class TelemetryPreparer:
         for uuid, limit in power_limits_w.items():
             self._devices[uuid] = (agent_id, limit)
 
-    def prepare(self, w: MessageWrite) -> tuple[MessageWrite, Latest]:
+    def prepare(self, w: MessageWrite) -> MessageWrite:
         """Decode and validate ``w.telemetry_wire``; writes without it pass through unchanged.
 
         Returns:
-            (the write with validated blocks and rejection counts — or a rejection write —,
-            each device's latest values from the samples kept).
+            the write with validated blocks and rejection counts, or a rejection write.
         """
         if w.telemetry_wire is None:
-            return w, {}
+            return w
         try:
             batch = telemetry_from_proto(telemetry_pb2.TelemetryBatch.FromString(w.telemetry_wire))
             blocks, rejected = self._validate(w.agent_id, batch.as_blocks())
         except WireTooLargeError as exc:
-            return self._rejected(w, str(exc), REJECT_TOO_LARGE), {}
+            return self._rejected(w, str(exc), REJECT_TOO_LARGE)
         except WireError as exc:  # StructuralError is not raised here; ownership is below
-            return self._rejected(w, str(exc), REJECT_INVALID), {}
+            return self._rejected(w, str(exc), REJECT_INVALID)
         except _NotOwnedError as exc:
-            return self._rejected(w, str(exc), REJECT_INVALID), {}
-        prepared = replace(w, blocks=blocks, rejected_samples=rejected, telemetry_wire=None)
-        return prepared, latest_values(blocks)
+            return self._rejected(w, str(exc), REJECT_INVALID)
+        return replace(w, blocks=blocks, rejected_samples=rejected, telemetry_wire=None)
 
     def _validate(
         self, agent_id: str, blocks: tuple[SeriesBlock, ...]
@@ -95,13 +93,29 @@ class _NotOwnedError(ValueError):
     """A series names a device the agent did not register."""
 
 
-def latest_values(blocks: tuple[SeriesBlock, ...]) -> Latest:
+def devices_with_samples(blocks: tuple[SeriesBlock, ...]) -> set[str]:
+    """The devices with at least one sample in ``blocks``."""
+    out: set[str] = set()
+    for block in blocks:
+        bounds = block.offsets.tolist()
+        out.update(
+            block.device_uuids[d] for d in range(len(bounds) - 1) if bounds[d + 1] > bounds[d]
+        )
+    return out
+
+
+def latest_values(blocks: tuple[SeriesBlock, ...], only: set[str] | None = None) -> Latest:
     """Each device's values at its latest sample (the row with the largest timestamp; agents
-    send samples in time order, which makes that the last row, checked in one pass)."""
+    send samples in time order, which makes that the last row, checked in one pass); with
+    ``only``, just those devices."""
     out: Latest = {}
     for block in blocks:
         bounds = block.offsets.tolist()
-        pairs = [(d, b - 1) for d, (a, b) in enumerate(itertools.pairwise(bounds)) if b > a]
+        pairs = [
+            (d, b - 1)
+            for d, (a, b) in enumerate(itertools.pairwise(bounds))
+            if b > a and (only is None or block.device_uuids[d] in only)
+        ]
         if not pairs:
             continue
         idx = np.array([row for _, row in pairs], dtype=np.int64)
