@@ -428,3 +428,45 @@ async def test_acks_flow_while_an_agent_keeps_sending(
         await s.wait_ack(EPOCH, 40)
         await s.close()
     assert acked_while_sending >= 10
+
+
+def _framed(epoch: int, sequence: int, field: int, payload: bytes) -> bytes:
+    """An AgentMessage's bytes with ``payload`` as the given payload field, unchecked."""
+    head = agent_pb2.AgentMessage(epoch=epoch, sequence=sequence).SerializeToString()
+    return head + bytes([field << 3 | 2, len(payload)]) + payload
+
+
+@pytest.mark.parametrize(
+    ("frame", "words"),
+    [
+        (_framed(EPOCH, 2, 4, b"\xff\xff"), "not a TelemetryBatch"),
+        (_framed(EPOCH, 2, 7, b"\xff\xff"), "heartbeat is not a valid message"),
+        (b"\xff\xff\xff", "not an AgentMessage"),
+    ],
+    ids=["telemetry-payload", "heartbeat-payload", "envelope"],
+)
+async def test_undecodable_bytes_are_invalid_argument_and_lose_nothing_else(
+    tmp_path: Path, frame: bytes, words: str
+) -> None:
+    """The stream frames messages without parsing telemetry; bytes that do not decode get a
+    clear INVALID_ARGUMENT, a payload that does not decode is recorded as rejected (its
+    sequence consumed), and the message before it is stored."""
+    async with collector(tmp_path) as c, grpc.aio.insecure_channel(c.grpc_address) as ch:
+        await _register(ch)
+        call = ch.stream_stream(
+            "/flopwatt.v1.AgentService/Stream",
+            request_serializer=lambda b: b,
+            response_deserializer=agent_pb2.CollectorMessage.FromString,
+        )()
+        await call.write(hello_pb("node-a", EPOCH).SerializeToString())
+        await call.write(telemetry_pb(EPOCH, 1).SerializeToString())
+        await call.write(frame)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in call:
+                pass
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert words in (err.value.details() or "")
+        rows = c.store.query("SELECT sequence, status, detail FROM messages ORDER BY sequence")
+        assert (rows[0]["sequence"], rows[0]["status"]) == (1, "stored")
+        if frame.startswith(b"\x09"):  # an envelope was read: the sequence is consumed
+            assert rows[1]["status"] == "rejected" and words in rows[1]["detail"]

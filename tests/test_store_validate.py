@@ -12,18 +12,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flopwatt.collector.state import DeviceState, FleetState
 from flopwatt.collector.store import (
     SCHEMA_VERSION,
     MessageWrite,
     Outcome,
     SQLiteStore,
+    pack_block_chunks,
     pack_chunk,
     unpack_chunk,
 )
 from flopwatt.collector.telemetry_prep import TelemetryPreparer
 from flopwatt.collector.validate import POWER_LIMIT_FACTOR, validate_series
 from flopwatt.collector.writer import DeviceUpdate, ProcessStoreWriter, apply_batch
-from flopwatt.records import DeviceSeries
+from flopwatt.records import DeviceInfo, DeviceSeries, NodeInfo, SeriesBlock
 from tests.collector_helpers import telemetry_pb
 
 NOW = 1_800_000_000 * 10**9
@@ -204,8 +206,9 @@ async def test_process_writer_fails_writes_when_its_process_dies(tmp_path: Path)
 
 
 def test_batch_reports_each_devices_newest_values_once(tmp_path: Path) -> None:
-    """Within one commit only the newest message of each device carries its latest values (the
-    metrics show the newest anyway); a device missing from the newer message keeps its own."""
+    """A commit reports each device's newest stored values once, on its agent's last stored
+    telemetry outcome (the metrics show the newest anyway), including a device missing from
+    that last message."""
     store = SQLiteStore(tmp_path / "s.db")
     preparer = TelemetryPreparer()
     t0 = time.time_ns() - 10**9
@@ -225,7 +228,91 @@ def test_batch_reports_each_devices_newest_values_once(tmp_path: Path) -> None:
     out = apply_batch(store, preparer, entries)
     store.close()
     assert [o.outcome for o in out] == [Outcome.STORED] * 3
-    assert out[0].latest == {}  # superseded by message 3 in the same commit
-    assert out[1].latest["GPU-1"][1]["power_instant_w"] == 200.0
-    assert out[2].latest["GPU-0"][1]["power_instant_w"] == 300.0
-    assert out[2].latest["GPU-0"][0] == t0 + 10**8 + 2 * 100_000_000
+    assert out[0].latest == () and out[1].latest == ()
+    state = FleetState()
+    state.register(
+        NodeInfo("a"),
+        1,
+        [
+            DeviceState(DeviceInfo(uuid=u, index=i, name="sim"), "a", None, "none")
+            for i, u in enumerate(["GPU-0", "GPU-1"])
+        ],
+        NOW,
+    )
+    state.apply_latest(out[2].latest)
+    devices = state.snapshot().devices
+    assert devices["GPU-1"].latest["power_instant_w"] == 200.0
+    assert devices["GPU-0"].latest["power_instant_w"] == 300.0
+    assert devices["GPU-0"].latest_sample_unix_ns == t0 + 10**8 + 2 * 100_000_000
+
+
+@pytest.mark.parametrize("lengths", [[4, 4, 4], [2, 0, 3], [0, 0]])
+def test_block_chunks_equal_per_device_chunks(lengths: list[int]) -> None:
+    """Packing a whole block at once (the writer joins a commit's messages into one) gives
+    byte for byte the chunk each device's samples pack to on their own; equal lengths take
+    the byte-matrix path, unequal ones the per-device path."""
+    rng = np.random.default_rng(7)
+    n = sum(lengths)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ts = np.sort(rng.integers(NOW, NOW + 10**9, size=n)).astype(np.int64)
+    columns = {
+        "power_instant_w": rng.uniform(50, 700, size=n),
+        "sm_clock_mhz": rng.integers(300, 2000, size=n).astype(np.uint32),
+        "throttle_reasons": rng.integers(0, 2**40, size=n).astype(np.uint64),
+    }
+    uuids = tuple(f"GPU-{d}" for d in range(len(lengths)))
+    block = SeriesBlock(uuids, offsets, ts, columns)
+    packed = pack_block_chunks(block)
+    for d, uuid in enumerate(uuids):
+        a, b = int(offsets[d]), int(offsets[d + 1])
+        if a == b:
+            assert packed[d] is None
+            continue
+        expected = pack_chunk(ts[a:b], {k: v[a:b] for k, v in columns.items()})
+        assert packed[d] == (uuid, int(ts[a:b].min()), int(ts[a:b].max()), b - a, expected)
+
+
+def test_joined_messages_with_a_bad_sample_count_rejections_per_message(tmp_path: Path) -> None:
+    """When the joined block of a commit has a bad sample, rejections are still counted on the
+    message that carried it, and the clean messages keep every sample; a message naming a
+    device its agent did not register is rejected whole without touching the others."""
+    store = SQLiteStore(tmp_path / "s.db")
+    t0 = time.time_ns() - 10**9
+
+    def telemetry(seq: int, uuid: str, power: list[float]) -> MessageWrite:
+        t = t0 + seq * 10**8  # later messages carry later samples
+        wire = telemetry_pb(1, seq, uuid, n=len(power), t0_ns=t, power_w=power).telemetry
+        return MessageWrite(
+            "a", 1, seq, "telemetry", b"%d" % seq, NOW, telemetry_wire=wire.SerializeToString()
+        )
+
+    out = apply_batch(
+        store,
+        TelemetryPreparer(),
+        [
+            DeviceUpdate("a", {"GPU-0": 700.0, "GPU-1": 700.0}),
+            telemetry(1, "GPU-0", [300.0, 301.0, 302.0]),
+            telemetry(2, "GPU-1", [300.0, math.nan, 302.0]),
+            telemetry(3, "GPU-9", [300.0]),
+            telemetry(4, "GPU-0", [303.0, 304.0]),
+        ],
+    )
+    assert [o.outcome for o in out] == [
+        Outcome.STORED,
+        Outcome.STORED,
+        Outcome.REJECTED,
+        Outcome.STORED,
+    ]
+    assert [o.samples for o in out] == [3, 2, 0, 2]
+    assert out[0].rejected_samples == {} and out[3].rejected_samples == {}
+    assert out[1].rejected_samples == {("GPU-1", "power_not_finite"): 1}
+    assert "GPU-9" in out[2].rejected_detail
+    rows = store.query("SELECT sequence, device_uuid, n_samples FROM telemetry_chunks")
+    assert sorted(tuple(r) for r in rows) == [(1, "GPU-0", 3), (2, "GPU-1", 2), (4, "GPU-0", 2)]
+    newest = {
+        uuid: block.row(i)["power_instant_w"]
+        for block in out[3].latest
+        for i, uuid in enumerate(block.device_uuids)
+    }
+    assert newest == {"GPU-0": 304.0, "GPU-1": 302.0}
+    store.close()

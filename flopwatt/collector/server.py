@@ -31,14 +31,14 @@ from flopwatt.collector.ingest import Ingest
 from flopwatt.collector.jobs import JobService
 from flopwatt.collector.metrics import FleetMetrics, exposition
 from flopwatt.collector.report_route import report_route
-from flopwatt.collector.servicer import AdminServicer, AgentServicer
+from flopwatt.collector.servicer import AdminServicer, AgentServicer, agent_service_handler
 from flopwatt.collector.session import SessionRegistry
 from flopwatt.collector.state import FleetState
 from flopwatt.collector.store import SQLiteStore
 from flopwatt.collector.writer import BatchWriter, ProcessStoreWriter, StoreWriter
 from flopwatt.http_server import HttpServer
 from flopwatt.records import AgentSettings
-from flopwatt.v1 import admin_pb2_grpc, agent_pb2_grpc
+from flopwatt.v1 import admin_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +235,8 @@ async def run_server(
         interceptors=[AuthInterceptor(auth)],
         options=server_options(config.max_message_bytes),
     )
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        AgentServicer(ingest, writer, sessions, jobs, auth), server
+    server.add_generic_rpc_handlers(
+        (agent_service_handler(AgentServicer(ingest, writer, sessions, jobs, auth)),)
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
         AdminServicer(ingest, jobs), server

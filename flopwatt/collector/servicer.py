@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from flopwatt.collector.auth import AuthConfig, Identity, identify
+from flopwatt.collector.envelope import AgentEnvelope, read_envelope
 from flopwatt.collector.ingest import Ingest
 from flopwatt.collector.jobs import (
     BadSelectorError,
@@ -98,16 +99,21 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     async def Stream(
         self,
-        request_iterator: AsyncIterator[agent_pb2.AgentMessage],
+        request_iterator: AsyncIterator[AgentEnvelope],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[agent_pb2.CollectorMessage]:
+        """The agent stream. Requests arrive as :class:`AgentEnvelope` (see
+        :func:`agent_service_handler`), so telemetry is never parsed on the event loop."""
         ident = await _identity(self._auth, context)
         try:
             first = await anext(request_iterator)
         except StopAsyncIteration:
             return
+        if first.kind == "malformed":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, first.error)
+            return
         try:
-            hello = agent_message_from_proto(first).payload
+            hello = agent_message_from_proto(first.message()).payload
         except WireError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             return
@@ -248,3 +254,22 @@ def job_info_to_proto(job: JobRow) -> admin_pb2.JobInfo:
         targets=targets,
         finished=bool(job.targets) and all(t.state.final for t in job.targets),
     )
+
+
+def agent_service_handler(servicer: AgentServicer) -> grpc.GenericRpcHandler:
+    """``flopwatt.v1.AgentService`` as the generated code registers it, except that ``Stream``
+    requests are read with :func:`~flopwatt.collector.envelope.read_envelope` instead of being
+    parsed into ``AgentMessage`` objects."""
+    handlers = {
+        "Register": grpc.unary_unary_rpc_method_handler(
+            servicer.Register,
+            request_deserializer=agent_pb2.RegisterRequest.FromString,
+            response_serializer=agent_pb2.RegisterResponse.SerializeToString,
+        ),
+        "Stream": grpc.stream_stream_rpc_method_handler(
+            servicer.Stream,
+            request_deserializer=read_envelope,
+            response_serializer=agent_pb2.CollectorMessage.SerializeToString,
+        ),
+    }
+    return grpc.method_handlers_generic_handler("flopwatt.v1.AgentService", handlers)

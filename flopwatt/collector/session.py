@@ -15,13 +15,15 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 
+from flopwatt.collector.envelope import AgentEnvelope
 from flopwatt.collector.ingest import Ingest, StructuralError
 from flopwatt.collector.store import MessageWrite, WriteOutcome
-from flopwatt.collector.telemetry_prep import REJECT_TOO_LARGE
+from flopwatt.collector.telemetry_prep import REJECT_TOO_LARGE, telemetry_digest
 from flopwatt.collector.writer import BatchWriter
 from flopwatt.records import Ack, AgentMessage, CollectorPayload, Command, StreamHello
 from flopwatt.v1 import agent_pb2
@@ -52,12 +54,6 @@ Outbound = CollectorPayload | StreamAbort | _End
 def message_digest(raw: agent_pb2.AgentMessage) -> bytes:
     """Digest identifying a message's content (deterministic serialisation, BLAKE2b-128)."""
     return hashlib.blake2b(raw.SerializeToString(deterministic=True), digest_size=16).digest()
-
-
-def telemetry_digest(telemetry_wire: bytes) -> bytes:
-    """Digest of a telemetry message's content: its serialised batch (BLAKE2b-128). A resend
-    from the agent's spool carries byte-identical content."""
-    return hashlib.blake2b(telemetry_wire, digest_size=16, person=b"telemetry").digest()
 
 
 _Pending = tuple[MessageWrite, "asyncio.Future[WriteOutcome]"]
@@ -119,7 +115,7 @@ class Session:
             await asyncio.gather(self._acker, return_exceptions=True)
         self._outbound.put_nowait(END)
 
-    async def run(self, requests: AsyncIterator[agent_pb2.AgentMessage]) -> AsyncIterator[Outbound]:
+    async def run(self, requests: AsyncIterator[AgentEnvelope]) -> AsyncIterator[Outbound]:
         """Drive the stream: yields what to send until the stream should end."""
         epochs = {self.hello.epoch, *self.hello.pending_epochs}
         for epoch in sorted(epochs):
@@ -144,7 +140,7 @@ class Session:
 
     # --- reading -------------------------------------------------------------------------
 
-    async def _read(self, requests: AsyncIterator[agent_pb2.AgentMessage]) -> None:
+    async def _read(self, requests: AsyncIterator[AgentEnvelope]) -> None:
         try:
             async for raw in requests:
                 received = self._clock_ns()
@@ -167,9 +163,10 @@ class Session:
             log.info("stream from %s ended: %s", self.agent_id, exc)
             self._outbound.put_nowait(END)
 
-    async def _handle(self, raw: agent_pb2.AgentMessage, received: int) -> StreamAbort | None:
-        epoch, seq = raw.epoch, raw.sequence
-        kind = raw.WhichOneof("payload") or "empty"
+    async def _handle(self, env: AgentEnvelope, received: int) -> StreamAbort | None:
+        epoch, seq, kind = env.epoch, env.sequence, env.kind
+        if kind == "malformed":
+            return StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, env.error)
         if kind == "hello":
             return StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, "hello sent twice on one stream")
         if epoch == 0 or seq == 0:
@@ -190,23 +187,39 @@ class Session:
                 f"sequence gap in epoch {epoch}: expected {expected}, got {seq}",
             )
         if kind == "telemetry":
-            # Telemetry goes to the writer as its wire bytes; it is decoded and validated there.
-            wire_bytes = raw.telemetry.SerializeToString()
-            digest = telemetry_digest(wire_bytes)
-        else:
-            wire_bytes = None
-            digest = message_digest(raw)
-        base = MessageWrite(self.agent_id, epoch, seq, kind, digest, received)
+            # Telemetry goes to the writer as the bytes it arrived as; the writer digests,
+            # decodes and validates it. A resend is digested here (the store compares digests).
+            if seq < expected:
+                digest = telemetry_digest(env.payload)
+                await self._submit(MessageWrite(self.agent_id, epoch, seq, kind, digest, received))
+                return None
+            self._expected[epoch] = expected + 1
+            await self._submit(
+                MessageWrite(
+                    self.agent_id, epoch, seq, kind, b"", received, telemetry_wire=env.payload
+                )
+            )
+            return None
+        try:
+            raw = env.message()
+        except DecodeError as exc:  # the envelope was fine, the payload inside is not
+            digest = hashlib.blake2b(env.raw, digest_size=16).digest()
+            base = MessageWrite(self.agent_id, epoch, seq, kind, digest, received)
+            if seq < expected:
+                await self._submit(base)
+                return None
+            self._expected[epoch] = expected + 1
+            return await self._reject(
+                base, f"{kind} is not a valid message: {exc}", grpc.StatusCode.INVALID_ARGUMENT
+            )
+        base = MessageWrite(self.agent_id, epoch, seq, kind, message_digest(raw), received)
         if seq < expected:
             await self._submit(base)  # a resend: the store tells duplicate from conflict
             return None
         self._expected[epoch] = expected + 1
-        if wire_bytes is not None:
-            await self._submit(replace(base, telemetry_wire=wire_bytes))
-            return None
         try:
             msg: AgentMessage = agent_message_from_proto(raw)
-            write = self._ingest.prepare(self.agent_id, msg, digest, received)
+            write = self._ingest.prepare(self.agent_id, msg, base.digest, received)
         except WireTooLargeError as exc:
             return await self._reject(base, str(exc), grpc.StatusCode.RESOURCE_EXHAUSTED)
         except (WireError, StructuralError) as exc:

@@ -15,6 +15,7 @@ from typing import Any
 
 from flopwatt.analysis.comparison import SpecComparison
 from flopwatt.analysis.registry import GpuSpec
+from flopwatt.collector.latest import LatestBlock
 from flopwatt.records import (
     DeviceInfo,
     GemmResult,
@@ -65,10 +66,20 @@ class DeviceState:
     spec: GpuSpec | None
     sku_match: str
     latest: dict[str, float] = field(default_factory=dict)
-    """Column name → last valid value (absent columns are absent)."""
+    """Column name → last valid value (absent columns are absent); see :meth:`fold_latest`."""
     latest_sample_unix_ns: int = 0
+    pending_latest: tuple[LatestBlock, int] | None = None
+    """The newest values not yet folded into ``latest``: (block, row). Folding waits for a
+    reader, because devices report every second and scrapes come every few seconds."""
     gemm: dict[str, GemmLatest] = field(default_factory=dict)
     models: dict[tuple[str, int, str], ModelLatest] = field(default_factory=dict)
+
+    def fold_latest(self) -> None:
+        """Fold the pending newest values into ``latest`` (call under the state's lock)."""
+        if self.pending_latest is not None:
+            block, row = self.pending_latest
+            self.latest.update(block.row(row))
+            self.pending_latest = None
 
     @property
     def sku(self) -> str | None:
@@ -141,6 +152,7 @@ class FleetState:
                 prev = self._devices.get(d.info.uuid)
                 if prev is not None:  # keep results and last values across re-registration
                     d.latest, d.latest_sample_unix_ns = prev.latest, prev.latest_sample_unix_ns
+                    d.pending_latest = prev.pending_latest
                     d.gemm, d.models = prev.gemm, prev.models
                 self._devices[d.info.uuid] = d
 
@@ -170,15 +182,21 @@ class FleetState:
             if a is not None:
                 a.last_seen_unix_ns = max(a.last_seen_unix_ns, now_unix_ns)
 
-    def apply_latest(self, latest: Mapping[str, tuple[int, Mapping[str, float]]]) -> None:
-        """Fold each device's latest committed values (from the writer) into the state."""
+    def apply_latest(self, blocks: Iterable[LatestBlock]) -> None:
+        """Take each device's newest committed values (from the writer); a row older than what
+        the device already has is ignored."""
         with self._lock:
-            for uuid, (stamp, values) in latest.items():
-                dev = self._devices.get(uuid)
-                if dev is None or stamp < dev.latest_sample_unix_ns:
-                    continue  # unknown, or an older resent sample: keep the newer values
-                dev.latest_sample_unix_ns = stamp
-                dev.latest.update(values)
+            for block in blocks:
+                stamps = block.stamps_unix_ns.tolist()
+                for row, (uuid, stamp) in enumerate(zip(block.device_uuids, stamps, strict=True)):
+                    dev = self._devices.get(uuid)
+                    if dev is None or stamp < dev.latest_sample_unix_ns:
+                        continue  # unknown, or an older resent sample: keep the newer values
+                    dev.latest_sample_unix_ns = stamp
+                    pending = dev.pending_latest
+                    if pending is not None and pending[0].names != block.names:
+                        dev.fold_latest()  # other columns: keep the ones this row lacks
+                    dev.pending_latest = (block, row)
 
     def apply_gemm(
         self,
@@ -232,6 +250,7 @@ class FleetState:
             agents = {k: copy.copy(v) for k, v in self._agents.items()}
             devices = {}
             for k, d in self._devices.items():
+                d.fold_latest()
                 c = copy.copy(d)
                 c.latest = dict(d.latest)
                 c.gemm = dict(d.gemm)

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from flopwatt.analysis.comparison import SpecComparison
+from flopwatt.collector.latest import LatestBlock
 from flopwatt.jsonable import dumps
 from flopwatt.records import (
     TELEMETRY_COLUMNS,
@@ -48,6 +49,10 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     CONFLICT = "conflict"
     REJECTED = "rejected"
+
+
+ChunkRow = tuple[str, int, int, int, bytes]
+"""One device's stored chunk: (device uuid, first and last timestamp ns, samples, blob)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,9 @@ class MessageWrite:
     telemetry_wire: bytes | None = None
     """Telemetry exactly as received (a serialised ``TelemetryBatch``), not yet decoded or
     validated: the writer prepares it (``telemetry_prep``) just before the commit."""
+    chunks: tuple[ChunkRow, ...] | None = None
+    """``blocks`` already packed as stored chunks (the writer packs a commit's messages
+    together); None: the store packs ``blocks`` itself."""
 
     @property
     def samples(self) -> int:
@@ -102,8 +110,9 @@ class WriteOutcome:
     rejected_samples: Mapping[tuple[str, str], int] = field(default_factory=dict)
     rejected_detail: str = ""
     reject_code: str = ""
-    latest: Mapping[str, tuple[int, Mapping[str, float]]] = field(default_factory=dict)
-    """device uuid → (latest sample time ns, {column: value}) of the samples stored."""
+    latest: tuple[LatestBlock, ...] = ()
+    """The newest values of the devices in this commit's stored telemetry (on the commit's last
+    stored telemetry outcome; empty elsewhere)."""
 
 
 @dataclass(frozen=True)
@@ -396,6 +405,62 @@ def pack_chunk(
     return b"".join(parts)
 
 
+def pack_block_chunks(block: SeriesBlock) -> list[ChunkRow | None]:
+    """Every device's chunk of ``block`` (see :func:`pack_chunk`), in device order; None for a
+    device without samples. Each column is packed once for the whole block and cut per device,
+    so a block joining many messages is packed in one pass."""
+    bounds = block.offsets.tolist()
+    nonempty = [d for d in range(len(block.device_uuids)) if bounds[d + 1] > bounds[d]]
+    out: list[ChunkRow | None] = [None] * len(block.device_uuids)
+    if not nonempty:
+        return out
+    ts_all = np.ascontiguousarray(block.timestamp_unix_ns.astype("<i8", copy=False))
+    present = [
+        (
+            i,
+            np.ascontiguousarray(
+                block.columns[spec.name].astype(_LE_DTYPES[spec.name], copy=False)
+            ),
+        )
+        for i, spec in enumerate(TELEMETRY_COLUMNS)
+        if spec.name in block.columns
+    ]
+    bitmap = sum(1 << i for i, _ in present)
+    n_dev = len(block.device_uuids)
+    per_device = bounds[1] - bounds[0]
+    if len(nonempty) == n_dev and bounds[-1] == per_device * n_dev:
+        # Every device has the same number of samples (the usual batch): lay all blobs out as
+        # the rows of one byte matrix, a few array copies for the whole block.
+        n = per_device
+        widths = [8 * n] + [col.dtype.itemsize * n for _, col in present]
+        matrix = np.empty((n_dev, _CHUNK_HEADER.size + sum(widths)), dtype=np.uint8)
+        matrix[:, : _CHUNK_HEADER.size] = np.frombuffer(
+            _CHUNK_HEADER.pack(CHUNK_MAGIC, n, bitmap), np.uint8
+        )
+        pos = _CHUNK_HEADER.size
+        for arr, width in zip([ts_all] + [col for _, col in present], widths, strict=True):
+            matrix[:, pos : pos + width] = arr.view(np.uint8).reshape(n_dev, width)
+            pos += width
+        stamps = ts_all.reshape(n_dev, n)
+        firsts = stamps.min(axis=1).tolist()
+        lasts = stamps.max(axis=1).tolist()
+        for d, (uuid, row) in enumerate(zip(block.device_uuids, matrix, strict=True)):
+            out[d] = (uuid, firsts[d], lasts[d], n, row.tobytes())
+        return out
+    ts_bytes = ts_all.tobytes()
+    packed = [(col.tobytes(), col.dtype.itemsize) for _, col in present]
+    starts = np.array([bounds[d] for d in nonempty], dtype=np.int64)
+    firsts = np.minimum.reduceat(ts_all, starts).tolist()
+    lasts = np.maximum.reduceat(ts_all, starts).tolist()
+    header = _CHUNK_HEADER.pack
+    for k, d in enumerate(nonempty):
+        a, b = bounds[d], bounds[d + 1]
+        parts = [header(CHUNK_MAGIC, b - a, bitmap), ts_bytes[8 * a : 8 * b]]
+        parts += [raw[a * size : b * size] for raw, size in packed]
+        out[d] = (block.device_uuids[d], firsts[k], lasts[k], b - a, b"".join(parts))
+    return out
+
+
 def unpack_chunk(blob: bytes) -> tuple[np.ndarray[Any, Any], dict[str, np.ndarray[Any, Any]]]:
     """Inverse of :func:`pack_chunk`: (timestamps, {column: values}); absent columns absent.
 
@@ -638,45 +703,11 @@ class SQLiteStore:
         """Store a message's payload; telemetry rows are appended to ``rows`` for the caller
         to insert (in one ``executemany`` per batch)."""
         key = (w.agent_id, epoch_to_db(w.epoch), w.sequence)
-        if w.blocks:
-            chunk = 0
-            for block in w.blocks:
-                bounds = block.offsets.tolist()
-                ts_all = block.timestamp_unix_ns.astype("<i8", copy=False)
-                # Pack each column once for the whole block, then cut each device's slice.
-                present = [
-                    (i, block.columns[spec.name].astype(_LE_DTYPES[spec.name], copy=False))
-                    for i, spec in enumerate(TELEMETRY_COLUMNS)
-                    if spec.name in block.columns
-                ]
-                bitmap = sum(1 << i for i, _ in present)
-                ts_bytes = ts_all.tobytes()
-                packed = [(col.tobytes(), col.dtype.itemsize) for _, col in present]
-                nonempty = [d for d in range(len(block.device_uuids)) if bounds[d + 1] > bounds[d]]
-                if not nonempty:
-                    continue
-                starts = np.array([bounds[d] for d in nonempty], dtype=np.int64)
-                firsts = np.minimum.reduceat(ts_all, starts).tolist()
-                lasts = np.maximum.reduceat(ts_all, starts).tolist()
-                for k, d in enumerate(nonempty):
-                    a, b = bounds[d], bounds[d + 1]
-                    parts = [
-                        _CHUNK_HEADER.pack(CHUNK_MAGIC, b - a, bitmap),
-                        ts_bytes[8 * a : 8 * b],
-                    ]
-                    parts += [raw[a * size : b * size] for raw, size in packed]
-                    rows.append(
-                        (
-                            *key,
-                            chunk,
-                            block.device_uuids[d],
-                            firsts[k],
-                            lasts[k],
-                            b - a,
-                            b"".join(parts),
-                        )
-                    )
-                    chunk += 1
+        chunks = w.chunks
+        if chunks is None and w.blocks:
+            chunks = tuple(c for block in w.blocks for c in pack_block_chunks(block) if c)
+        for index, chunk in enumerate(chunks or ()):
+            rows.append((*key, index, *chunk))
         if w.rejected_samples:
             c.executemany(
                 "INSERT INTO rejected_samples VALUES (?,?,?,?,?,?)",

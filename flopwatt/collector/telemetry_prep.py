@@ -4,7 +4,8 @@ Telemetry is most of what a collector receives, and decoding and validating it i
 per-message work. The stream handler therefore passes telemetry on as its wire bytes and the
 store writer (a thread, or a child process on another core) prepares it here, just before the
 commit: decode, check every series belongs to a device the agent registered, validate each
-sample, and note each device's latest values for the metrics.
+sample. A commit's telemetry is prepared together (:meth:`TelemetryPreparer.prepare_batch`):
+the array work is done once for all its messages rather than once per message.
 
 A structurally broken message becomes a rejection write (status ``rejected`` with the reason),
 so its sequence is consumed and the stream handler can end the stream with
@@ -13,24 +14,34 @@ so its sequence is consumed and the stream handler can end the stream with
 
 from __future__ import annotations
 
-import itertools
+import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
-import numpy as np
+from google.protobuf.message import DecodeError
 
-from flopwatt.collector.store import MessageWrite
+from flopwatt.collector.store import MessageWrite, pack_block_chunks
 from flopwatt.collector.validate import merge_counts, validate_block
 from flopwatt.records import SeriesBlock
 from flopwatt.v1 import telemetry_pb2
-from flopwatt.wire import WireError, WireTooLargeError, telemetry_from_proto
+from flopwatt.wire import (
+    UniformParts,
+    WireError,
+    WireTooLargeError,
+    block_from_parts,
+    telemetry_from_proto,
+    uniform_parts,
+)
 
 REJECT_INVALID = "invalid_argument"
 REJECT_TOO_LARGE = "resource_exhausted"
 
-#: device uuid → (latest sample time ns, {column: value})
-Latest = dict[str, tuple[int, dict[str, float]]]
+
+def telemetry_digest(telemetry_wire: bytes) -> bytes:
+    """Digest of a telemetry message's content: its serialised batch as received (BLAKE2b-128).
+    A resend from the agent's spool carries byte-identical content."""
+    return hashlib.blake2b(telemetry_wire, digest_size=16, person=b"telemetry").digest()
 
 
 class TelemetryPreparer:
@@ -53,10 +64,13 @@ class TelemetryPreparer:
         Returns:
             the write with validated blocks and rejection counts, or a rejection write.
         """
-        if w.telemetry_wire is None:
+        wire = w.telemetry_wire
+        if wire is None:
             return w
+        if not w.digest:
+            w = replace(w, digest=telemetry_digest(wire))
         try:
-            batch = telemetry_from_proto(telemetry_pb2.TelemetryBatch.FromString(w.telemetry_wire))
+            batch = telemetry_from_proto(_parse(wire))
             blocks, rejected = self._validate(w.agent_id, batch.as_blocks())
         except WireTooLargeError as exc:
             return self._rejected(w, str(exc), REJECT_TOO_LARGE)
@@ -66,6 +80,89 @@ class TelemetryPreparer:
             return self._rejected(w, str(exc), REJECT_INVALID)
         return replace(w, blocks=blocks, rejected_samples=rejected, telemetry_wire=None)
 
+    def prepare_batch(
+        self, writes: Sequence[MessageWrite]
+    ) -> tuple[list[MessageWrite], list[tuple[SeriesBlock, list[int]]]]:
+        """Prepare a commit's writes together: what :meth:`prepare` does to each, with the
+        array work done once for all of them.
+
+        Telemetry messages whose series share one column set are joined into one block per
+        column set, validated at once and handed back as views of it. Where a joined block
+        has a bad sample, its messages are prepared one by one instead (so rejection counts
+        stay per message); mixed-column and broken messages always are.
+
+        Returns:
+            (the prepared writes, in order; each joined block with the indices of the writes
+            it holds, in order).
+        """
+        out = list(writes)
+        groups: dict[tuple[str, ...], list[tuple[int, UniformParts, list[float | None]]]] = {}
+        for i, w in enumerate(writes):
+            wire = w.telemetry_wire
+            if wire is None:
+                continue
+            if not w.digest:
+                w = out[i] = replace(w, digest=telemetry_digest(wire))
+            try:
+                parts = uniform_parts(_parse(wire))
+                if parts is None:
+                    out[i] = self.prepare(w)
+                    continue
+                limits = self._limits(w.agent_id, parts.device_uuids)
+            except WireTooLargeError as exc:
+                out[i] = self._rejected(w, str(exc), REJECT_TOO_LARGE)
+                continue
+            except (WireError, _NotOwnedError) as exc:
+                out[i] = self._rejected(w, str(exc), REJECT_INVALID)
+                continue
+            groups.setdefault(parts.signature, []).append((i, parts, limits))
+        now = self._clock_ns()
+        joined: list[tuple[SeriesBlock, list[int]]] = []
+        for members in groups.values():
+            block = block_from_parts([p for _, p, _ in members])
+            limits = [x for _, _, lim in members for x in lim]
+            keep, _ = validate_block(block, now_unix_ns=now, power_limits_w=limits)
+            if keep is not None:  # a bad sample somewhere: count rejections message by message
+                for i, _, _ in members:
+                    out[i] = self.prepare(out[i])
+                continue
+            bounds = block.offsets.tolist()
+            chunks = pack_block_chunks(block)
+            device = 0
+            for i, parts, _ in members:
+                d0, d1 = device, device + len(parts.device_uuids)
+                device = d1
+                r0, r1 = bounds[d0], bounds[d1]
+                view = SeriesBlock(
+                    block.device_uuids[d0:d1],
+                    block.offsets[d0 : d1 + 1] - r0,
+                    block.timestamp_unix_ns[r0:r1],
+                    {name: col[r0:r1] for name, col in block.columns.items()},
+                )
+                out[i] = replace(
+                    out[i],
+                    blocks=(view,),
+                    chunks=tuple(c for c in chunks[d0:d1] if c is not None),
+                    rejected_samples={},
+                    telemetry_wire=None,
+                )
+            joined.append((block, [i for i, _, _ in members]))
+        return out, joined
+
+    def owner(self, uuid: str) -> str | None:
+        """The agent that registered ``uuid``, if any."""
+        entry = self._devices.get(uuid)
+        return None if entry is None else entry[0]
+
+    def _limits(self, agent_id: str, uuids: Sequence[str]) -> list[float | None]:
+        limits = []
+        for uuid in uuids:
+            owner = self._devices.get(uuid)
+            if owner is None or owner[0] != agent_id:
+                raise _NotOwnedError(f"device {uuid!r} is not registered by agent {agent_id!r}")
+            limits.append(owner[1])
+        return limits
+
     def _validate(
         self, agent_id: str, blocks: tuple[SeriesBlock, ...]
     ) -> tuple[tuple[SeriesBlock, ...], dict[tuple[str, str], int]]:
@@ -73,12 +170,7 @@ class TelemetryPreparer:
         clean: list[SeriesBlock] = []
         rejected: dict[tuple[str, str], int] = {}
         for block in blocks:
-            limits = []
-            for uuid in block.device_uuids:
-                owner = self._devices.get(uuid)
-                if owner is None or owner[0] != agent_id:
-                    raise _NotOwnedError(f"device {uuid!r} is not registered by agent {agent_id!r}")
-                limits.append(owner[1])
+            limits = self._limits(agent_id, block.device_uuids)
             keep, counts = validate_block(block, now_unix_ns=now, power_limits_w=limits)
             merge_counts(rejected, counts)
             clean.append(block if keep is None else block.take(keep))
@@ -89,54 +181,17 @@ class TelemetryPreparer:
         return replace(w, rejected_detail=detail, reject_code=code, telemetry_wire=None)
 
 
+def _parse(wire: bytes) -> telemetry_pb2.TelemetryBatch:
+    """The batch in ``wire``.
+
+    Raises:
+        WireError: the bytes are not a ``TelemetryBatch`` (the stream only framed them).
+    """
+    try:
+        return telemetry_pb2.TelemetryBatch.FromString(wire)
+    except DecodeError as exc:
+        raise WireError(f"telemetry is not a TelemetryBatch: {exc}") from None
+
+
 class _NotOwnedError(ValueError):
     """A series names a device the agent did not register."""
-
-
-def devices_with_samples(blocks: tuple[SeriesBlock, ...]) -> set[str]:
-    """The devices with at least one sample in ``blocks``."""
-    out: set[str] = set()
-    for block in blocks:
-        bounds = block.offsets.tolist()
-        out.update(
-            block.device_uuids[d] for d in range(len(bounds) - 1) if bounds[d + 1] > bounds[d]
-        )
-    return out
-
-
-def latest_values(blocks: tuple[SeriesBlock, ...], only: set[str] | None = None) -> Latest:
-    """Each device's values at its latest sample (the row with the largest timestamp; agents
-    send samples in time order, which makes that the last row, checked in one pass); with
-    ``only``, just those devices."""
-    out: Latest = {}
-    for block in blocks:
-        bounds = block.offsets.tolist()
-        pairs = [
-            (d, b - 1)
-            for d, (a, b) in enumerate(itertools.pairwise(bounds))
-            if b > a and (only is None or block.device_uuids[d] in only)
-        ]
-        if not pairs:
-            continue
-        idx = np.array([row for _, row in pairs], dtype=np.int64)
-        ts = block.timestamp_unix_ns
-        starts = np.array([bounds[d] for d, _ in pairs], dtype=np.int64)
-        newest = np.maximum.reduceat(ts, starts)
-        if not np.array_equal(ts[idx], newest):  # out of order: find each device's newest row
-            idx = np.array(
-                [bounds[d] + int(np.argmax(ts[bounds[d] : bounds[d + 1]])) for d, _ in pairs],
-                dtype=np.int64,
-            )
-        stamps = ts[idx].tolist()
-        names = list(block.columns)
-        rows = (
-            zip(*(block.columns[n][idx].tolist() for n in names), strict=True)
-            if names
-            else (iter([()] * len(pairs)))
-        )
-        for (d, _), stamp, row in zip(pairs, stamps, rows, strict=True):
-            uuid = block.device_uuids[d]
-            if uuid in out and out[uuid][0] > stamp:
-                continue
-            out[uuid] = (stamp, dict(zip(names, map(float, row), strict=True)))
-    return out

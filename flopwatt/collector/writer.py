@@ -32,13 +32,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from flopwatt.collector.latest import latest_block
 from flopwatt.collector.store import MessageWrite, Outcome, SQLiteStore, Store, WriteOutcome
-from flopwatt.collector.telemetry_prep import (
-    Latest,
-    TelemetryPreparer,
-    devices_with_samples,
-    latest_values,
-)
+from flopwatt.collector.telemetry_prep import TelemetryPreparer
+from flopwatt.records import SeriesBlock
 
 log = logging.getLogger(__name__)
 
@@ -68,31 +65,55 @@ def apply_batch(
     """Prepare telemetry, apply the writes in one transaction, and return one outcome per
     :class:`MessageWrite` (control entries update the preparer in order and return nothing).
 
-    Each stored telemetry outcome carries its devices' latest values, but only where no later
-    write in the batch has newer samples of the same device: the metrics show the newest values
-    anyway, and working them out for every message was a tenth of the writer's time.
+    Telemetry is prepared a run of writes at a time (between device updates, which apply in
+    order) so the array work is done once per run rather than once per message. The newest
+    values of the devices in the stored telemetry ride, as :class:`LatestBlock` matrices, on
+    the batch's last stored telemetry outcome (the metrics show the newest values only).
     """
     writes: list[MessageWrite] = []
+    joined: list[tuple[SeriesBlock, list[int]]] = []
+    run: list[MessageWrite] = []
+
+    def flush() -> None:
+        prepared, blocks = preparer.prepare_batch(run)
+        joined.extend((block, [len(writes) + i for i in idx]) for block, idx in blocks)
+        writes.extend(prepared)
+        run.clear()
+
     for entry in entries:
         if isinstance(entry, DeviceUpdate):
+            flush()
             preparer.update_devices(entry.agent_id, entry.power_limits_w)
-            continue
-        writes.append(preparer.prepare(entry))
+        else:
+            run.append(entry)
+    flush()
     outcomes = store.apply(writes)
-    extras: list[Latest] = [{} for _ in writes]
-    covered: set[str] = set()
-    for i in range(len(writes) - 1, -1, -1):
-        w = writes[i]
-        if outcomes[i].outcome is Outcome.STORED and w.blocks:
-            fresh = devices_with_samples(w.blocks) - covered
-            if fresh:
-                extras[i] = latest_values(w.blocks, only=fresh)
-                covered |= fresh
+    stored = [
+        o.outcome is Outcome.STORED and bool(w.blocks)
+        for w, o in zip(writes, outcomes, strict=True)
+    ]
+    newest: list[SeriesBlock] = []
+    in_joined: set[int] = set()
+    for block, idx in joined:
+        in_joined.update(idx)
+        if all(stored[i] for i in idx):
+            newest.append(block)
+        else:  # a resend raced in: only what was stored counts
+            newest.extend(b for i in idx if stored[i] for b in writes[i].blocks)
+    for i, w in enumerate(writes):
+        if stored[i] and i not in in_joined:
+            newest.extend(w.blocks)
+    latest = tuple(lb for b in newest if (lb := latest_block(b)) is not None)
+    last = max((i for i, s in enumerate(stored) if s), default=-1)
     result = []
-    for w, o, latest in zip(writes, outcomes, extras, strict=True):
+    for i, (w, o) in enumerate(zip(writes, outcomes, strict=True)):
         if o.outcome is Outcome.STORED and w.blocks:
             o = WriteOutcome(
-                o.outcome, o.committed_through, w.samples, w.rejected_samples, latest=latest
+                o.outcome,
+                o.committed_through,
+                w.samples,
+                w.rejected_samples,
+                latest=latest if i == last else (),
             )
         elif o.outcome is Outcome.REJECTED and w.reject_code:
             o = WriteOutcome(
