@@ -28,8 +28,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,7 @@ class WorkerResult:
     sent_samples: int
     acked_messages: int
     latencies_s: list[float]
+    sent_s: list[float]  # time.monotonic() of each send, parallel to latencies_s
     errors: list[str]
     agents: list[tuple[str, int, int]]  # (agent, epoch, last sequence sent)
 
@@ -91,10 +94,12 @@ async def _agent(
     gpus: int,
     hz: float,
     duration_s: float,
-    start_at: float,
+    gate: Callable[[], Awaitable[float]],
     register: bool,
     out: WorkerResult,
 ) -> None:
+    """One simulated agent: register, open the stream, say hello, pass ``gate`` (which returns
+    when to start, once every agent of the run is connected), then send one batch a second."""
     uuids = [f"GPU-{name}-{g}" for g in range(gpus)]
     samples_per_batch = max(1, round(hz))  # one batch per second per agent
     if True:  # the channel belongs to the caller (shared by several agents when asked)
@@ -143,6 +148,7 @@ async def _agent(
                             t = sent_at.pop(seq, None)
                             if t is not None:
                                 out.latencies_s.append(now - t)
+                                out.sent_s.append(t)
                         acked[0] = max(acked[0], msg.ack.committed_through)
                         if acked[0] >= last_seq[0] > 0 and done.is_set():
                             return
@@ -150,6 +156,7 @@ async def _agent(
                 out.errors.append(f"{name}: {exc.code().name} {exc.details()}")
 
         reader = asyncio.create_task(read())
+        start_at = await gate()
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
         body = telemetry_bytes(uuids, samples_per_batch, time.time_ns())
         seq = 0
@@ -178,13 +185,38 @@ async def _agent(
 
 
 def _worker(
-    args: tuple[str, list[tuple[str, int]], int, float, float, float, bool, int], queue: Any
+    args: tuple[str, list[tuple[str, int]], int, float, float, bool, int],
+    queue: Any,
+    ready: Any,
+    go: Any,
 ) -> None:
-    target, agents, gpus, hz, duration_s, start_at_wall, register, per_conn = args
-    res = WorkerResult(0, 0, 0, [], [], [])
+    target, agents, gpus, hz, duration_s, register, per_conn = args
+    res = WorkerResult(0, 0, 0, [], [], [], [])
 
     async def main() -> None:
-        start_at = time.monotonic() + (start_at_wall - time.time())
+        arrived = [0]
+        all_here = asyncio.Event()
+        started = asyncio.Event()
+        start_at = [0.0]
+
+        def gate(stagger: float) -> Callable[[], Awaitable[float]]:
+            async def wait() -> float:
+                arrived[0] += 1
+                if arrived[0] == len(agents):
+                    all_here.set()
+                await started.wait()
+                return start_at[0] + stagger
+
+            return wait
+
+        async def starter() -> None:
+            await all_here.wait()
+            ready.put(os.getpid())
+            wall = await asyncio.to_thread(go.get)
+            start_at[0] = time.monotonic() + (wall - time.time())
+            started.set()
+
+        start_task = asyncio.create_task(starter())
         options = [
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),
@@ -203,13 +235,14 @@ def _worker(
                     gpus,
                     hz,
                     duration_s,
-                    start_at + (i % 100) * 0.01,
+                    gate((i % 100) * 0.01),
                     register,
                     res,
                 )
                 for i, (name, epoch) in enumerate(agents)
             )
         )
+        start_task.cancel()
 
         for ch in channels:
             await ch.close()
@@ -227,32 +260,47 @@ def run_load(
     workers: int,
     register: bool,
     per_conn: int = 1,
+    started: threading.Event | None = None,
 ) -> tuple[WorkerResult, float]:
+    """Run the load; returns (results, seconds to connect, register and say hello for every
+    agent). The measured load starts one second after the last agent is connected, so the
+    figures are N concurrent streams, not a connection storm (that time is reported apart)."""
     agents = [(f"bench-{i:05d}", 1000 + i) for i in range(streams)]
-    start_at = time.time() + 3.0 + streams / 400  # time to connect and register everyone
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
+    ready = ctx.Queue()
+    gos = [ctx.Queue() for _ in range(workers)]
     procs = []
+    t0 = time.monotonic()
     for w in range(workers):
         part = agents[w::workers]
         p = ctx.Process(
             target=_worker,
-            args=((target, part, gpus, hz, duration_s, start_at, register, per_conn), queue),
+            args=((target, part, gpus, hz, duration_s, register, per_conn), queue, ready, gos[w]),
         )
         p.start()
         procs.append(p)
-    total = WorkerResult(0, 0, 0, [], [], [])
+    for _ in procs:
+        ready.get(timeout=600)
+    connect_s = time.monotonic() - t0
+    start_wall = time.time() + 1.0
+    for go in gos:
+        go.put(start_wall)
+    if started is not None:
+        started.set()
+    total = WorkerResult(0, 0, 0, [], [], [], [])
     for _ in procs:
         r: WorkerResult = queue.get(timeout=duration_s + 300)
         total.sent_messages += r.sent_messages
         total.sent_samples += r.sent_samples
         total.acked_messages += r.acked_messages
         total.latencies_s.extend(r.latencies_s)
+        total.sent_s.extend(r.sent_s)
         total.errors.extend(r.errors)
         total.agents.extend(r.agents)
     for p in procs:
         p.join(30)
-    return total, start_at
+    return total, connect_s
 
 
 # --- servers -----------------------------------------------------------------------------------
@@ -385,22 +433,32 @@ def measure(
     workers: int,
     db: Path | None,
     per_conn: int = 1,
+    timeline: bool = False,
 ) -> RunReport:
     server = psutil.Process(pid)
     res_holder: dict[str, Any] = {}
     cpu0: list[float] = []
 
+    started = threading.Event()
+
     def load() -> None:
         res_holder["res"] = run_load(
-            target, streams, gpus, hz, duration_s, workers, register=True, per_conn=per_conn
+            target,
+            streams,
+            gpus,
+            hz,
+            duration_s,
+            workers,
+            register=True,
+            per_conn=per_conn,
+            started=started,
         )
-
-    import threading
 
     t = threading.Thread(target=load)
     t.start()
     # Sample the server's CPU over the steady window only (after connect/register).
-    time.sleep(3.0 + streams / 400 + 2.0)
+    started.wait()
+    time.sleep(3.0)
     # The server is its process tree (the collector's writer process included).
     servers = [server, *server.children(recursive=True)]
     w0 = time.monotonic()
@@ -416,9 +474,18 @@ def measure(
     cpu_pct = 100 * (sum(_cpu(p) for p in servers) - cpu0[0]) / (w1 - w0)
     gen_pct = 100 * (sum(_cpu(p) for p in gens) - g0) / (w1 - w0)
     t.join()
-    res, _start = res_holder["res"]
+    res, connect_s = res_holder["res"]
+    print(f"    {streams} agents connected, registered and said hello in {connect_s:.1f} s")
     for err in res.errors[:5]:
         print(f"    error: {err}")
+    if timeline and res.sent_s:
+        # Ack latency p99 per 5-s window of send time: startup transients vs steady state.
+        t0 = min(res.sent_s)
+        windows: dict[int, list[float]] = {}
+        for sent, lat in zip(res.sent_s, res.latencies_s, strict=True):
+            windows.setdefault(int((sent - t0) // 5), []).append(lat)
+        cells = [f"{5 * k}s:{_pct(v, 0.99):.2f}" for k, v in sorted(windows.items())]
+        print("    ack p99 per 5 s of send time: " + " ".join(cells))
     acked_samples = res.acked_messages * gpus * max(1, round(hz))
     lost = None
     committed_rate = None
@@ -506,6 +573,7 @@ def run_collector(args: argparse.Namespace, tmp: Path, streams: int, label: str)
             args.workers,
             tmp / "bench.db",
             args.streams_per_connection,
+            timeline=args.timeline,
         )
         print_report(report)
         med, worst, size, gpus = time_metrics(http)
@@ -557,6 +625,9 @@ def main() -> int:
         "(1 = each agent its own, as in a real fleet)",
     )
     ap.add_argument("--no-echo", action="store_true", help="skip the echo-server baseline")
+    ap.add_argument(
+        "--timeline", action="store_true", help="print ack p99 per 5 s of the collector runs"
+    )
     ap.add_argument("--echo-only", action="store_true", help="only the echo-server baseline")
     ap.add_argument(
         "--ceiling",
