@@ -79,7 +79,7 @@ def load_report_inputs(db_path: Path | str) -> ReportInputs:
     with closing(connect_read_only(db_path)) as conn:
         devices = _devices(conn)
         results = _results(conn)
-        telemetry = _telemetry(conn, list(devices["device_uuid"]))
+        telemetry = _telemetry(conn)
     return ReportInputs(devices, results, telemetry, source=str(Path(db_path)))
 
 
@@ -188,17 +188,53 @@ def _last_finite(columns: dict[str, np.ndarray[Any, Any]], name: str, i: int) ->
     return value if math.isfinite(value) else None
 
 
-def _telemetry(conn: sqlite3.Connection, device_uuids: list[str]) -> pd.DataFrame:
+def _newest_chunks(conn: sqlite3.Connection) -> dict[str, bytes]:
+    """The newest telemetry chunk of every registered device, by device UUID.
+
+    Walks each agent's current epoch newest sequence first (the primary key's order) until all
+    of its devices are found, which for a live agent is its last batch. A device missing from
+    the current epoch (lost before the agent's last restart, or moved hosts) falls back to a
+    scan of its agent's chunks by time.
+    """
+    wanted: dict[str, set[str]] = {}
+    epochs: dict[str, int | None] = {}
+    for r in conn.execute(
+        "SELECT d.device_uuid, d.agent_id, a.epoch FROM devices d "
+        "LEFT JOIN agents a ON a.agent_id = d.agent_id"
+    ):
+        wanted.setdefault(r["agent_id"], set()).add(r["device_uuid"])
+        epochs[r["agent_id"]] = r["epoch"]
+    newest: dict[str, bytes] = {}
+    for agent_id, uuids in wanted.items():
+        if epochs[agent_id] is not None:
+            rows = conn.execute(
+                "SELECT device_uuid, data FROM telemetry_chunks WHERE agent_id = ? AND epoch = ? "
+                "ORDER BY sequence DESC, chunk_index DESC",
+                (agent_id, epochs[agent_id]),
+            )
+            missing = set(uuids)
+            for row in rows:
+                if row["device_uuid"] in missing:
+                    newest[row["device_uuid"]] = bytes(row["data"])
+                    missing.discard(row["device_uuid"])
+                    if not missing:
+                        break
+            rows.close()
+        for uuid in uuids - newest.keys():
+            row = conn.execute(
+                "SELECT data FROM telemetry_chunks WHERE agent_id = ? AND device_uuid = ? "
+                "ORDER BY t_first_unix_ns DESC LIMIT 1",
+                (agent_id, uuid),
+            ).fetchone()
+            if row is not None:
+                newest[uuid] = bytes(row["data"])
+    return newest
+
+
+def _telemetry(conn: sqlite3.Connection) -> pd.DataFrame:
     records = []
-    for uuid in device_uuids:
-        row = conn.execute(
-            "SELECT data FROM telemetry_chunks WHERE device_uuid = ? "
-            "ORDER BY t_first_unix_ns DESC LIMIT 1",
-            (uuid,),
-        ).fetchone()
-        if row is None:
-            continue
-        ts, columns = unpack_chunk(bytes(row["data"]))
+    for uuid, data in _newest_chunks(conn).items():
+        ts, columns = unpack_chunk(data)
         if ts.size == 0:
             continue
         i = int(np.argmax(ts))

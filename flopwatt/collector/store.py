@@ -342,6 +342,15 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        2,
+        (
+            # Each commit holds chunks of many devices, so an index keyed by device took a random
+            # insert per chunk: thousands of pages written per commit at fleet scale. The report's
+            # newest-chunk lookup walks the primary key (agent, epoch, sequence) instead.
+            "DROP INDEX IF EXISTS telemetry_by_device",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
