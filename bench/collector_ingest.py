@@ -199,15 +199,37 @@ def _worker(
         started = asyncio.Event()
         start_at = [0.0]
 
+        def arrive() -> None:
+            arrived[0] += 1
+            if arrived[0] == len(agents):
+                all_here.set()
+
         def gate(stagger: float) -> Callable[[], Awaitable[float]]:
             async def wait() -> float:
-                arrived[0] += 1
-                if arrived[0] == len(agents):
-                    all_here.set()
+                arrive()
                 await started.wait()
                 return start_at[0] + stagger
 
             return wait
+
+        async def guarded(i: int, name: str, epoch: int) -> None:
+            # An agent that fails before the gate still counts as arrived, so one refused
+            # stream is an error in the figures rather than a run that waits forever.
+            passed = [False]
+            inner = gate((i % 100) * 0.01)
+
+            async def wait() -> float:
+                passed[0] = True
+                return await inner()
+
+            try:
+                await _agent(
+                    channels[i // per_conn], name, epoch, gpus, hz, duration_s, wait, register, res
+                )
+            except grpc.aio.AioRpcError as exc:
+                res.errors.append(f"{name}: {exc.code().name} {exc.details()}")
+                if not passed[0]:
+                    arrive()
 
         async def starter() -> None:
             await all_here.wait()
@@ -226,22 +248,7 @@ def _worker(
             grpc.aio.insecure_channel(target, options=options)
             for _ in range(-(-len(agents) // per_conn))
         ]
-        await asyncio.gather(
-            *(
-                _agent(
-                    channels[i // per_conn],
-                    name,
-                    epoch,
-                    gpus,
-                    hz,
-                    duration_s,
-                    gate((i % 100) * 0.01),
-                    register,
-                    res,
-                )
-                for i, (name, epoch) in enumerate(agents)
-            )
-        )
+        await asyncio.gather(*(guarded(i, name, epoch) for i, (name, epoch) in enumerate(agents)))
         start_task.cancel()
 
         for ch in channels:
@@ -354,7 +361,15 @@ async def register(raw, context):
     return agent_pb2.RegisterResponse(agent_id="x").SerializeToString()
 
 async def main():
-    server = grpc.aio.server()
+    # The collector's transport settings: without them the clients' 10-s keepalive pings, sent
+    # while 1,000 agents connect, count as abuse and the server answers GOAWAY (too_many_pings).
+    server = grpc.aio.server(options=[
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ])
     handler = grpc.method_handlers_generic_handler("flopwatt.v1.AgentService", {
         "Stream": grpc.stream_stream_rpc_method_handler(stream),
         "Register": grpc.unary_unary_rpc_method_handler(register),

@@ -65,18 +65,31 @@ def _escape(value: str) -> str:
 
 
 class _Gpu:
-    """A device's GPU label values, and their text form escaped once."""
+    """A device's GPU label values, their text form escaped once, and each series' text up to
+    its value (``name{labels} ``), built on first use and kept across scrapes while the device's
+    labels stay the same."""
 
-    __slots__ = ("text", "values")
+    __slots__ = ("prefixes", "text", "values")
 
     def __init__(self, values: tuple[str, ...]) -> None:
         self.values = values
         names = BY_NAME["flopwatt_gpu_power_watts"].labels  # the GPU label names, in order
         self.text = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=False))
+        self.prefixes: dict[tuple[str, tuple[str, ...]], str] = {}
+
+    def prefix(self, name: str, extra: tuple[str, ...]) -> str:
+        key = (name, extra)
+        text = self.prefixes.get(key)
+        if text is None:
+            labels = BY_NAME[name].labels[len(self.values) :]
+            tail = "".join(f',{n}="{_escape(v)}"' for n, v in zip(labels, extra, strict=True))
+            text = self.prefixes[key] = f"{name}{{{self.text}{tail}}} "
+        return text
 
 
 class _Sink(Protocol):
-    def gpu(self, name: str, dev: _Gpu, extra: tuple[str, ...], value: float) -> None: ...
+    def gpu(self, dev: _Gpu, rows: Sequence[tuple[str, tuple[str, ...], float]]) -> None:
+        """One device's series: (metric name, label values after the GPU labels, value)."""
 
     def plain(self, name: str, values: tuple[str, ...], value: float) -> None: ...
 
@@ -101,8 +114,9 @@ class _FamilySink:
                 fam = GaugeMetricFamily(m.name, m.help, labels=list(m.labels))
             self.families[m.name] = fam
 
-    def gpu(self, name: str, dev: _Gpu, extra: tuple[str, ...], value: float) -> None:
-        self.families[name].add_metric([*dev.values, *extra], value)
+    def gpu(self, dev: _Gpu, rows: Sequence[tuple[str, tuple[str, ...], float]]) -> None:
+        for name, extra, value in rows:
+            self.families[name].add_metric([*dev.values, *extra], value)
 
     def plain(self, name: str, values: tuple[str, ...], value: float) -> None:
         self.families[name].add_metric(list(values), value)
@@ -117,13 +131,11 @@ class _TextSink:
     def __init__(self) -> None:
         self.lines: dict[str, list[str]] = {m.name: [] for m in METRICS if m.scope == "collector"}
 
-    def gpu(self, name: str, dev: _Gpu, extra: tuple[str, ...], value: float) -> None:
-        if extra:
-            labels = BY_NAME[name].labels[len(dev.values) :]
-            tail = "".join(f',{n}="{_escape(v)}"' for n, v in zip(labels, extra, strict=True))
-            self.lines[name].append(f"{name}{{{dev.text}{tail}}} {float(value)!r}")
-        else:
-            self.lines[name].append(f"{name}{{{dev.text}}} {float(value)!r}")
+    def gpu(self, dev: _Gpu, rows: Sequence[tuple[str, tuple[str, ...], float]]) -> None:
+        lines, prefixes = self.lines, dev.prefixes
+        for name, extra, value in rows:
+            prefix = prefixes.get((name, extra)) or dev.prefix(name, extra)
+            lines[name].append(prefix + repr(float(value)))
 
     def plain(self, name: str, values: tuple[str, ...], value: float) -> None:
         labels = BY_NAME[name].labels
@@ -171,6 +183,9 @@ class FleetMetrics:
         self._state = state
         self._staleness_ns = int(staleness_s * 1e9)
         self._clock_ns = clock_ns
+        # Label values → their _Gpu, from the previous scrape: a fleet's labels rarely change,
+        # so each series' text up to its value is built once, not on every scrape.
+        self._gpus: dict[tuple[str, ...], _Gpu] = {}
 
     def describe(self) -> list[Metric]:
         """Nothing up front: families are built per scrape (keeps registration cheap)."""
@@ -193,6 +208,8 @@ class FleetMetrics:
     def _walk(self, snap: FleetSnapshot, sink: _Sink) -> None:
         now = self._clock_ns()
         skus: dict[str, GpuSpec] = {}
+        previous = self._gpus
+        current: dict[tuple[str, ...], _Gpu] = {}
         for agent_id, a in sorted(snap.agents.items()):
             sink.plain(
                 "flopwatt_agent_last_seen_timestamp_seconds", (agent_id,), a.last_seen_unix_ns / 1e9
@@ -212,96 +229,78 @@ class FleetMetrics:
             )
             for uuid in a.device_uuids:
                 d = snap.devices.get(uuid)
-                if d is None:
-                    continue
-                self._device(sink, d)
+                if d is None or d.agent_id != agent_id:
+                    continue  # gone, or since registered by another agent (moved hosts)
+                values = (
+                    d.agent_id,
+                    d.info.uuid,
+                    str(d.info.index),
+                    d.info.name,
+                    d.sku or "unknown",
+                    "sim" if d.info.simulated else "hardware",
+                )
+                dev = current[values] = previous.get(values) or _Gpu(values)
+                self._device(sink, d, dev)
                 if d.spec is not None:
                     skus[d.spec.sku] = d.spec
+        self._gpus = current
         for sku in sorted(skus):
             self._sku(sink, skus[sku])
         self._counters(sink, snap)
 
     @staticmethod
-    def _device(sink: _Sink, d: DeviceState) -> None:
+    def _device(sink: _Sink, d: DeviceState, dev: _Gpu) -> None:
         info = d.info
-        dev = _Gpu(
-            (
-                d.agent_id,
-                info.uuid,
-                str(info.index),
-                info.name,
-                d.sku or "unknown",
-                "sim" if info.simulated else "hardware",
-            )
-        )
-        sink.gpu("flopwatt_gpu_info", dev, (d.sku_match, info.pci_bus_id), 1.0)
+        rows: list[tuple[str, tuple[str, ...], float]] = []
+        add = rows.append  # one sink call per device: the per-series call overhead dominated
+        add(("flopwatt_gpu_info", (d.sku_match, info.pci_bus_id), 1.0))
         v = d.latest
         for column, name, kind in _LATEST_KIND:
             if column in v:
-                sink.gpu(name, dev, (kind,), v[column])
+                add((name, (kind,), v[column]))
         for column, name, scale in _LATEST_SIMPLE:
             if column in v:
-                sink.gpu(name, dev, (), v[column] * scale)
+                add((name, (), v[column] * scale))
         if "throttle_reasons" in v:
             mask = int(v["throttle_reasons"])
             for reason, bit in _THROTTLE:
-                sink.gpu("flopwatt_gpu_throttle_active", dev, (reason,), 1.0 if mask & bit else 0.0)
+                add(("flopwatt_gpu_throttle_active", (reason,), 1.0 if mask & bit else 0.0))
         limit = v.get("power_limit_w", info.power_limit_enforced_w)
         if limit is not None:
-            sink.gpu("flopwatt_gpu_power_limit_watts", dev, (), limit)
+            add(("flopwatt_gpu_power_limit_watts", (), limit))
 
         for precision, g in sorted(d.gemm.items()):
             r, comp = g.result, g.comparison
-            sink.gpu(
-                "flopwatt_gemm_flops_per_second", dev, (precision, "burst"), r.burst_flops_per_s
-            )
+            burst, sustained = (precision, "burst"), (precision, "sustained")
+            add(("flopwatt_gemm_flops_per_second", burst, r.burst_flops_per_s))
             if comp is not None and comp.burst_over_spec_ratio is not None:
-                sink.gpu(
-                    "flopwatt_gemm_spec_ratio",
-                    dev,
-                    (precision, "burst"),
-                    comp.burst_over_spec_ratio,
-                )
+                add(("flopwatt_gemm_spec_ratio", burst, comp.burst_over_spec_ratio))
             if r.sustained_flops_per_s is not None:
-                sink.gpu(
-                    "flopwatt_gemm_flops_per_second",
-                    dev,
-                    (precision, "sustained"),
-                    r.sustained_flops_per_s,
-                )
+                add(("flopwatt_gemm_flops_per_second", sustained, r.sustained_flops_per_s))
                 if comp is not None and comp.sustained_over_spec_ratio is not None:
-                    sink.gpu(
-                        "flopwatt_gemm_spec_ratio",
-                        dev,
-                        (precision, "sustained"),
-                        comp.sustained_over_spec_ratio,
-                    )
+                    add(("flopwatt_gemm_spec_ratio", sustained, comp.sustained_over_spec_ratio))
             if r.mean_power_w is not None:
-                sink.gpu("flopwatt_gemm_mean_power_watts", dev, (precision,), r.mean_power_w)
+                add(("flopwatt_gemm_mean_power_watts", (precision,), r.mean_power_w))
             if r.energy_per_flop_j is not None:
-                sink.gpu("flopwatt_energy_per_flop_joules", dev, (precision,), r.energy_per_flop_j)
+                add(("flopwatt_energy_per_flop_joules", (precision,), r.energy_per_flop_j))
 
         for (model, batch, precision), m in sorted(d.models.items()):
             mr = m.result
             extra = (model, str(batch), precision)
-            sink.gpu(
-                "flopwatt_model_delivered_flops_per_second", dev, extra, mr.delivered_flops_per_s
-            )
-            sink.gpu("flopwatt_model_latency_p50_seconds", dev, extra, mr.latency_p50_s)
+            add(("flopwatt_model_delivered_flops_per_second", extra, mr.delivered_flops_per_s))
+            add(("flopwatt_model_latency_p50_seconds", extra, mr.latency_p50_s))
             if mr.efficiency_ratio is not None:
-                sink.gpu("flopwatt_model_efficiency_ratio", dev, extra, mr.efficiency_ratio)
+                add(("flopwatt_model_efficiency_ratio", extra, mr.efficiency_ratio))
             spec_eff = mr.spec_efficiency_ratio
             if spec_eff is None and d.spec is not None:
                 spec_eff = _spec_efficiency(d.spec, precision, mr.delivered_flops_per_s)
             if spec_eff is not None:
-                sink.gpu("flopwatt_model_spec_efficiency_ratio", dev, extra, spec_eff)
+                add(("flopwatt_model_spec_efficiency_ratio", extra, spec_eff))
             if mr.energy_j_per_inference is not None:
-                sink.gpu(
-                    "flopwatt_model_energy_per_inference_joules",
-                    dev,
-                    extra,
-                    mr.energy_j_per_inference,
+                add(
+                    ("flopwatt_model_energy_per_inference_joules", extra, mr.energy_j_per_inference)
                 )
+        sink.gpu(dev, rows)
 
     @staticmethod
     def _sku(sink: _Sink, spec: GpuSpec) -> None:

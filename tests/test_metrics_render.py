@@ -1,0 +1,48 @@
+"""The /metrics text renderer keeps each series' text up to its value between scrapes; these
+check that what it keeps never outlives the labels it was built from."""
+
+from __future__ import annotations
+
+import time
+
+from flopwatt.analysis.registry import load_registry
+from flopwatt.collector.metrics import FleetMetrics
+from flopwatt.collector.state import DeviceState, FleetState
+from flopwatt.records import DeviceInfo, NodeInfo
+
+NOW = time.time_ns()
+
+
+def _register(state: FleetState, host: str, name: str, sku: str | None, power_w: float) -> None:
+    spec = load_registry().get(sku) if sku else None
+    d = DeviceState(DeviceInfo(uuid="GPU-1", index=0, name=name), host, spec, "name")
+    d.latest = {"power_instant_w": power_w, "throttle_reasons": 4.0}
+    state.register(NodeInfo(hostname=host, agent_version="t"), 1, [d], NOW)
+
+
+def _power_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("flopwatt_gpu_power_watts{")]
+
+
+def test_relabelled_device_is_rendered_with_its_new_labels_only() -> None:
+    state = FleetState()
+    exporter = FleetMetrics(state, clock_ns=lambda: NOW)
+    _register(state, "node-a", "NVIDIA H100 80GB HBM3", "H100-SXM5-80GB", 600.0)
+    first = exporter.render_text()
+    assert first == exporter.render_text()  # a second scrape, from the kept text, is identical
+    assert _power_lines(first) == [
+        'flopwatt_gpu_power_watts{hostname="node-a",gpu_uuid="GPU-1",gpu_index="0",'
+        'gpu_model="NVIDIA H100 80GB HBM3",sku="H100-SXM5-80GB",source="hardware",'
+        'kind="instant"} 600.0'
+    ]
+    # The same GPU re-registered from another host under another name (and no registry match):
+    # one series under its new labels (node-a still lists it, but no longer owns it), carrying
+    # its last value until the new host reports.
+    _register(state, "node-b", 'odd "name"\\', None, 300.5)
+    second = exporter.render_text()
+    assert _power_lines(second) == [
+        'flopwatt_gpu_power_watts{hostname="node-b",gpu_uuid="GPU-1",gpu_index="0",'
+        'gpu_model="odd \\"name\\"\\\\",sku="unknown",source="hardware",kind="instant"} 600.0'
+    ]
+    throttle = [x for x in second.splitlines() if x.startswith("flopwatt_gpu_throttle_active{")]
+    assert throttle and all('hostname="node-b"' in x for x in throttle)
