@@ -5,13 +5,16 @@
 # sustained bf16 GEMM (8192^3, torch) runs for ~20 s on torch device 0, then prints: each GPU's
 # identity and one snapshot, the energy-counter delta against trapezoid-integrated power (instant
 # and 1-s average) with their ratios, min/mean SM clock, the throttle reasons seen, and the
-# achieved TFLOP/s. Exits non-zero with a clear message when there is no GPU or NVML.
+# achieved TFLOP/s. Exits non-zero with a clear message when there is no GPU or NVML. Then, unless
+# BENCH=0, runs `flopwatt bench gemm` (bf16/fp16/fp8, 30-s sustained) and `flopwatt bench model`
+# (resnet50/vit_b_16, fp16), each skipped with the reason when a dependency is missing there.
 #
 # Needs only python3, torch (CUDA build), nvidia-ml-py and numpy; the repository is used in place
-# (PYTHONPATH), not installed. About 45-60 s of wall time (torch start-up included).
+# (PYTHONPATH), not installed. About 45-60 s of wall time for the NVML check (torch start-up
+# included), 3-5 min with the benchmark stage.
 #
 # Usage: bench/gpu_check.sh            (from anywhere; writes samples.npz to $OUT when set)
-#        SAMPLE_S=10 GEMM_S=5 bench/gpu_check.sh   (a shorter run)
+#        SAMPLE_S=10 GEMM_S=5 BENCH=0 bench/gpu_check.sh   (a shorter run)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -19,7 +22,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 export SAMPLE_S="${SAMPLE_S:-30}" GEMM_S="${GEMM_S:-20}" SAMPLE_HZ="${SAMPLE_HZ:-10}"
 
-exec python3 - <<'PY'
+python3 - <<'PY'
 import dataclasses
 import logging
 import os
@@ -281,3 +284,28 @@ if errors:
     fail(f"{len(errors)} GPU(s) lost during the run")
 print("\ngpu_check: done")
 PY
+
+# Second stage (BENCH=0 skips it): the benchmark commands as an operator runs them — GEMM burst
+# and 30-s sustained with energy for bf16/fp16/fp8, then resnet50/vit_b_16 at fp16. Each needs
+# flopwatt's own dependencies (click, rich, pandas; fvcore and torchvision for models); a missing
+# one is reported and skipped, so the NVML check above always stands on its own.
+if [ "${BENCH:-1}" != "0" ]; then
+  echo
+  echo "=== flopwatt bench gemm (bf16, fp16, fp8; 30 s sustained) ==================="
+  if python3 -c "import flopwatt.commands.bench" 2>/tmp/gpu_check_import.err; then
+    python3 -m flopwatt bench gemm --device cuda:0 --precision bf16,fp16,fp8 \
+      --sustain-seconds "${SUSTAIN_S:-30}" --cache-dir "${OUT:-/tmp}/peak-cache" \
+      || echo "gpu_check: bench gemm failed (rc $?)"
+  else
+    echo "skipped: $(tail -1 /tmp/gpu_check_import.err)"
+  fi
+  echo
+  echo "=== flopwatt bench model (resnet50, vit_b_16; fp16; batch 1, 8) ============"
+  if python3 -c "import flopwatt.commands.bench, fvcore, torchvision" 2>/tmp/gpu_check_import.err; then
+    python3 -m flopwatt bench model --device cuda:0 --precision fp16 \
+      --model resnet50,vit_b_16 --batch 1,8 --cache-dir "${OUT:-/tmp}/peak-cache" \
+      || echo "gpu_check: bench model failed (rc $?)"
+  else
+    echo "skipped: $(tail -1 /tmp/gpu_check_import.err)"
+  fi
+fi

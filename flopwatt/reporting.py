@@ -119,7 +119,18 @@ def _age_fmt(v: Any) -> str:
     return f"{s / 86400:.0f} d ago"
 
 
-_tflops = _num_fmt(1e-12, ".1f")
+
+
+def tflops_text(v: Any) -> str:
+    """FLOP/s → TFLOP/s for people: one decimal from 10 up, three significant digits below,
+    so a CPU's 0.05 TFLOP/s does not print as a zero it is not."""
+    if _missing(v):
+        return DASH
+    t = float(v) * 1e-12
+    return f"{t:.1f}" if abs(t) >= 10 else f"{t:.3g}"
+
+
+_tflops = tflops_text
 _pct = _num_fmt(100.0, ".1f", " %")
 _pj = _num_fmt(1e12, ".3f")
 _watts = _num_fmt(1.0, ".0f")

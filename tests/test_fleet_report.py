@@ -465,3 +465,13 @@ async def test_collector_serves_the_report(fleet: Fleet, tmp_path: Path) -> None
     assert len(csv) == 16
     html = (tmp_path / "from-collector" / "report.html").read_text("utf-8")
     assert 'class="badge sim"' in html and report_from_html(html).source == str(db)
+
+
+def test_small_throughputs_are_not_printed_as_zero() -> None:
+    from flopwatt.reporting import tflops_text
+
+    assert tflops_text(989.5e12) == "989.5"
+    assert tflops_text(12.64e12) == "12.6"
+    assert tflops_text(6.24e12) == "6.24"
+    assert tflops_text(0.0512e12) == "0.0512"  # a CPU's fp64: was "0.0"
+    assert tflops_text(None) == "—" and tflops_text(float("nan")) == "—"
