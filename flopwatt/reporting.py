@@ -119,8 +119,6 @@ def _age_fmt(v: Any) -> str:
     return f"{s / 86400:.0f} d ago"
 
 
-
-
 def tflops_text(v: Any) -> str:
     """FLOP/s → TFLOP/s for people: one decimal from 10 up, three significant digits below,
     so a CPU's 0.05 TFLOP/s does not print as a zero it is not."""
