@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -316,3 +317,23 @@ def test_joined_messages_with_a_bad_sample_count_rejections_per_message(tmp_path
     }
     assert newest == {"GPU-0": 304.0, "GPU-1": 302.0}
     store.close()
+
+
+def test_background_checkpoint_moves_the_wal_into_the_database(tmp_path: Path) -> None:
+    """With ``checkpoint_interval_s`` the committing connection never checkpoints (that copy and
+    sync would sit on the ack path); a background connection does, so the WAL's content reaches
+    the database file while the store is open, and close() stops it."""
+    path = tmp_path / "s.db"
+    store = SQLiteStore(path, checkpoint_interval_s=0.02)
+    assert store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    size_before = path.stat().st_size
+    store.apply([_write(i) for i in range(1, 2001)])
+    deadline = time.monotonic() + 20
+    while path.stat().st_size <= size_before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert path.stat().st_size > size_before  # pages were copied from the WAL by the checkpointer
+    store.close()
+    assert not any(t.name == "sqlite-checkpoint" for t in threading.enumerate())
+    again = SQLiteStore(path)
+    assert again.committed_through("a", 1) == 2000
+    again.close()

@@ -50,6 +50,9 @@ class DeviceUpdate:
 
 BatchEntry = MessageWrite | DeviceUpdate
 
+CHECKPOINT_INTERVAL_S = 0.5
+"""How often the writer process checkpoints the WAL, off the commit path (seconds)."""
+
 
 @dataclass
 class _Item:
@@ -371,7 +374,7 @@ class ProcessStoreWriter(BatchWriter):
 def _child_main(conn: Connection, db_path: str) -> None:  # pragma: no cover - child process
     """The writer process: prepare telemetry, apply batches, reply with outcomes."""
     try:
-        store = SQLiteStore(db_path)
+        store = SQLiteStore(db_path, checkpoint_interval_s=CHECKPOINT_INTERVAL_S)
     except Exception as exc:
         conn.send(f"{type(exc).__name__}: {exc}")
         return
