@@ -108,6 +108,10 @@ async def wait_for(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
+            # Where every task is waiting, for a rare flake (an agent that did not notice its
+            # collector was SIGKILLed within 30 s, seen twice in ~60 runs): pytest shows stderr.
+            for task in asyncio.all_tasks():
+                task.print_stack(file=sys.stderr)
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.1)
 
