@@ -113,3 +113,16 @@ def test_report_still_reads_a_v1_file(tmp_path: Path) -> None:
     db.commit()
     db.close()
     assert _last_power(path) == {"GPU-a": 100.0}
+
+
+def test_device_silent_for_longer_than_the_walk_is_found_by_the_fallback(tmp_path: Path) -> None:
+    """GPU-y last reported 200 batches ago in the current epoch, beyond the newest-first walk
+    (64 chunks per device): the scan by time still finds its last chunk."""
+    path = tmp_path / "s.db"
+    store = SQLiteStore(path)
+    _register(store, "n1", 1, ["GPU-x", "GPU-y"])
+    writes = [_telemetry("n1", 1, 1, 0, {"GPU-x": 100.0, "GPU-y": 250.0})]
+    writes += [_telemetry("n1", 1, s, s, {"GPU-x": 100.0 + s}) for s in range(2, 202)]
+    store.apply(writes)
+    store.close()
+    assert _last_power(path) == {"GPU-x": 301.0, "GPU-y": 250.0}

@@ -192,9 +192,10 @@ def _newest_chunks(conn: sqlite3.Connection) -> dict[str, bytes]:
     """The newest telemetry chunk of every registered device, by device UUID.
 
     Walks each agent's current epoch newest sequence first (the primary key's order) until all
-    of its devices are found, which for a live agent is its last batch. A device missing from
-    the current epoch (lost before the agent's last restart, or moved hosts) falls back to a
-    scan of its agent's chunks by time.
+    of its devices are found, which for a live agent is its last batch; the walk stops after a
+    few dozen batches' worth of chunks. A device not found that way (lost before the agent's last
+    restart or long ago, or moved hosts) falls back to a scan of its agent's chunks by time,
+    which costs in proportion to what that agent has stored.
     """
     wanted: dict[str, set[str]] = {}
     epochs: dict[str, int | None] = {}
@@ -209,8 +210,8 @@ def _newest_chunks(conn: sqlite3.Connection) -> dict[str, bytes]:
         if epochs[agent_id] is not None:
             rows = conn.execute(
                 "SELECT device_uuid, data FROM telemetry_chunks WHERE agent_id = ? AND epoch = ? "
-                "ORDER BY sequence DESC, chunk_index DESC",
-                (agent_id, epochs[agent_id]),
+                "ORDER BY sequence DESC, chunk_index DESC LIMIT ?",
+                (agent_id, epochs[agent_id], 64 * len(uuids)),
             )
             missing = set(uuids)
             for row in rows:
