@@ -241,6 +241,25 @@ _COLUMN_GETTERS = tuple((spec, operator.attrgetter(spec.name)) for spec in TELEM
 _TS_GETTER = operator.attrgetter("timestamp_unix_ns")
 _DTYPES = {spec.name: spec.dtype for spec in TELEMETRY_COLUMNS}
 _UUID_GETTER = operator.attrgetter("device_uuid")
+_SERIES_GETTER = operator.attrgetter(
+    "device_uuid", "timestamp_unix_ns", *(spec.name for spec in TELEMETRY_COLUMNS)
+)
+
+SeriesFields = tuple[Any, ...]
+"""One series' raw fields: (device uuid, packed timestamps, then each column's packed bytes
+in :data:`~flopwatt.records.TELEMETRY_COLUMNS` order, ``b""`` where absent)."""
+
+SERIES_FIELD_COUNT = 2 + len(TELEMETRY_COLUMNS)
+
+
+def series_fields(m: telemetry_pb2.TelemetryBatch) -> list[SeriesFields]:
+    """Every series of ``m`` as its raw fields (see :data:`SeriesFields`), unchecked.
+
+    One attribute fetch per series: a collector's writer checks the lengths of a whole
+    commit's series with one array operation and packs chunks straight from these bytes
+    (the wire's packed arrays are the stored chunk's little-endian layout).
+    """
+    return list(map(_SERIES_GETTER, m.series))
 
 
 def telemetry_from_proto(m: telemetry_pb2.TelemetryBatch) -> TelemetryBatch:
@@ -281,7 +300,7 @@ def telemetry_from_proto(m: telemetry_pb2.TelemetryBatch) -> TelemetryBatch:
 @dataclass(frozen=True)
 class UniformParts:
     """The checked raw bytes of series that all carry the same columns: what a block is made
-    of before the bytes are joined (so several messages' series can be joined at once)."""
+    of before the bytes are joined."""
 
     device_uuids: list[str]
     lengths: list[int]
@@ -294,19 +313,6 @@ class UniformParts:
     def signature(self) -> tuple[str, ...]:
         """The column names, in column order (series with equal signatures join into a block)."""
         return tuple(self.columns)
-
-
-def uniform_parts(m: telemetry_pb2.TelemetryBatch) -> UniformParts | None:
-    """The series of ``m`` checked and split into raw column bytes, when every series carries
-    the same columns with consistent lengths; None when they do not or there are none (decode
-    with :func:`telemetry_from_proto` then).
-
-    Raises:
-        WireError: a series without device uuid or with a partial timestamp.
-        WireTooLargeError: a series above :data:`MAX_SERIES_SAMPLES` samples.
-    """
-    series = list(m.series)
-    return _uniform_parts(series) if series else None
 
 
 def _uniform_parts(series: list[telemetry_pb2.DeviceSeries]) -> UniformParts | None:

@@ -85,13 +85,21 @@ class MessageWrite:
     """Telemetry exactly as received (a serialised ``TelemetryBatch``), not yet decoded or
     validated: the writer prepares it (``telemetry_prep``) just before the commit."""
     chunks: tuple[ChunkRow, ...] | None = None
-    """``blocks`` already packed as stored chunks (the writer packs a commit's messages
-    together); None: the store packs ``blocks`` itself."""
+    """The validated telemetry already packed as stored chunks, one per series in message
+    order (the writer packs them straight from the wire bytes); None: the store packs
+    ``blocks`` itself."""
 
     @property
     def samples(self) -> int:
         """Telemetry samples this message stores."""
+        if self.chunks is not None:
+            return sum(c[3] for c in self.chunks)
         return sum(len(b) for b in self.blocks)
+
+    @property
+    def has_telemetry(self) -> bool:
+        """Whether this message stores telemetry (as blocks or as packed chunks)."""
+        return bool(self.blocks) or bool(self.chunks)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Positional and flat: cheaper to pickle across to a writer process.
@@ -391,6 +399,11 @@ def epoch_from_db(value: int) -> int:
     return value + (1 << 64) if value < 0 else value
 
 
+PAGE_SIZE_BYTES = 8192
+"""SQLite page size of a new database: a telemetry chunk is about 1 KB, and with 8 KiB pages a
+commit's inserts touch fewer pages (about a fifth less CPU per message than 4 KiB, measured on
+the ingest micro-benchmark). An existing database keeps the page size it was created with."""
+
 CHUNK_MAGIC = b"FWT1"
 _CHUNK_HEADER = struct.Struct("<4sII")
 
@@ -415,6 +428,28 @@ def pack_chunk(
             parts.append(col.astype(_LE_DTYPES[spec.name], copy=False).tobytes())
     parts[0] = _CHUNK_HEADER.pack(CHUNK_MAGIC, n, bitmap)
     return b"".join(parts)
+
+
+def pack_raw_chunk_rows(
+    bitmap: int,
+    series: Sequence[tuple[Any, ...]],
+    samples: Sequence[int],
+    firsts_unix_ns: Sequence[int],
+    lasts_unix_ns: Sequence[int],
+) -> list[ChunkRow]:
+    """Chunk rows (see :func:`pack_chunk`) from bytes already in the chunk's layout.
+
+    Each series is (device uuid, packed little-endian int64 timestamps, then each column's
+    packed values in ``TELEMETRY_COLUMNS`` order, ``b""`` where absent); ``bitmap`` has the
+    bits of the present columns. The wire's packed arrays have exactly this layout, so the
+    writer stores them without decoding. The caller has checked every length against
+    ``samples`` and supplies each series' first and last timestamp (ns).
+    """
+    header = _CHUNK_HEADER.pack
+    return [
+        (s[0], a, b, n, b"".join((header(CHUNK_MAGIC, n, bitmap), *s[1:])))
+        for s, n, a, b in zip(series, samples, firsts_unix_ns, lasts_unix_ns, strict=True)
+    ]
 
 
 def pack_block_chunks(block: SeriesBlock) -> list[ChunkRow | None]:
@@ -545,6 +580,8 @@ class SQLiteStore:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
+        # Only takes effect while the file is still empty (before WAL mode writes its header).
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE_BYTES}")
         conn.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed (and therefore acked) transaction survives power loss.
         conn.execute("PRAGMA synchronous=FULL")

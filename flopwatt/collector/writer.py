@@ -32,6 +32,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from flopwatt.collector.latest import latest_block
 from flopwatt.collector.store import MessageWrite, Outcome, SQLiteStore, Store, WriteOutcome
 from flopwatt.collector.telemetry_prep import TelemetryPreparer
@@ -79,7 +81,8 @@ def apply_batch(
 
     def flush() -> None:
         prepared, blocks = preparer.prepare_batch(run)
-        joined.extend((block, [len(writes) + i for i in idx]) for block, idx in blocks)
+        base = len(writes)
+        joined.extend((block, [base + i if i >= 0 else -1 for i in rows]) for block, rows in blocks)
         writes.extend(prepared)
         run.clear()
 
@@ -92,25 +95,25 @@ def apply_batch(
     flush()
     outcomes = store.apply(writes)
     stored = [
-        o.outcome is Outcome.STORED and bool(w.blocks)
+        o.outcome is Outcome.STORED and w.has_telemetry
         for w, o in zip(writes, outcomes, strict=True)
     ]
     newest: list[SeriesBlock] = []
-    in_joined: set[int] = set()
-    for block, idx in joined:
-        in_joined.update(idx)
-        if all(stored[i] for i in idx):
+    for block, rows in joined:
+        counted = [i >= 0 and stored[i] for i in rows]
+        if all(counted):
             newest.append(block)
-        else:  # a resend raced in: only what was stored counts
-            newest.extend(b for i in idx if stored[i] for b in writes[i].blocks)
-    for i, w in enumerate(writes):
-        if stored[i] and i not in in_joined:
-            newest.extend(w.blocks)
+        elif any(counted):  # a resend raced in, or a message was prepared on its own
+            newest.append(block.take(np.repeat(counted, np.diff(block.offsets))))
+    # Messages prepared on their own carry their validated blocks.
+    newest.extend(
+        b for i, w in enumerate(writes) if stored[i] and w.chunks is None for b in w.blocks
+    )
     latest = tuple(lb for b in newest if (lb := latest_block(b)) is not None)
     last = max((i for i, s in enumerate(stored) if s), default=-1)
     result = []
     for i, (w, o) in enumerate(zip(writes, outcomes, strict=True)):
-        if o.outcome is Outcome.STORED and w.blocks:
+        if o.outcome is Outcome.STORED and w.has_telemetry:
             o = WriteOutcome(
                 o.outcome,
                 o.committed_through,
