@@ -408,6 +408,8 @@ class RunReport:
     ack_p99_s: float | None
     cpu_pct_of_one_core: float
     loadgen_cpu_pct_of_one_core: float
+    main_cpu_pct_of_one_core: float
+    """The server's own process alone (the rest is its children: the store writer)."""
     rss_mb: float
     lost_messages: int | None
     errors: int
@@ -478,6 +480,7 @@ def measure(
     servers = [server, *server.children(recursive=True)]
     w0 = time.monotonic()
     cpu0.append(sum(_cpu(p) for p in servers))
+    main0 = _cpu(server)
     me = psutil.Process()
     gens = [p for p in me.children(recursive=True) if p.pid not in {s.pid for s in servers}]
     g0 = sum(_cpu(p) for p in gens)
@@ -488,6 +491,7 @@ def measure(
     w1 = time.monotonic()
     cpu_pct = 100 * (sum(_cpu(p) for p in servers) - cpu0[0]) / (w1 - w0)
     gen_pct = 100 * (sum(_cpu(p) for p in gens) - g0) / (w1 - w0)
+    main_pct = 100 * (_cpu(server) - main0) / (w1 - w0)
     t.join()
     res, connect_s = res_holder["res"]
     print(f"    {streams} agents connected, registered and said hello in {connect_s:.1f} s")
@@ -531,14 +535,42 @@ def measure(
         ack_p99_s=_pct(res.latencies_s, 0.99),
         cpu_pct_of_one_core=cpu_pct,
         loadgen_cpu_pct_of_one_core=gen_pct,
+        main_cpu_pct_of_one_core=main_pct,
         rss_mb=rss_peak,
         lost_messages=lost,
         errors=len(res.errors),
     )
 
 
-def time_metrics(http: str, repeats: int = 5) -> tuple[float, float, int, int]:
-    """(median s, max s, bytes, GPU count) for GET /metrics."""
+def commit_latency_text(body: bytes) -> str:
+    """The collector's own commit-latency histogram (submission to the writer → commit) from a
+    scrape, as "mean, p50 ≤ bound, p99 ≤ bound": the part of the ack latency spent in the
+    store writer, the rest being gRPC and the event loop."""
+    name = b"flopwatt_collector_commit_latency_seconds"
+    buckets: list[tuple[float, float]] = []
+    total = count = 0.0
+    for line in body.splitlines():
+        if not line.startswith(name):
+            continue
+        value = float(line.rsplit(b" ", 1)[1])
+        if line.startswith(name + b"_bucket"):
+            le = line.split(b'le="', 1)[1].split(b'"', 1)[0].decode()
+            buckets.append((float(le), value))
+        elif line.startswith(name + b"_sum"):
+            total = value
+        elif line.startswith(name + b"_count"):
+            count = value
+    if not count:
+        return "no commits observed"
+
+    def bound(q: float) -> str:
+        return next(f"{le:g} s" for le, n in buckets if n >= q * count)
+
+    return f"mean {total / count:.3f} s, p50 ≤ {bound(0.5)}, p99 ≤ {bound(0.99)}"
+
+
+def time_metrics(http: str, repeats: int = 5) -> tuple[float, float, int, int, bytes]:
+    """(median s, max s, bytes, GPU count, last body) for GET /metrics."""
     times, size, body = [], 0, b""
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -547,7 +579,7 @@ def time_metrics(http: str, repeats: int = 5) -> tuple[float, float, int, int]:
         times.append(time.perf_counter() - t0)
         size = len(body)
     gpus = body.count(b"flopwatt_gpu_info{")
-    return statistics.median(times), max(times), size, gpus
+    return statistics.median(times), max(times), size, gpus, body
 
 
 def print_report(r: RunReport) -> None:
@@ -567,6 +599,11 @@ def print_report(r: RunReport) -> None:
         f"    server CPU {r.cpu_pct_of_one_core:5.0f} % of one core   RSS {r.rss_mb:6.0f} MB   "
         f"(load generator {r.loadgen_cpu_pct_of_one_core:.0f} %)"
     )
+    if r.cpu_pct_of_one_core - r.main_cpu_pct_of_one_core >= 1:
+        print(
+            f"      of which main process {r.main_cpu_pct_of_one_core:.0f} %, "
+            f"store writer process {r.cpu_pct_of_one_core - r.main_cpu_pct_of_one_core:.0f} %"
+        )
     print(
         f"    lost messages {fmt(r.lost_messages, 'd')}   stream errors {r.errors}   "
         f"{'PASS' if r.passed else 'FAIL'}"
@@ -591,7 +628,8 @@ def run_collector(args: argparse.Namespace, tmp: Path, streams: int, label: str)
             timeline=args.timeline,
         )
         print_report(report)
-        med, worst, size, gpus = time_metrics(http)
+        med, worst, size, gpus, body = time_metrics(http)
+        print(f"    store commit latency (in the writer): {commit_latency_text(body)}")
         print(
             f"    /metrics for {gpus:,} GPUs: median {med:.3f} s, max {worst:.3f} s, "
             f"{size / 2**20:.1f} MiB"
