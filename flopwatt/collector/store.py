@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import operator
 import sqlite3
 import struct
 import threading
@@ -103,7 +104,7 @@ class MessageWrite:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Positional and flat: cheaper to pickle across to a writer process.
-        return (MessageWrite, tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
+        return (MessageWrite, _MESSAGE_WRITE_FIELDS(self))
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,15 @@ class WriteOutcome:
     latest: tuple[LatestBlock, ...] = ()
     """The newest values of the devices in this commit's stored telemetry (on the commit's last
     stored telemetry outcome; empty elsewhere)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Positional and flat, like MessageWrite: one comes back from the writer process per
+        # message.
+        return (WriteOutcome, _WRITE_OUTCOME_FIELDS(self))
+
+
+_MESSAGE_WRITE_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(MessageWrite)))
+_WRITE_OUTCOME_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(WriteOutcome)))
 
 
 @dataclass(frozen=True)

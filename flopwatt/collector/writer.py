@@ -1,10 +1,10 @@
 """The single writer: applies message writes to the store in batched commits.
 
 Stream handlers submit :class:`MessageWrite` items and await a future per item; the writer
-drains whatever has queued up (up to ``max_batch`` items, waiting at most ``max_delay_s`` for
-more), applies them in one transaction and resolves the futures only after the commit — so an
-ack is never sent for anything not durable. Batching across streams is what lets one SQLite file
-take tens of thousands of samples per second with ``synchronous=FULL``.
+drains whatever has queued up (up to ``max_batch`` items; when only one has, it first waits
+``max_delay_s`` for more), applies them in one transaction and resolves the futures only after
+the commit — so an ack is never sent for anything not durable. Batching across streams is what
+lets one SQLite file take tens of thousands of samples per second with ``synchronous=FULL``.
 
 Two implementations share the batching:
 
@@ -193,22 +193,25 @@ class BatchWriter:
     def _apply(self, entries: Sequence[BatchEntry]) -> list[WriteOutcome]:
         raise NotImplementedError  # pragma: no cover - subclasses implement
 
+    def _ready_for_batch(self) -> None:
+        """Block until the next batch may be sent (the process writer bounds its pipeline)."""
+
     def _run(self) -> None:
         stopping = False
         while not stopping:
+            # Form the batch only once it can go: what queued meanwhile joins it.
+            self._ready_for_batch()
             first = self._queue.get()
             if first is None:
                 break
+            if self._queue.empty() and self._max_delay_s > 0:
+                # Let the batch gather: this thread wakes once per batch, not once per write
+                # (a wake-up per write cost the event loop a GIL hand-over per message).
+                time.sleep(self._max_delay_s)
             batch = [first]
-            deadline = time.monotonic() + self._max_delay_s
             while len(batch) < self._max_batch:
-                timeout = deadline - time.monotonic()
                 try:
-                    item = (
-                        self._queue.get(timeout=timeout)
-                        if timeout > 0
-                        else (self._queue.get_nowait())
-                    )
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
@@ -253,7 +256,7 @@ class StoreWriter(BatchWriter):
     Args:
         store: where to write.
         max_batch: most items per transaction.
-        max_delay_s: how long to wait for more items once one has arrived.
+        max_delay_s: how long to wait for more items when a batch would hold only one.
         on_commit: called after each commit with (items, seconds from each item's submission
             to the commit) — used for commit-latency metrics.
     """
@@ -312,8 +315,10 @@ class ProcessStoreWriter(BatchWriter):
         self._replies.start()
         self._start()
 
+    def _ready_for_batch(self) -> None:
+        self._slots.acquire()  # released when the batch's reply comes back
+
     def _commit(self, batch: list[_Item]) -> None:
-        self._slots.acquire()
         data = pickle.dumps([i.entry for i in batch], protocol=pickle.HIGHEST_PROTOCOL)
         with self._in_flight_lock:
             broken = self._broken
