@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from flopwatt.collector.gc_policy import tune_gc
 from flopwatt.collector.latest import latest_block
 from flopwatt.collector.store import MessageWrite, Outcome, SQLiteStore, Store, WriteOutcome
 from flopwatt.collector.telemetry_prep import TelemetryPreparer
@@ -381,6 +382,7 @@ class ProcessStoreWriter(BatchWriter):
 
 def _child_main(conn: Connection, db_path: str) -> None:  # pragma: no cover - child process
     """The writer process: prepare telemetry, apply batches, reply with outcomes."""
+    tune_gc()
     try:
         store = SQLiteStore(db_path, checkpoint_interval_s=CHECKPOINT_INTERVAL_S)
     except Exception as exc:

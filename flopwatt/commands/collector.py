@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from flopwatt.channel import TokenFileError
+from flopwatt.collector.gc_policy import tune_gc
 from flopwatt.collector.server import CollectorConfig, ConfigError, run_server
 from flopwatt.records import AgentSettings
 
@@ -134,6 +135,7 @@ def collector(
         staleness_s=staleness_s,
         settings=AgentSettings(sample_interval_s=sample_interval_s),
     )
+    tune_gc()
     try:
         asyncio.run(_serve(config, ready_file))
     except (ConfigError, TokenFileError) as exc:
