@@ -166,7 +166,18 @@ async def _agent(
             seq += 1
             header = agent_pb2.AgentMessage(epoch=epoch, sequence=seq).SerializeToString()
             sent_at[seq] = time.monotonic()
-            await call.write(header + body)
+            try:
+                await call.write(header + body)
+            except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+                # The server ended the stream: say how, and stop sending on it.
+                sent_at.pop(seq)
+                seq -= 1
+                code = await call.code()
+                out.errors.append(
+                    f"{name}: stream ended by the server after {seq} messages: "
+                    f"{code.name} {await call.details()}"
+                )
+                break
             out.sent_messages += 1
             out.sent_samples += gpus * samples_per_batch
             next_send += 1.0
@@ -628,6 +639,10 @@ def run_collector(args: argparse.Namespace, tmp: Path, streams: int, label: str)
             timeline=args.timeline,
         )
         print_report(report)
+        if report.errors:
+            lines = (tmp / "collector.log").read_text(errors="replace").splitlines()
+            for line in lines[-10:]:
+                print(f"    collector log: {line}")
         med, worst, size, gpus, body = time_metrics(http)
         print(f"    store commit latency (in the writer): {commit_latency_text(body)}")
         print(
@@ -724,6 +739,15 @@ def main() -> int:
                     failed = streams if not failed else min(failed, streams)
                     if step > 1:
                         break
+            if passed and failed and failed - passed > passed // 10:
+                # One bisection step between the last load that passed and the first that
+                # failed.
+                streams = (passed + failed) // 2
+                run = run_collector(args, tmp / f"ceiling-{streams}", streams, "ceiling")
+                if run.passed:
+                    passed = streams
+                else:
+                    failed = streams
 
             def load(n: int) -> str:
                 return f"{n} streams ({n * args.gpus * args.hz:,.0f} samples/s)"
