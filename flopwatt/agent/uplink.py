@@ -188,15 +188,35 @@ class Uplink:
                 call.cancel()
         return self.stats.acked_messages > acked_before
 
+    async def _write(
+        self, call: grpc.aio.StreamStreamCall, message: agent_pb2.AgentMessage
+    ) -> None:
+        """Write one message, bounded by the ack timeout.
+
+        Raises:
+            AckTimeoutError: the transport did not take the message in time. A collector that
+                stops reading its stream (wedged, or behind a path that black-holes traffic)
+                leaves a write waiting on HTTP/2 flow control for ever, and the ack timeout is
+                only checked between writes.
+        """
+        try:
+            await asyncio.wait_for(call.write(message), self._ack_timeout_s)
+        except TimeoutError:
+            raise AckTimeoutError(
+                f"a message was not accepted for sending within {self._ack_timeout_s:g} s "
+                "(the collector is not reading its stream)"
+            ) from None
+
     async def _stream(self, call: grpc.aio.StreamStreamCall, stop: asyncio.Event) -> None:
         assert self._wakeup is not None
         epochs = [e for e in self._spool.epochs() if e != self._epoch]
-        await call.write(
+        await self._write(
+            call,
             agent_pb2.AgentMessage(
                 hello=agent_pb2.StreamHello(
                     agent_id=self._register.node.hostname, epoch=self._epoch, pending_epochs=epochs
                 )
-            )
+            ),
         )
         self.stats.connected = True
         acked: dict[int, int] = {}
@@ -237,7 +257,7 @@ class Uplink:
                         break
                     batch = await asyncio.to_thread(self._spool.pending, epoch, cursor, room)
                     for m in batch:
-                        await call.write(agent_pb2.AgentMessage.FromString(m.payload))
+                        await self._write(call, agent_pb2.AgentMessage.FromString(m.payload))
                         sent[epoch] = m.sequence
                         in_flight[(epoch, m.sequence)] = time.monotonic()
                         self.stats.sent_messages += 1
