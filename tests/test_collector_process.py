@@ -168,3 +168,20 @@ def test_bad_token_file_is_a_usage_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "shorter than 16" in proc.stderr
     assert "tooshort" not in proc.stderr
+
+
+def test_gc_policy_freezes_start_up_objects_and_raises_the_young_threshold() -> None:
+    """The collector's processes collect young objects every 50,000 allocations, not 700, and
+    leave what was alive at start-up out of collection (in a child: the setting is
+    process-wide)."""
+    code = (
+        "import gc\n"
+        "from flopwatt.collector.gc_policy import GC_THRESHOLDS, tune_gc\n"
+        "before = gc.get_threshold()\n"
+        "tune_gc()\n"
+        "print(before[0], gc.get_threshold() == GC_THRESHOLDS, gc.get_freeze_count() > 1000)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert out == ["700", "True", "True"]
