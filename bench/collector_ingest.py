@@ -156,9 +156,11 @@ async def _agent(
                 out.errors.append(f"{name}: {exc.code().name} {exc.details()}")
 
         reader = asyncio.create_task(read())
+        # Built before the start: building a thousand bodies in the first second of the load
+        # kept the generator's own event loop from reading acks, which showed up as ack latency.
+        body = telemetry_bytes(uuids, samples_per_batch, time.time_ns())
         start_at = await gate()
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
-        body = telemetry_bytes(uuids, samples_per_batch, time.time_ns())
         seq = 0
         t_end = time.monotonic() + duration_s
         next_send = time.monotonic()
