@@ -426,6 +426,8 @@ class RunReport:
     rss_mb: float
     lost_messages: int | None
     errors: int
+    live_scrapes_s: list[float]
+    """Durations of the /metrics scrapes made during the load."""
 
     @property
     def passed(self) -> bool:
@@ -464,12 +466,16 @@ def measure(
     db: Path | None,
     per_conn: int = 1,
     timeline: bool = False,
+    http: str | None = None,
+    scrape_interval_s: float = 0.0,
 ) -> RunReport:
     server = psutil.Process(pid)
     res_holder: dict[str, Any] = {}
     cpu0: list[float] = []
+    live_scrapes: list[float] = []
 
     started = threading.Event()
+    load_done = threading.Event()
 
     def load() -> None:
         res_holder["res"] = run_load(
@@ -484,8 +490,24 @@ def measure(
             started=started,
         )
 
+    def scrape() -> None:
+        # Prometheus scraping while the collector ingests, as in production: the render takes
+        # the collector's CPU and GIL in the middle of the load, and the ack latency shows it.
+        started.wait()
+        next_at = time.monotonic() + 5.0
+        while not load_done.wait(max(0.0, next_at - time.monotonic())):
+            t0 = time.perf_counter()
+            with urllib.request.urlopen(f"http://{http}/metrics", timeout=60) as r:
+                r.read()
+            live_scrapes.append(time.perf_counter() - t0)
+            next_at += scrape_interval_s
+
     t = threading.Thread(target=load)
     t.start()
+    scraper = None
+    if http is not None and scrape_interval_s > 0:
+        scraper = threading.Thread(target=scrape, daemon=True)
+        scraper.start()
     # Sample the server's CPU over the steady window only (after connect/register).
     started.wait()
     time.sleep(3.0)
@@ -506,6 +528,9 @@ def measure(
     gen_pct = 100 * (sum(_cpu(p) for p in gens) - g0) / (w1 - w0)
     main_pct = 100 * (_cpu(server) - main0) / (w1 - w0)
     t.join()
+    load_done.set()
+    if scraper is not None:
+        scraper.join(120)
     res, connect_s = res_holder["res"]
     print(f"    {streams} agents connected, registered and said hello in {connect_s:.1f} s")
     for err in res.errors[:5]:
@@ -552,6 +577,7 @@ def measure(
         rss_mb=rss_peak,
         lost_messages=lost,
         errors=len(res.errors),
+        live_scrapes_s=live_scrapes,
     )
 
 
@@ -639,8 +665,17 @@ def run_collector(args: argparse.Namespace, tmp: Path, streams: int, label: str)
             tmp / "bench.db",
             args.streams_per_connection,
             timeline=args.timeline,
+            http=http,
+            scrape_interval_s=args.scrape_interval,
         )
         print_report(report)
+        if report.live_scrapes_s:
+            print(
+                f"    /metrics scraped every {args.scrape_interval:g} s during the load: "
+                f"{len(report.live_scrapes_s)} scrapes, median "
+                f"{statistics.median(report.live_scrapes_s):.3f} s, "
+                f"max {max(report.live_scrapes_s):.3f} s"
+            )
         if report.errors:
             lines = (tmp / "collector.log").read_text(errors="replace").splitlines()
             for line in lines[-10:]:
@@ -648,7 +683,7 @@ def run_collector(args: argparse.Namespace, tmp: Path, streams: int, label: str)
         med, worst, size, gpus, body = time_metrics(http)
         print(f"    store commit latency (in the writer): {commit_latency_text(body)}")
         print(
-            f"    /metrics for {gpus:,} GPUs: median {med:.3f} s, max {worst:.3f} s, "
+            f"    /metrics after the load, {gpus:,} GPUs: median {med:.3f} s, max {worst:.3f} s, "
             f"{size / 2**20:.1f} MiB"
         )
     finally:
@@ -693,6 +728,13 @@ def main() -> int:
         default=1,
         help="agents sharing one HTTP/2 connection in the load generator "
         "(1 = each agent its own, as in a real fleet)",
+    )
+    ap.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=10.0,
+        help="scrape the collector's /metrics this often during the load, as the shipped "
+        "Prometheus configuration does (s; 0: never)",
     )
     ap.add_argument("--no-echo", action="store_true", help="skip the echo-server baseline")
     ap.add_argument(

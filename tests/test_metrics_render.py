@@ -3,6 +3,7 @@ check that what it keeps never outlives the labels it was built from."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from flopwatt.analysis.registry import load_registry
@@ -46,3 +47,37 @@ def test_relabelled_device_is_rendered_with_its_new_labels_only() -> None:
     ]
     throttle = [x for x in second.splitlines() if x.startswith("flopwatt_gpu_throttle_active{")]
     assert throttle and all('hostname="node-b"' in x for x in throttle)
+
+
+async def test_stepped_render_on_the_event_loop_matches_the_snapshot_render() -> None:
+    """``/metrics`` renders on the event loop in steps of a few devices, letting other work
+    run in between: the text equals the one-snapshot render when nothing changes meanwhile,
+    and work scheduled during the render runs before it finishes (the loop is not held)."""
+    state = FleetState()
+    exporter = FleetMetrics(state, clock_ns=lambda: NOW)
+    for a in range(7):
+        devices = [
+            DeviceState(
+                DeviceInfo(uuid=f"GPU-{a}-{g}", index=g, name="sim"), f"node-{a}", None, "-"
+            )
+            for g in range(4)
+        ]
+        for g, d in enumerate(devices):
+            d.latest = {"power_instant_w": 100.0 + 10 * a + g}
+        state.register(NodeInfo(hostname=f"node-{a}"), 1, devices, NOW)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    stepped = await exporter.render_text_async(devices_per_step=3)
+    during = ticks
+    task.cancel()
+    assert stepped == exporter.render_text()
+    assert len(_power_lines(stepped)) == 28
+    assert during >= 28 // 3  # the loop ran other work between the steps

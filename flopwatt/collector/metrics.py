@@ -6,9 +6,11 @@ One walk over the snapshot feeds either of two sinks:
 * :meth:`FleetMetrics.collect` — a custom ``prometheus_client`` Collector yielding metric
   families (for registries, tests and composition);
 * :meth:`FleetMetrics.render_text` — the same families written straight to the Prometheus text
-  format. ``/metrics`` uses this one: with each device's label set escaped once per scrape it
-  renders a fleet of thousands of GPUs several times faster than formatting every sample
-  through ``generate_latest``.
+  format: with each series' text up to its value kept across scrapes it renders a fleet of
+  thousands of GPUs several times faster than formatting every sample through
+  ``generate_latest``. ``/metrics`` uses :meth:`FleetMetrics.render_text_async`, the same walk
+  in steps on the collector's event loop, so a scrape never holds the loop (or the GIL) that
+  reads agent streams and sends acks for more than a few milliseconds at a time.
 
 Families come from :mod:`flopwatt.metrics_spec`. Per-GPU series of an agent silent for longer
 than the staleness window are left out rather than repeating old values; the agent's
@@ -19,8 +21,9 @@ GPU of it) and join GPU series ``on(sku)``.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from prometheus_client.core import (
@@ -36,11 +39,15 @@ from flopwatt.analysis.registry import GpuSpec
 from flopwatt.analysis.throttle import THROTTLE_BITS
 from flopwatt.collector.state import (
     COMMIT_LATENCY_BUCKETS_S,
+    AgentState,
+    Counters,
     DeviceState,
-    FleetSnapshot,
     FleetState,
 )
 from flopwatt.metrics_spec import BY_NAME, METRICS, MetricType
+
+DEVICES_PER_STEP = 100
+"""Devices rendered between two turns of the event loop (a few milliseconds of work)."""
 
 _MHZ = 1e6
 _THROTTLE = tuple((reason.value, bit) for reason, bit in THROTTLE_BITS.items())
@@ -85,6 +92,18 @@ class _Gpu:
             tail = "".join(f',{n}="{_escape(v)}"' for n, v in zip(labels, extra, strict=True))
             text = self.prefixes[key] = f"{name}{{{self.text}{tail}}} "
         return text
+
+
+class _View(Protocol):
+    """What a walk reads: a :class:`FleetSnapshot` or a :class:`LiveView`."""
+
+    @property
+    def agents(self) -> Mapping[str, AgentState]: ...
+
+    @property
+    def counters(self) -> Counters: ...
+
+    def device(self, uuid: str) -> DeviceState | None: ...
 
 
 class _Sink(Protocol):
@@ -194,19 +213,38 @@ class FleetMetrics:
     def collect(self) -> Iterator[Metric]:
         """Every family, as prometheus_client metric families."""
         sink = _FamilySink()
-        self._walk(self._state.snapshot(), sink)
+        for _ in self._walk(self._state.snapshot(), sink):
+            pass
         yield from sink.families.values()
 
     def render_text(self) -> str:
-        """Every family in the Prometheus text format (what ``/metrics`` serves)."""
+        """Every family in the Prometheus text format, from one consistent snapshot."""
         sink = _TextSink()
-        self._walk(self._state.snapshot(), sink)
+        for _ in self._walk(self._state.snapshot(), sink):
+            pass
+        return sink.text()
+
+    async def render_text_async(self, devices_per_step: int = DEVICES_PER_STEP) -> str:
+        """What :meth:`render_text` renders, on the event loop in steps of
+        ``devices_per_step`` devices with other work in between (what ``/metrics`` serves).
+
+        The collector's event loop also reads every agent stream and sends every ack. A render
+        on another thread took the GIL from it for the whole scrape (seconds for 8,000 GPUs
+        under load: each wake-up of the loop waited out a GIL switch interval), and acks
+        stalled behind it; in steps, the loop stays responsive and the scrape takes a little
+        longer. Devices are read as of their step (:class:`LiveView`).
+        """
+        sink = _TextSink()
+        for _ in self._walk(self._state.live_view(), sink, devices_per_step):
+            await asyncio.sleep(0)
         return sink.text()
 
     # --- the walk -------------------------------------------------------------------------
 
-    def _walk(self, snap: FleetSnapshot, sink: _Sink) -> None:
+    def _walk(self, snap: _View, sink: _Sink, step: int = 0) -> Iterator[None]:
+        """Feed every family to ``sink``; yields after every ``step`` devices (0: never)."""
         now = self._clock_ns()
+        walked = 0
         skus: dict[str, GpuSpec] = {}
         previous = self._gpus
         current: dict[tuple[str, ...], _Gpu] = {}
@@ -228,7 +266,10 @@ class FleetMetrics:
                 1.0,
             )
             for uuid in a.device_uuids:
-                d = snap.devices.get(uuid)
+                walked += 1
+                if step and walked % step == 0:
+                    yield
+                d = snap.device(uuid)
                 if d is None or d.agent_id != agent_id:
                     continue  # gone, or since registered by another agent (moved hosts)
                 values = (
@@ -322,7 +363,7 @@ class FleetMetrics:
                 )
 
     @staticmethod
-    def _counters(sink: _Sink, snap: FleetSnapshot) -> None:
+    def _counters(sink: _Sink, snap: _View) -> None:
         c = snap.counters
         sink.plain("flopwatt_collector_samples_ingested_total", (), c.samples_ingested)
         for reason, n in sorted(c.samples_rejected.items()):
@@ -353,3 +394,9 @@ def _spec_efficiency(spec: GpuSpec, precision: str, delivered_flops_per_s: float
 def exposition(collectors: Sequence[FleetMetrics]) -> bytes:
     """The ``/metrics`` body for the given exporters."""
     return "".join(c.render_text() for c in collectors).encode()
+
+
+async def exposition_async(collectors: Sequence[FleetMetrics]) -> bytes:
+    """The ``/metrics`` body for the given exporters, rendered in steps on the event loop
+    (:meth:`FleetMetrics.render_text_async`)."""
+    return "".join([await c.render_text_async() for c in collectors]).encode()

@@ -29,7 +29,7 @@ from flopwatt.collector.auth import (
 )
 from flopwatt.collector.ingest import Ingest
 from flopwatt.collector.jobs import JobService
-from flopwatt.collector.metrics import FleetMetrics, exposition
+from flopwatt.collector.metrics import FleetMetrics, exposition_async
 from flopwatt.collector.report_route import report_route
 from flopwatt.collector.servicer import AdminServicer, AgentServicer, agent_service_handler
 from flopwatt.collector.session import SessionRegistry
@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 """Largest agent message accepted; larger gets RESOURCE_EXHAUSTED from gRPC itself."""
+
+METRICS_RENDER_TIMEOUT_S = 60.0
+"""A ``/metrics`` render that takes longer than this answers 500 (s)."""
 
 
 class ConfigError(ValueError):
@@ -261,7 +264,15 @@ async def run_server(
 
     serving = [True]
     exporter = FleetMetrics(state, staleness_s=config.staleness_s, clock_ns=clock_ns)
-    http = HttpServer(http_host, http_port, lambda: exposition([exporter]), lambda: serving[0])
+    loop = asyncio.get_running_loop()
+
+    def metrics_body() -> bytes:
+        # Rendered on the event loop in steps (see FleetMetrics.render_text_async); the HTTP
+        # thread only waits for it and sends the bytes.
+        future = asyncio.run_coroutine_threadsafe(exposition_async([exporter]), loop)
+        return future.result(timeout=METRICS_RENDER_TIMEOUT_S)
+
+    http = HttpServer(http_host, http_port, metrics_body, lambda: serving[0])
     http.routes["/report"] = report_route(config.db_path, clock_ns=clock_ns)
     http.start()
     running = RunningCollector(
