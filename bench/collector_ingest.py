@@ -447,11 +447,13 @@ def _pct(values: list[float], q: float) -> float | None:
 
 
 def _cpu(p: psutil.Process) -> float:
+    """CPU seconds of ``p`` and of its children that have ended (the collector's /metrics
+    renders run in short-lived forked children)."""
     try:
         t = p.cpu_times()
     except psutil.Error:
         return 0.0
-    return float(t.user + t.system)
+    return float(t.user + t.system + t.children_user + t.children_system)
 
 
 def measure(
@@ -640,7 +642,8 @@ def print_report(r: RunReport) -> None:
     )
     if r.cpu_pct_of_one_core - r.main_cpu_pct_of_one_core >= 1:
         print(
-            f"      of which main process {r.main_cpu_pct_of_one_core:.0f} %, "
+            f"      of which main process (and its /metrics render children) "
+            f"{r.main_cpu_pct_of_one_core:.0f} %, "
             f"store writer process {r.cpu_pct_of_one_core - r.main_cpu_pct_of_one_core:.0f} %"
         )
     print(

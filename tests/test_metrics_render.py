@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from flopwatt.analysis.registry import load_registry
-from flopwatt.collector.metrics import FleetMetrics
+from flopwatt.collector.forked_render import ForkedRenderError, render_forked
+from flopwatt.collector.metrics import FleetMetrics, exposition
 from flopwatt.collector.state import DeviceState, FleetState
 from flopwatt.records import DeviceInfo, NodeInfo
 
@@ -81,3 +84,44 @@ async def test_stepped_render_on_the_event_loop_matches_the_snapshot_render() ->
     assert stepped == exporter.render_text()
     assert len(_power_lines(stepped)) == 28
     assert during >= 28 // 3  # the loop ran other work between the steps
+
+
+def test_render_in_a_forked_child_matches_and_warm_text_needs_no_additions() -> None:
+    """``/metrics`` is rendered in a forked child from the parent's state (copy-on-write): the
+    bytes equal the in-process render. The series text a child uses is the parent's, built at
+    registration (:meth:`FleetMetrics.warm`): after warming, a render builds nothing new."""
+    state = FleetState()
+    exporter = FleetMetrics(state, clock_ns=lambda: NOW)
+    spec = load_registry().get("H100-SXM5-80GB")
+    devices = [
+        DeviceState(
+            DeviceInfo(uuid=f"GPU-{g}", index=g, name="NVIDIA H100 80GB HBM3"), "n", spec, "pci"
+        )
+        for g in range(3)
+    ]
+    for g, d in enumerate(devices):
+        d.latest = {
+            "power_instant_w": 500.0 + g,
+            "power_average_1s_w": 490.0,
+            "energy_j": 1e6,
+            "sm_clock_mhz": 1980.0,
+            "throttle_reasons": 4.0,
+            "gpu_temperature_c": 60.0,
+        }
+    state.register(NodeInfo(hostname="n"), 1, devices, NOW)
+    exporter.warm(devices)
+    built = {k: len(g.prefixes) for k, g in exporter._gpus.items()}
+    in_process = exposition([exporter])
+    assert {k: len(g.prefixes) for k, g in exporter._gpus.items()} == built
+    forked = render_forked(lambda: exposition([exporter]), state.quiescent)
+    assert forked == in_process
+    assert b'flopwatt_gpu_power_watts{hostname="n",gpu_uuid="GPU-2"' in forked
+
+
+def test_a_failing_render_child_is_an_error_not_a_body() -> None:
+    def broken() -> bytes:
+        raise RuntimeError("boom")
+
+    state = FleetState()
+    with pytest.raises(ForkedRenderError):
+        render_forked(broken, state.quiescent)

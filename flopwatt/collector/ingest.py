@@ -99,6 +99,8 @@ class Ingest:
         self.clock_ns = clock_ns
         self.on_devices: Callable[[str, dict[str, float | None]], None] | None = None
         """Told each agent's devices and power limits (the writer validates telemetry)."""
+        self.on_device_states: Callable[[list[DeviceState]], None] | None = None
+        """Told each agent's registered devices (the exporter builds their series' text)."""
 
     # --- registration --------------------------------------------------------------------
 
@@ -119,6 +121,8 @@ class Ingest:
         return RegisterResponse(agent_id=req.node.hostname, settings=self.settings)
 
     def _announce(self, agent_id: str, devices: list[DeviceState]) -> None:
+        if self.on_device_states is not None:
+            self.on_device_states(devices)
         if self.on_devices is not None:
             self.on_devices(agent_id, {d.info.uuid: power_limit_w(d) for d in devices})
 

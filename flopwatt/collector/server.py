@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -27,9 +28,10 @@ from flopwatt.collector.auth import (
     load_admin_tokens,
     load_agent_tokens,
 )
+from flopwatt.collector.forked_render import ForkedRenderError, render_forked
 from flopwatt.collector.ingest import Ingest
 from flopwatt.collector.jobs import JobService
-from flopwatt.collector.metrics import FleetMetrics, exposition_async
+from flopwatt.collector.metrics import FleetMetrics, exposition, exposition_async
 from flopwatt.collector.report_route import report_route
 from flopwatt.collector.servicer import AdminServicer, AgentServicer, agent_service_handler
 from flopwatt.collector.session import SessionRegistry
@@ -44,6 +46,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 """Largest agent message accepted; larger gets RESOURCE_EXHAUSTED from gRPC itself."""
+
+FORKED_RENDER = hasattr(os, "fork")
+"""Render ``/metrics`` in a forked child (POSIX; see :mod:`flopwatt.collector.forked_render`)."""
 
 METRICS_RENDER_TIMEOUT_S = 60.0
 """A ``/metrics`` render that takes longer than this answers 500 (s)."""
@@ -229,7 +234,9 @@ async def run_server(
         if config.writer_process
         else StoreWriter(store, on_commit=on_commit, max_delay_s=config.writer_max_delay_s)
     )
+    exporter = FleetMetrics(state, staleness_s=config.staleness_s, clock_ns=clock_ns)
     ingest.on_devices = writer.update_devices
+    ingest.on_device_states = exporter.warm
     ingest.announce_all()
     sessions = SessionRegistry()
     jobs = JobService(store, state, sessions, clock_ns=clock_ns)
@@ -263,12 +270,17 @@ async def run_server(
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     serving = [True]
-    exporter = FleetMetrics(state, staleness_s=config.staleness_s, clock_ns=clock_ns)
     loop = asyncio.get_running_loop()
 
     def metrics_body() -> bytes:
-        # Rendered on the event loop in steps (see FleetMetrics.render_text_async); the HTTP
-        # thread only waits for it and sends the bytes.
+        # In a forked child at low priority (forked_render); where fork is unavailable or
+        # fails, on the event loop in steps (render_text_async). The HTTP thread only waits
+        # and sends the bytes.
+        if FORKED_RENDER:
+            try:
+                return render_forked(lambda: exposition([exporter]), state.quiescent)
+            except (OSError, ForkedRenderError) as exc:
+                log.warning("/metrics render in a child failed (%s); rendering in-process", exc)
         future = asyncio.run_coroutine_threadsafe(exposition_async([exporter]), loop)
         return future.result(timeout=METRICS_RENDER_TIMEOUT_S)
 

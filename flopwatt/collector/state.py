@@ -7,9 +7,10 @@ thread) write it; the metrics exporter (HTTP thread) reads a snapshot under the 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,6 +154,14 @@ class FleetState:
         self._agents: dict[str, AgentState] = {}
         self._devices: dict[str, DeviceState] = {}
         self._counters = Counters()
+
+    @contextlib.contextmanager
+    def quiescent(self) -> Iterator[None]:
+        """Hold the state's lock: while inside, no other thread is in the middle of changing
+        or copying the state (what a fork needs, so the child finds the lock free and the
+        state whole)."""
+        with self._lock:
+            yield
 
     # --- writers (event loop) ------------------------------------------------------------
 
