@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from prometheus_client.core import (
@@ -76,13 +77,39 @@ class _Gpu:
     its value (``name{labels} ``), built on first use and kept across scrapes while the device's
     labels stay the same."""
 
-    __slots__ = ("prefixes", "text", "values")
+    __slots__ = ("prefixes", "standard_key", "standard_text", "text", "values")
 
     def __init__(self, values: tuple[str, ...]) -> None:
         self.values = values
         names = BY_NAME["flopwatt_gpu_power_watts"].labels  # the GPU label names, in order
         self.text = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=False))
         self.prefixes: dict[tuple[str, tuple[str, ...]], str] = {}
+        self.standard_key: tuple[str, str] | None = None
+        self.standard_text: _Standard | None = None
+
+    def standard(self, sku_match: str, pci_bus_id: str) -> _Standard:
+        """The prefixes of the series every device has (info, telemetry, throttle, limit), in
+        the order the text sink writes them."""
+        key = (sku_match, pci_bus_id)
+        if self.standard_text is None or self.standard_key != key:
+            self.standard_key = key
+            self.standard_text = _Standard(
+                info=self.prefix("flopwatt_gpu_info", key) + "1.0",
+                values=[
+                    (name, self.prefix(name, (kind,)), column, 1.0)
+                    for column, name, kind in _LATEST_KIND
+                ]
+                + [
+                    (name, self.prefix(name, ()), column, scale)
+                    for column, name, scale in _LATEST_SIMPLE
+                ],
+                throttle=[
+                    (self.prefix("flopwatt_gpu_throttle_active", (reason,)), bit)
+                    for reason, bit in _THROTTLE
+                ],
+                limit=self.prefix("flopwatt_gpu_power_limit_watts", ()),
+            )
+        return self.standard_text
 
     def prefix(self, name: str, extra: tuple[str, ...]) -> str:
         key = (name, extra)
@@ -92,6 +119,19 @@ class _Gpu:
             tail = "".join(f',{n}="{_escape(v)}"' for n, v in zip(labels, extra, strict=True))
             text = self.prefixes[key] = f"{name}{{{self.text}{tail}}} "
         return text
+
+
+@dataclass(frozen=True, slots=True)
+class _Standard:
+    """One device's kept text for its standard series (see :meth:`_Gpu.standard`)."""
+
+    info: str
+    """The whole info line."""
+    values: list[tuple[str, str, str, float]]
+    """(family, prefix, latest column, scale to base units) per telemetry series."""
+    throttle: list[tuple[str, int]]
+    """(prefix, reason bit) per throttle reason."""
+    limit: str
 
 
 class _View(Protocol):
@@ -109,6 +149,9 @@ class _View(Protocol):
 class _Sink(Protocol):
     def gpu(self, dev: _Gpu, rows: Sequence[tuple[str, tuple[str, ...], float]]) -> None:
         """One device's series: (metric name, label values after the GPU labels, value)."""
+
+    def standard(self, dev: _Gpu, d: DeviceState) -> None:
+        """One device's standard series (info, telemetry, throttle, power limit)."""
 
     def plain(self, name: str, values: tuple[str, ...], value: float) -> None: ...
 
@@ -137,6 +180,9 @@ class _FamilySink:
         for name, extra, value in rows:
             self.families[name].add_metric([*dev.values, *extra], value)
 
+    def standard(self, dev: _Gpu, d: DeviceState) -> None:
+        self.gpu(dev, _standard_rows(d))
+
     def plain(self, name: str, values: tuple[str, ...], value: float) -> None:
         self.families[name].add_metric(list(values), value)
 
@@ -155,6 +201,29 @@ class _TextSink:
         for name, extra, value in rows:
             prefix = prefixes.get((name, extra)) or dev.prefix(name, extra)
             lines[name].append(prefix + repr(float(value)))
+
+    def standard(self, dev: _Gpu, d: DeviceState) -> None:
+        # What _standard_rows(d) gives, written from the device's kept text: a scrape of
+        # thousands of GPUs is mostly these lines (checked equal in the tests).
+        t = dev.standard_text
+        if t is None or dev.standard_key != (d.sku_match, d.info.pci_bus_id):
+            t = dev.standard(d.sku_match, d.info.pci_bus_id)
+        lines = self.lines
+        lines["flopwatt_gpu_info"].append(t.info)
+        v = d.latest
+        for name, prefix, column, scale in t.values:
+            x = v.get(column)
+            if x is not None:
+                lines[name].append(prefix + repr(float(x) * scale))
+        mask = v.get("throttle_reasons")
+        if mask is not None:
+            m = int(mask)
+            throttle = lines["flopwatt_gpu_throttle_active"]
+            for prefix, bit in t.throttle:
+                throttle.append(prefix + ("1.0" if m & bit else "0.0"))
+        limit = v.get("power_limit_w", d.info.power_limit_enforced_w)
+        if limit is not None:
+            lines["flopwatt_gpu_power_limit_watts"].append(t.limit + repr(float(limit)))
 
     def plain(self, name: str, values: tuple[str, ...], value: float) -> None:
         labels = BY_NAME[name].labels
@@ -222,8 +291,7 @@ class FleetMetrics:
             dev = self._gpus.get(values)
             if dev is None:
                 dev = self._gpus[values] = _Gpu(values)
-            for name, extra in _standard_series(d):
-                dev.prefix(name, extra)
+            dev.standard(d.sku_match, d.info.pci_bus_id)
 
     def describe(self) -> list[Metric]:
         """Nothing up front: families are built per scrape (keeps registration cheap)."""
@@ -303,25 +371,11 @@ class FleetMetrics:
 
     @staticmethod
     def _device(sink: _Sink, d: DeviceState, dev: _Gpu) -> None:
-        info = d.info
+        sink.standard(dev, d)
+        if not d.gemm and not d.models:
+            return
         rows: list[tuple[str, tuple[str, ...], float]] = []
         add = rows.append  # one sink call per device: the per-series call overhead dominated
-        add(("flopwatt_gpu_info", (d.sku_match, info.pci_bus_id), 1.0))
-        v = d.latest
-        for column, name, kind in _LATEST_KIND:
-            if column in v:
-                add((name, (kind,), v[column]))
-        for column, name, scale in _LATEST_SIMPLE:
-            if column in v:
-                add((name, (), v[column] * scale))
-        if "throttle_reasons" in v:
-            mask = int(v["throttle_reasons"])
-            for reason, bit in _THROTTLE:
-                add(("flopwatt_gpu_throttle_active", (reason,), 1.0 if mask & bit else 0.0))
-        limit = v.get("power_limit_w", info.power_limit_enforced_w)
-        if limit is not None:
-            add(("flopwatt_gpu_power_limit_watts", (), limit))
-
         for precision, g in sorted(d.gemm.items()):
             r, comp = g.result, g.comparison
             burst, sustained = (precision, "burst"), (precision, "sustained")
@@ -407,17 +461,28 @@ def _labels(d: DeviceState) -> tuple[str, ...]:
     )
 
 
-def _standard_series(d: DeviceState) -> list[tuple[str, tuple[str, ...]]]:
-    """(family, label values after the GPU labels) of every telemetry series a device can
-    have (what :meth:`FleetMetrics._device` writes before any job result)."""
-    keys: list[tuple[str, tuple[str, ...]]] = [
-        ("flopwatt_gpu_info", (d.sku_match, d.info.pci_bus_id))
+def _standard_rows(d: DeviceState) -> list[tuple[str, tuple[str, ...], float]]:
+    """A device's standard series (info, telemetry, throttle, power limit) as rows of
+    (family, label values after the GPU labels, value)."""
+    info = d.info
+    rows: list[tuple[str, tuple[str, ...], float]] = [
+        ("flopwatt_gpu_info", (d.sku_match, info.pci_bus_id), 1.0)
     ]
-    keys += [(name, (kind,)) for _, name, kind in _LATEST_KIND]
-    keys += [(name, ()) for _, name, _ in _LATEST_SIMPLE]
-    keys += [("flopwatt_gpu_throttle_active", (reason,)) for reason, _ in _THROTTLE]
-    keys.append(("flopwatt_gpu_power_limit_watts", ()))
-    return keys
+    v = d.latest
+    for column, name, kind in _LATEST_KIND:
+        if column in v:
+            rows.append((name, (kind,), v[column]))
+    for column, name, scale in _LATEST_SIMPLE:
+        if column in v:
+            rows.append((name, (), v[column] * scale))
+    if "throttle_reasons" in v:
+        mask = int(v["throttle_reasons"])
+        for reason, bit in _THROTTLE:
+            rows.append(("flopwatt_gpu_throttle_active", (reason,), 1.0 if mask & bit else 0.0))
+    limit = v.get("power_limit_w", info.power_limit_enforced_w)
+    if limit is not None:
+        rows.append(("flopwatt_gpu_power_limit_watts", (), limit))
+    return rows
 
 
 def _spec_efficiency(spec: GpuSpec, precision: str, delivered_flops_per_s: float) -> float | None:
