@@ -422,6 +422,8 @@ class RunReport:
     cpu_pct_of_one_core: float
     loadgen_cpu_pct_of_one_core: float
     main_cpu_pct_of_one_core: float
+    steal_pct_of_one_core: float
+    """CPU time the hypervisor gave to other guests while this VM wanted it (noise)."""
     """The server's own process alone (the rest is its children: the store writer)."""
     rss_mb: float
     lost_messages: int | None
@@ -518,6 +520,7 @@ def measure(
     w0 = time.monotonic()
     cpu0.append(sum(_cpu(p) for p in servers))
     main0 = _cpu(server)
+    steal0 = getattr(psutil.cpu_times(), "steal", 0.0)
     me = psutil.Process()
     gens = [p for p in me.children(recursive=True) if p.pid not in {s.pid for s in servers}]
     g0 = sum(_cpu(p) for p in gens)
@@ -529,6 +532,7 @@ def measure(
     cpu_pct = 100 * (sum(_cpu(p) for p in servers) - cpu0[0]) / (w1 - w0)
     gen_pct = 100 * (sum(_cpu(p) for p in gens) - g0) / (w1 - w0)
     main_pct = 100 * (_cpu(server) - main0) / (w1 - w0)
+    steal_pct = 100 * (getattr(psutil.cpu_times(), "steal", 0.0) - steal0) / (w1 - w0)
     t.join()
     load_done.set()
     if scraper is not None:
@@ -576,6 +580,7 @@ def measure(
         cpu_pct_of_one_core=cpu_pct,
         loadgen_cpu_pct_of_one_core=gen_pct,
         main_cpu_pct_of_one_core=main_pct,
+        steal_pct_of_one_core=steal_pct,
         rss_mb=rss_peak,
         lost_messages=lost,
         errors=len(res.errors),
@@ -638,7 +643,8 @@ def print_report(r: RunReport) -> None:
     print(f"    ack latency p50 {fmt(r.ack_p50_s, '.3f')} s   p99 {fmt(r.ack_p99_s, '.3f')} s")
     print(
         f"    server CPU {r.cpu_pct_of_one_core:5.0f} % of one core   RSS {r.rss_mb:6.0f} MB   "
-        f"(load generator {r.loadgen_cpu_pct_of_one_core:.0f} %)"
+        f"(load generator {r.loadgen_cpu_pct_of_one_core:.0f} %, "
+        f"stolen by the hypervisor {r.steal_pct_of_one_core:.0f} %)"
     )
     if r.cpu_pct_of_one_core - r.main_cpu_pct_of_one_core >= 1:
         print(

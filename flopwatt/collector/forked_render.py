@@ -23,7 +23,7 @@ from contextlib import AbstractContextManager
 
 _MAX_FD = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1 << 16
 
-RENDER_NICE = 10
+RENDER_NICE = 19
 """How much lower the rendering child's CPU priority is (``nice`` increment)."""
 
 
