@@ -13,6 +13,7 @@ Usage:
     python bench/collector_ingest.py                       # the target load, 30 s
     python bench/collector_ingest.py --streams 200 --duration 10
     python bench/collector_ingest.py --ceiling             # step the load up until it fails
+    python bench/collector_ingest.py --scrape-interval 10  # with Prometheus-like scrapes
 """
 
 from __future__ import annotations
@@ -741,9 +742,9 @@ def main() -> int:
     ap.add_argument(
         "--scrape-interval",
         type=float,
-        default=10.0,
-        help="scrape the collector's /metrics this often during the load, as the shipped "
-        "Prometheus configuration does (s; 0: never)",
+        default=0.0,
+        help="also scrape the collector's /metrics this often during the load (s; 0: never, "
+        "the target's condition; 10: as the shipped Prometheus configuration does)",
     )
     ap.add_argument("--no-echo", action="store_true", help="skip the echo-server baseline")
     ap.add_argument(
