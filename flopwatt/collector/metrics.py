@@ -313,13 +313,13 @@ class FleetMetrics:
 
     async def render_text_async(self, devices_per_step: int = DEVICES_PER_STEP) -> str:
         """What :meth:`render_text` renders, on the event loop in steps of
-        ``devices_per_step`` devices with other work in between (what ``/metrics`` serves).
+        ``devices_per_step`` devices with other work in between (``/metrics`` where a forked
+        render is not available).
 
         The collector's event loop also reads every agent stream and sends every ack. A render
-        on another thread took the GIL from it for the whole scrape (seconds for 8,000 GPUs
-        under load: each wake-up of the loop waited out a GIL switch interval), and acks
-        stalled behind it; in steps, the loop stays responsive and the scrape takes a little
-        longer. Devices are read as of their step (:class:`LiveView`).
+        on another thread held the GIL for the whole scrape (seconds for 8,000 GPUs under load)
+        and acks stalled behind it; in steps, the loop stays responsive and the scrape takes a
+        little longer. Devices are read as of their step (:class:`LiveView`).
         """
         sink = _TextSink()
         for _ in self._walk(self._state.live_view(), sink, devices_per_step):

@@ -2,7 +2,8 @@
 
 Updated only after a commit (so nothing unacked or rejected reaches the metrics) and rebuilt
 from the store at start, so it holds nothing the store does not. RPC handlers (event-loop
-thread) write it; the metrics exporter (HTTP thread) reads a snapshot under the same lock.
+thread) write it; readers on other threads take a snapshot under the same lock, and
+``/metrics`` reads it in a child forked with that lock held.
 """
 
 from __future__ import annotations

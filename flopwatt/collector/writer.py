@@ -206,8 +206,7 @@ class BatchWriter:
             if first is None:
                 break
             if self._queue.empty() and self._max_delay_s > 0:
-                # Let the batch gather: this thread wakes once per batch, not once per write
-                # (a wake-up per write cost the event loop a GIL hand-over per message).
+                # Let the batch gather: this thread wakes once per batch, not once per write.
                 time.sleep(self._max_delay_s)
             batch = [first]
             while len(batch) < self._max_batch:
