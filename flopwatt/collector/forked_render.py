@@ -9,7 +9,10 @@ priority: it renders from whatever CPU ingest leaves over and writes the bytes t
 
 The fork is taken with the state's lock held (:meth:`FleetState.quiescent`), so no other
 thread is inside the state; the child touches nothing but the state, the exporter and the pipe
-(no gRPC, no SQLite, no logging) and leaves with ``os._exit``.
+(no gRPC, no SQLite, no logging) and leaves with ``os._exit``. (Python 3.12 and later warn
+that forking a multi-threaded process may deadlock the child: the locks the child could meet
+are the state's, held free across the fork, and the interpreter's own, which fork handles.)
+If the collector goes away mid-render, the child's next write fails and it exits.
 """
 
 from __future__ import annotations
