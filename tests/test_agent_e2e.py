@@ -111,7 +111,8 @@ async def wait_for(predicate: Any, timeout: float, what: str) -> None:
             # Where every task is waiting, for a rare flake (an agent that did not notice its
             # collector was SIGKILLed within 30 s, seen twice in ~60 runs): pytest shows stderr.
             for task in asyncio.all_tasks():
-                task.print_stack(file=sys.stderr)
+                with contextlib.suppress(Exception):  # frames of gRPC's Cython code have no
+                    task.print_stack(file=sys.stderr)  # line numbers and make this raise
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.1)
 
@@ -300,19 +301,14 @@ async def test_spool_full_while_the_collector_is_down_is_counted_exactly(tmp_pat
         dropped = agent.spool.stats()
         async with collector(tmp_path, grpc_listen=f"127.0.0.1:{port}") as c:
             await wait_for(lambda: agent.spool.stats().messages <= 2, 30, "drained")
-
-            def tombstones_stored() -> int:
-                n = c.store.query("SELECT COUNT(*) AS n FROM messages WHERE kind = 'dropped'")
-                return int(n[0]["n"])
-
-            # The last tombstone may still be in flight when the spool is nearly empty.
-            await wait_for(
-                lambda: tombstones_stored() == agent.spool.stats().dropped_messages_total,
-                30,
-                "every tombstone stored",
-            )
+            # Stop while connected: the agent stops sampling and drains its spool, every
+            # tombstone acked. (Polling for the stored count to catch up with the agent's drop
+            # count raced on a loaded machine: with acks slower than the 8 KiB spool's second
+            # of telemetry, the spool kept overflowing and the count kept moving.)
             stop.set()
             await asyncio.gather(*tasks)
+            assert agent.final_spool_stats is not None
+            assert agent.final_spool_stats.messages == 0, "the drain did not finish"
             _, text = await http_get(c.http_url + "/metrics")
             db = c.store.path
             con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)

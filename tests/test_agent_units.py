@@ -346,3 +346,23 @@ def test_sim_gemm_energy_per_flop_covers_the_same_seconds_as_its_energy() -> Non
         assert g.sustained_flops_per_s is not None
         ratio = g.energy_per_flop_j * g.sustained_flops_per_s / g.mean_power_w
         assert ratio == pytest.approx(1.0, rel=1e-3)
+
+
+def test_spool_never_replaces_the_oldest_messages_that_may_be_in_flight(tmp_path: Path) -> None:
+    """The uplink sends each epoch from its oldest unacked message, at most ``keep_first`` of
+    them unacked: the collector may already hold those, so a full spool tombstones only later
+    telemetry (a tombstone for a message the collector stored would make the agent count a
+    drop the collector never sees, and the resent tombstone a conflict)."""
+    one = len(_telemetry(1, 1).payload)
+    spool = Spool(tmp_path / "s.db", max_bytes=5 * one, keep_first=3)
+    for seq in range(1, 12):
+        spool.append(_telemetry(1, seq))
+    kinds = {m.sequence: m.kind for m in spool.iter_all()}
+    assert [kinds[s] for s in (1, 2, 3)] == ["telemetry"] * 3  # possibly in flight: kept
+    dropped = [s for s, k in kinds.items() if k == "dropped"]
+    assert dropped and dropped[0] == 4  # the oldest after them went first
+    assert spool.stats().dropped_messages_total == len(dropped)
+    assert spool.ack(1, 3) == 3  # once acked, the next oldest are the ones in flight
+    spool.append(_telemetry(1, 12))
+    kinds = {m.sequence: m.kind for m in spool.iter_all()}
+    assert min(kinds) == 4

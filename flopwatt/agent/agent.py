@@ -19,7 +19,7 @@ from flopwatt.agent.devices.base import Backend, Device
 from flopwatt.agent.jobs.runner import JobRunner
 from flopwatt.agent.sampler import Sampler
 from flopwatt.agent.spool import Spool, SpooledMessage, SpoolStats
-from flopwatt.agent.uplink import Uplink
+from flopwatt.agent.uplink import UPLINK_WINDOW, Uplink
 from flopwatt.channel import ClientCredentials
 from flopwatt.records import (
     AgentMessage,
@@ -70,7 +70,9 @@ class Agent:
         self.backend = backend
         self.epoch = epoch if epoch is not None else (secrets.randbits(64) or 1)
         self.devices: list[Device] = backend.devices()
-        self.spool = Spool(config.spool_path, max_bytes=config.spool_max_bytes)
+        self.spool = Spool(
+            config.spool_path, max_bytes=config.spool_max_bytes, keep_first=UPLINK_WINDOW
+        )
         self._seq_lock = threading.Lock()
         self._next_seq = 1
         self._last_emit = time.monotonic()
@@ -97,6 +99,7 @@ class Agent:
             self.register,
             self._on_command,
             on_settings=self._on_settings,
+            window=UPLINK_WINDOW,
             ack_timeout_s=config.ack_timeout_s,
             backoff_base_s=config.backoff_base_s,
             backoff_cap_s=config.backoff_cap_s,

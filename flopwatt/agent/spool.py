@@ -70,12 +70,21 @@ class Spool:
     Args:
         path: the SQLite file (created if missing).
         max_bytes: payload bytes kept before old telemetry is dropped (0 = unbounded).
+        keep_first: per epoch, how many of the oldest unacked messages are never replaced by
+            tombstones: the uplink sends in sequence order from the oldest unacked, so these
+            may already be at the collector (the uplink's window). A telemetry message the
+            collector stores while the spool counts it dropped would make the agent's and the
+            collector's drop counts disagree (and its tombstone, resent, a conflict). The
+            spool may exceed ``max_bytes`` by these messages.
     """
 
-    def __init__(self, path: Path, *, max_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(
+        self, path: Path, *, max_bytes: int = 256 * 1024 * 1024, keep_first: int = 0
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_bytes = max_bytes
+        self.keep_first = keep_first
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -120,12 +129,16 @@ class Spool:
 
     def _drop_oldest_telemetry(self) -> None:
         rows = self._db.execute(
-            "SELECT epoch, sequence, LENGTH(payload), samples FROM spool "
-            "WHERE kind = 'telemetry' ORDER BY epoch, sequence"
+            "SELECT epoch, sequence, kind, LENGTH(payload), samples FROM spool "
+            "ORDER BY epoch, sequence"
         ).fetchall()
-        for db_epoch, seq, size, samples in rows:
+        position: dict[int, int] = {}
+        for db_epoch, seq, kind, size, samples in rows:
             if self._bytes <= self.max_bytes:
                 break
+            position[db_epoch] = position.get(db_epoch, 0) + 1
+            if kind != "telemetry" or position[db_epoch] <= self.keep_first:
+                continue  # results are never dropped; the oldest may be in flight
             epoch = _from_db(db_epoch)
             tombstone = agent_pb2.AgentMessage(
                 epoch=epoch,

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
+UPLINK_WINDOW = 8
+"""Messages sent and not yet acked, at most (the spool never drops these: see ``Spool``)."""
+
 
 class AckTimeoutError(RuntimeError):
     """The collector stopped acking: the connection is presumed dead."""
@@ -83,7 +86,7 @@ class Uplink:
         on_command: Callable[[Command], None],
         *,
         on_settings: Callable[[float], None] | None = None,
-        window: int = 8,
+        window: int = UPLINK_WINDOW,
         ack_timeout_s: float = 15.0,
         backoff_base_s: float = 1.0,
         backoff_cap_s: float = 30.0,
