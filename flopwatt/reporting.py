@@ -128,7 +128,6 @@ def tflops_text(v: Any) -> str:
     return f"{t:.1f}" if abs(t) >= 10 else f"{t:.3g}"
 
 
-_tflops = tflops_text
 _pct = _num_fmt(100.0, ".1f", " %")
 _pj = _num_fmt(1e12, ".3f")
 _watts = _num_fmt(1.0, ".0f")
@@ -159,8 +158,8 @@ DISPLAY: Mapping[str, tuple[DisplayColumn, ...]] = {
         _c("precision", "precision"),
         _c("source", "source"),
         _c("gpus_measured", "GPUs", _int_fmt),
-        _c("spec_peak_flops_per_s", "spec peak TFLOP/s", _tflops),
-        _c("sustained_median_flops_per_s", "median sustained TFLOP/s", _tflops),
+        _c("spec_peak_flops_per_s", "spec peak TFLOP/s", tflops_text),
+        _c("sustained_median_flops_per_s", "median sustained TFLOP/s", tflops_text),
         _c("sustained_over_spec_median_ratio", "sustained ÷ spec (median)", _pct),
         _c("sustained_over_spec_min_ratio", "min", _pct),
         _c("sustained_over_spec_max_ratio", "max", _pct),
@@ -182,7 +181,7 @@ DISPLAY: Mapping[str, tuple[DisplayColumn, ...]] = {
         _c("precision", "precision"),
         _c("source", "source"),
         _c("outlier_kind", "direction"),
-        _c("sustained_flops_per_s", "sustained TFLOP/s", _tflops),
+        _c("sustained_flops_per_s", "sustained TFLOP/s", tflops_text),
         _c("sustained_over_cohort_ratio", "÷ cohort median", _times),
         _c("sustained_robust_z", "z sustained", _z),
         _c("measured_j_per_flop", "pJ/FLOP", _pj),
@@ -219,9 +218,9 @@ DISPLAY: Mapping[str, tuple[DisplayColumn, ...]] = {
         _c("source", "source"),
         _c("driver_version", "driver"),
         _c("precision", "precision"),
-        _c("burst_flops_per_s", "burst TFLOP/s", _tflops),
-        _c("sustained_flops_per_s", "sustained TFLOP/s", _tflops),
-        _c("spec_peak_flops_per_s", "spec TFLOP/s", _tflops),
+        _c("burst_flops_per_s", "burst TFLOP/s", tflops_text),
+        _c("sustained_flops_per_s", "sustained TFLOP/s", tflops_text),
+        _c("spec_peak_flops_per_s", "spec TFLOP/s", tflops_text),
         _c("burst_over_spec_ratio", "burst ÷ spec", _pct),
         _c("sustained_over_spec_ratio", "sustained ÷ spec", _pct),
         _c("model_efficiency_ratio", "model eff. (÷ GEMM)", _pct),

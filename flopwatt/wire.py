@@ -10,8 +10,6 @@ and belong to the collector's validation.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import numpy as np
@@ -239,7 +237,6 @@ def telemetry_to_proto(b: TelemetryBatch) -> telemetry_pb2.TelemetryBatch:
 
 _COLUMN_GETTERS = tuple((spec, operator.attrgetter(spec.name)) for spec in TELEMETRY_COLUMNS)
 _TS_GETTER = operator.attrgetter("timestamp_unix_ns")
-_DTYPES = {spec.name: spec.dtype for spec in TELEMETRY_COLUMNS}
 _UUID_GETTER = operator.attrgetter("device_uuid")
 _SERIES_GETTER = operator.attrgetter(
     "device_uuid", "timestamp_unix_ns", *(spec.name for spec in TELEMETRY_COLUMNS)
@@ -297,25 +294,15 @@ def telemetry_from_proto(m: telemetry_pb2.TelemetryBatch) -> TelemetryBatch:
     return TelemetryBatch.from_blocks(blocks, m.missed_ticks)
 
 
-@dataclass(frozen=True)
-class UniformParts:
-    """The checked raw bytes of series that all carry the same columns: what a block is made
-    of before the bytes are joined."""
+def _uniform_block(series: list[telemetry_pb2.DeviceSeries]) -> SeriesBlock | None:
+    """One block for series that all carry the same columns with consistent lengths (one join
+    and one zero-copy view per column); None when they do not (the caller then checks series by
+    series, raising the precise error).
 
-    device_uuids: list[str]
-    lengths: list[int]
-    """Samples per series."""
-    timestamp_parts: list[bytes]
-    columns: dict[str, list[bytes]]
-    """Column name → each series' packed bytes, in column order."""
-
-    @property
-    def signature(self) -> tuple[str, ...]:
-        """The column names, in column order (series with equal signatures join into a block)."""
-        return tuple(self.columns)
-
-
-def _uniform_parts(series: list[telemetry_pb2.DeviceSeries]) -> UniformParts | None:
+    Raises:
+        WireError: a series without device uuid or with a partial timestamp.
+        WireTooLargeError: a series above :data:`MAX_SERIES_SAMPLES` samples.
+    """
     uuids = list(map(_UUID_GETTER, series))
     ts_parts = list(map(_TS_GETTER, series))
     ts_bytes = list(map(len, ts_parts))
@@ -333,36 +320,11 @@ def _uniform_parts(series: list[telemetry_pb2.DeviceSeries]) -> UniformParts | N
             continue
         if sizes != expected[spec.dtype.itemsize]:
             return None  # mixed columns or a bad length: the grouping path sorts out which
-        columns[spec.name] = parts
-    return UniformParts(uuids, lengths, ts_parts, columns)
-
-
-def block_from_parts(parts: Sequence[UniformParts]) -> SeriesBlock:
-    """One block from the series of several :class:`UniformParts` with the same signature, in
-    order (one join and one zero-copy view per column for all of them).
-
-    Raises:
-        ValueError: the parts do not share one signature.
-    """
-    signature = parts[0].signature
-    if any(p.signature != signature for p in parts):
-        raise ValueError("parts with different columns cannot share a block")
-    lengths = [n for p in parts for n in p.lengths]
+        columns[spec.name] = np.frombuffer(b"".join(parts), spec.dtype)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    ts = np.frombuffer(b"".join([b for p in parts for b in p.timestamp_parts]), TIMESTAMP_DTYPE)
-    columns = {
-        name: np.frombuffer(b"".join([b for p in parts for b in p.columns[name]]), _DTYPES[name])
-        for name in signature
-    }
-    return SeriesBlock(tuple(u for p in parts for u in p.device_uuids), offsets, ts, columns)
-
-
-def _uniform_block(series: list[telemetry_pb2.DeviceSeries]) -> SeriesBlock | None:
-    """One block for series that all carry the same columns with consistent lengths; None when
-    they do not (the caller then checks series by series, raising the precise error)."""
-    parts = _uniform_parts(series)
-    return None if parts is None else block_from_parts([parts])
+    ts = np.frombuffer(b"".join(ts_parts), TIMESTAMP_DTYPE)
+    return SeriesBlock(tuple(uuids), offsets, ts, columns)
 
 
 def _raise_precise(series: list[telemetry_pb2.DeviceSeries]) -> NoReturn:

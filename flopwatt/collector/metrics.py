@@ -8,9 +8,10 @@ One walk over the snapshot feeds either of two sinks:
 * :meth:`FleetMetrics.render_text` — the same families written straight to the Prometheus text
   format: with each series' text up to its value kept across scrapes it renders a fleet of
   thousands of GPUs several times faster than formatting every sample through
-  ``generate_latest``. ``/metrics`` uses :meth:`FleetMetrics.render_text_async`, the same walk
-  in steps on the collector's event loop, so a scrape never holds the loop (or the GIL) that
-  reads agent streams and sends acks for more than a few milliseconds at a time.
+  ``generate_latest``. ``/metrics`` runs it in a child forked for the scrape
+  (:mod:`flopwatt.collector.forked_render`); where that is not possible,
+  :meth:`FleetMetrics.render_text_async` runs the same walk in steps on the collector's event
+  loop, so a scrape never holds the loop that sends acks for more than a few milliseconds.
 
 Families come from :mod:`flopwatt.metrics_spec`. Per-GPU series of an agent silent for longer
 than the staleness window are left out rather than repeating old values; the agent's
@@ -88,23 +89,24 @@ class _Gpu:
         self.standard_text: _Standard | None = None
 
     def standard(self, sku_match: str, pci_bus_id: str) -> _Standard:
-        """The prefixes of the series every device has (info, telemetry, throttle, limit), in
-        the order the text sink writes them."""
+        """The series every device has (info, telemetry, throttle, power limit) with their
+        kept text, built once per (registry match, PCI bus id)."""
         key = (sku_match, pci_bus_id)
         if self.standard_text is None or self.standard_key != key:
             self.standard_key = key
+            values: list[tuple[str, tuple[str, ...], str, str, float]] = [
+                (name, (kind,), self.prefix(name, (kind,)), column, 1.0)
+                for column, name, kind in _LATEST_KIND
+            ]
+            values += [
+                (name, (), self.prefix(name, ()), column, scale)
+                for column, name, scale in _LATEST_SIMPLE
+            ]
             self.standard_text = _Standard(
-                info=self.prefix("flopwatt_gpu_info", key) + "1.0",
-                values=[
-                    (name, self.prefix(name, (kind,)), column, 1.0)
-                    for column, name, kind in _LATEST_KIND
-                ]
-                + [
-                    (name, self.prefix(name, ()), column, scale)
-                    for column, name, scale in _LATEST_SIMPLE
-                ],
+                info=("flopwatt_gpu_info", key, self.prefix("flopwatt_gpu_info", key)),
+                values=values,
                 throttle=[
-                    (self.prefix("flopwatt_gpu_throttle_active", (reason,)), bit)
+                    ((reason,), self.prefix("flopwatt_gpu_throttle_active", (reason,)), bit)
                     for reason, bit in _THROTTLE
                 ],
                 limit=self.prefix("flopwatt_gpu_power_limit_watts", ()),
@@ -123,15 +125,35 @@ class _Gpu:
 
 @dataclass(frozen=True, slots=True)
 class _Standard:
-    """One device's kept text for its standard series (see :meth:`_Gpu.standard`)."""
+    """One device's standard series and their kept text (see :meth:`_Gpu.standard`)."""
 
-    info: str
-    """The whole info line."""
-    values: list[tuple[str, str, str, float]]
-    """(family, prefix, latest column, scale to base units) per telemetry series."""
-    throttle: list[tuple[str, int]]
-    """(prefix, reason bit) per throttle reason."""
+    info: tuple[str, tuple[str, ...], str]
+    """(family, label values after the GPU labels, prefix) of the info series."""
+    values: list[tuple[str, tuple[str, ...], str, str, float]]
+    """(family, label values after the GPU labels, prefix, latest column, scale to base units)
+    per telemetry series."""
+    throttle: list[tuple[tuple[str, ...], str, int]]
+    """(label values after the GPU labels, prefix, reason bit) per throttle reason."""
     limit: str
+    """Prefix of the power-limit series."""
+
+    def series(self, d: DeviceState) -> Iterator[tuple[str, tuple[str, ...], str, float]]:
+        """(family, label values after the GPU labels, prefix, value) of each standard series
+        ``d`` has now: the one place that says which exist and what their values are."""
+        yield (*self.info, 1.0)
+        v = d.latest
+        for name, extra, prefix, column, scale in self.values:
+            x = v.get(column)
+            if x is not None:
+                yield name, extra, prefix, float(x) * scale
+        mask = v.get("throttle_reasons")
+        if mask is not None:
+            m = int(mask)
+            for extra, prefix, bit in self.throttle:
+                yield "flopwatt_gpu_throttle_active", extra, prefix, 1.0 if m & bit else 0.0
+        limit = v.get("power_limit_w", d.info.power_limit_enforced_w)
+        if limit is not None:
+            yield "flopwatt_gpu_power_limit_watts", (), self.limit, float(limit)
 
 
 class _View(Protocol):
@@ -181,7 +203,9 @@ class _FamilySink:
             self.families[name].add_metric([*dev.values, *extra], value)
 
     def standard(self, dev: _Gpu, d: DeviceState) -> None:
-        self.gpu(dev, _standard_rows(d))
+        families, labels = self.families, dev.values
+        for name, extra, _, value in dev.standard(d.sku_match, d.info.pci_bus_id).series(d):
+            families[name].add_metric([*labels, *extra], value)
 
     def plain(self, name: str, values: tuple[str, ...], value: float) -> None:
         self.families[name].add_metric(list(values), value)
@@ -203,27 +227,10 @@ class _TextSink:
             lines[name].append(prefix + repr(float(value)))
 
     def standard(self, dev: _Gpu, d: DeviceState) -> None:
-        # What _standard_rows(d) gives, written from the device's kept text: a scrape of
-        # thousands of GPUs is mostly these lines (checked equal in the tests).
-        t = dev.standard_text
-        if t is None or dev.standard_key != (d.sku_match, d.info.pci_bus_id):
-            t = dev.standard(d.sku_match, d.info.pci_bus_id)
+        # From the device's kept text: a scrape of thousands of GPUs is mostly these lines.
         lines = self.lines
-        lines["flopwatt_gpu_info"].append(t.info)
-        v = d.latest
-        for name, prefix, column, scale in t.values:
-            x = v.get(column)
-            if x is not None:
-                lines[name].append(prefix + repr(float(x) * scale))
-        mask = v.get("throttle_reasons")
-        if mask is not None:
-            m = int(mask)
-            throttle = lines["flopwatt_gpu_throttle_active"]
-            for prefix, bit in t.throttle:
-                throttle.append(prefix + ("1.0" if m & bit else "0.0"))
-        limit = v.get("power_limit_w", d.info.power_limit_enforced_w)
-        if limit is not None:
-            lines["flopwatt_gpu_power_limit_watts"].append(t.limit + repr(float(limit)))
+        for name, _, prefix, value in dev.standard(d.sku_match, d.info.pci_bus_id).series(d):
+            lines[name].append(prefix + repr(value))
 
     def plain(self, name: str, values: tuple[str, ...], value: float) -> None:
         labels = BY_NAME[name].labels
@@ -459,30 +466,6 @@ def _labels(d: DeviceState) -> tuple[str, ...]:
         d.sku or "unknown",
         "sim" if d.info.simulated else "hardware",
     )
-
-
-def _standard_rows(d: DeviceState) -> list[tuple[str, tuple[str, ...], float]]:
-    """A device's standard series (info, telemetry, throttle, power limit) as rows of
-    (family, label values after the GPU labels, value)."""
-    info = d.info
-    rows: list[tuple[str, tuple[str, ...], float]] = [
-        ("flopwatt_gpu_info", (d.sku_match, info.pci_bus_id), 1.0)
-    ]
-    v = d.latest
-    for column, name, kind in _LATEST_KIND:
-        if column in v:
-            rows.append((name, (kind,), v[column]))
-    for column, name, scale in _LATEST_SIMPLE:
-        if column in v:
-            rows.append((name, (), v[column] * scale))
-    if "throttle_reasons" in v:
-        mask = int(v["throttle_reasons"])
-        for reason, bit in _THROTTLE:
-            rows.append(("flopwatt_gpu_throttle_active", (reason,), 1.0 if mask & bit else 0.0))
-    limit = v.get("power_limit_w", info.power_limit_enforced_w)
-    if limit is not None:
-        rows.append(("flopwatt_gpu_power_limit_watts", (), limit))
-    return rows
 
 
 def _spec_efficiency(spec: GpuSpec, precision: str, delivered_flops_per_s: float) -> float | None:
