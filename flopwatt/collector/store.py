@@ -7,6 +7,15 @@ packed little-endian array — and results, comparisons and jobs as rows. The pr
 (agent, epoch, sequence) of ``messages`` makes storage exactly-once: a resent message is a
 duplicate; the same key with a different payload keeps the first copy and counts a conflict.
 
+Stream progress (``stream_progress.committed_through``, what acks report) is the highest
+sequence up to which every message of the epoch is stored, and the store keeps it so whatever
+fails: a message is stored only when it is the next of its epoch (sequence = progress + 1);
+one whose predecessor is not stored — because the commit holding the predecessor failed while
+a later commit went through — is not stored but answered :attr:`Outcome.OUT_OF_ORDER`, and the
+agent resends it after the predecessor. A message found already stored at progress + 1 (a
+database written by an older version that stored such messages) moves progress forward over
+every contiguous stored sequence; opening a database repairs any such stream at once.
+
 The schema is versioned from the first release; :data:`MIGRATIONS` brings any older file up to
 date on open. The SQL is plain enough to run on PostgreSQL (BLOB ↔ BYTEA) behind the same
 interface.
@@ -14,9 +23,12 @@ interface.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import logging
 import operator
+import os
 import sqlite3
 import struct
 import threading
@@ -53,6 +65,9 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     CONFLICT = "conflict"
     REJECTED = "rejected"
+    OUT_OF_ORDER = "out_of_order"
+    """Not stored: an earlier sequence of the epoch is not stored yet (its commit failed); the
+    agent resends this one after it."""
 
 
 ChunkRow = tuple[str, int, int, int, bytes]
@@ -89,6 +104,9 @@ class MessageWrite:
     """The validated telemetry already packed as stored chunks, one per series in message
     order (the writer packs them straight from the wire bytes); None: the store packs
     ``blocks`` itself."""
+    resend: bool = False
+    """A resend of a message this stream already submitted: it carries only its digest (to
+    tell a duplicate from a conflict), never its payload, so it is never stored."""
 
     @property
     def samples(self) -> int:
@@ -414,6 +432,16 @@ PAGE_SIZE_BYTES = 8192
 commit's inserts touch fewer pages (about a fifth less CPU per message than 4 KiB, measured on
 the ingest micro-benchmark). An existing database keeps the page size it was created with."""
 
+BUSY_TIMEOUT_MS = 10_000
+"""How long a write waits for another connection's write lock before it fails, by default
+(ms)."""
+WAL_KEEP_BYTES = 16 * 1024 * 1024
+"""WAL file size kept after a checkpoint resets it (larger is truncated to this)."""
+PROBE_BYTES = 1024 * 1024
+"""What a health probe writes (and removes) to find out whether the store can commit."""
+PROBE_FREE_BYTES = 4 * 1024 * 1024
+"""Free space a health probe waits for on the database's file system before it writes."""
+
 CHUNK_MAGIC = b"FWT1"
 _CHUNK_HEADER = struct.Struct("<4sII")
 
@@ -552,6 +580,8 @@ class SQLiteStore:
             seconds (PASSIVE: it never blocks a commit). Without it SQLite checkpoints inside
             whichever commit crosses 1,000 WAL pages, copying megabytes and syncing the database
             file on the committing (and acking) path. Used by the collector's writer process.
+        busy_timeout_s: how long a write waits for another connection's (or process's) write
+            lock before it fails.
     """
 
     def __init__(
@@ -560,8 +590,10 @@ class SQLiteStore:
         *,
         clock: Callable[[], int] = time.time_ns,
         checkpoint_interval_s: float | None = None,
+        busy_timeout_s: float = BUSY_TIMEOUT_MS / 1000,
     ) -> None:
         self.path = Path(path)
+        self._busy_timeout_ms = round(busy_timeout_s * 1000)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
         self._write_lock = threading.Lock()
@@ -570,6 +602,10 @@ class SQLiteStore:
         self._readers_lock = threading.Lock()
         self._conn = self._connect()
         self._migrate()
+        self._ragged: set[tuple[str, int]] = set()
+        """(agent, db epoch) with messages stored above a hole (left by an older version)."""
+        self.repaired_streams = self._repair_progress()
+        """Streams whose progress lagged behind what was stored (fixed on open)."""
         self._checkpoint_stop = threading.Event()
         self._checkpointer: threading.Thread | None = None
         if checkpoint_interval_s is not None:
@@ -595,7 +631,9 @@ class SQLiteStore:
         conn.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed (and therefore acked) transaction survives power loss.
         conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+        # After a checkpoint resets the WAL, keep at most this much of the file.
+        conn.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
         return conn
 
     def _reader(self) -> sqlite3.Connection:
@@ -610,14 +648,24 @@ class SQLiteStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._write_lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._write_lock, self._transaction_unlocked() as c:
+            yield c
+
+    @contextmanager
+    def _transaction_unlocked(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction on the write connection (the caller holds the write lock)."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
             self._conn.execute("COMMIT")
+        except BaseException:
+            # Also after a failed COMMIT: SQLite keeps the transaction open after some failures
+            # (SQLITE_BUSY) and rolls it back itself after others (SQLITE_FULL, I/O errors),
+            # and the connection must be usable for the next batch either way.
+            if self._conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+            raise
 
     def _migrate(self) -> None:
         with self._transaction() as c:
@@ -636,10 +684,111 @@ class SQLiteStore:
                     c.execute(statement)
                 c.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
 
+    def _repair_progress(self) -> int:
+        """Move every stream's progress forward over messages already stored right after it,
+        and note the streams that still have messages stored above a hole.
+
+        Before stream progress was kept through failed commits, a commit that failed while the
+        next one went through left messages stored beyond progress that never moved it (their
+        resends counted as duplicates), wedging the agent's acks for good. One indexed lookup
+        per stream; returns how many streams were repaired (logged). Streams with messages
+        above a hole (:attr:`_ragged`) take the one-by-one path until the hole is filled.
+        """
+        repaired = 0
+        with self._transaction() as c:
+            rows = c.execute(
+                "SELECT agent_id, epoch, committed_through FROM stream_progress"
+            ).fetchall()
+            for row in rows:
+                key = (row["agent_id"], row["epoch"])
+                before = int(row["committed_through"])
+                after, above = self._walk(c, key[0], key[1], before)
+                if above:
+                    self._ragged.add(key)
+                if after > before:
+                    c.execute(
+                        "UPDATE stream_progress SET committed_through=? WHERE agent_id=? "
+                        "AND epoch=?",
+                        (after, *key),
+                    )
+                    repaired += 1
+        if repaired:
+            log.warning(
+                "repaired the progress of %d agent streams that lagged behind stored messages "
+                "(left by a failed commit in an earlier version)",
+                repaired,
+            )
+        return repaired
+
+    @staticmethod
+    def _walk(
+        c: sqlite3.Connection, agent_id: str, db_epoch: int, committed: int
+    ) -> tuple[int, bool]:
+        """(the highest sequence up to which every message after ``committed`` is stored,
+        whether messages are stored above a hole after it)."""
+        for (sequence,) in c.execute(
+            "SELECT sequence FROM messages WHERE agent_id=? AND epoch=? AND sequence>? "
+            "ORDER BY sequence",
+            (agent_id, db_epoch, committed),
+        ):
+            if sequence != committed + 1:
+                return committed, True
+            committed = sequence
+        return committed, False
+
     def schema_version(self) -> int:
         """The schema version of the open file."""
         row = self._reader().execute("SELECT MAX(version) AS v FROM schema_version").fetchone()
         return int(row["v"])
+
+    def checkpoint_if_larger(self, limit_bytes: int) -> bool:
+        """Checkpoint the WAL and truncate it when the file is larger than ``limit_bytes``
+        (returns whether it did). The background checkpointer is PASSIVE and can fall behind
+        a steady stream of commits (with slow fsync it never caught up and the WAL grew by
+        hundreds of megabytes); this one waits for readers and holds the next commit up, which
+        throttles intake instead. Errors (readers that will not let go) are left to the next
+        call."""
+        try:
+            size = self.path.with_name(self.path.name + "-wal").stat().st_size
+        except OSError:
+            return False
+        if size <= limit_bytes:
+            return False
+        with self._write_lock:
+            try:
+                self._conn.execute("PRAGMA busy_timeout=2000")
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error as exc:
+                log.debug("WAL truncation skipped: %s", exc)
+                return False
+            finally:
+                self._conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+        return True
+
+    def probe(self, size_bytes: int = PROBE_BYTES, free_bytes: int = PROBE_FREE_BYTES) -> None:
+        """Check that the store can commit now: the database's file system has ``free_bytes``
+        free, and a transaction writing ``size_bytes`` commits (it is removed again). Used
+        while the collector cannot commit, to find out when it can again.
+
+        Raises:
+            sqlite3.Error, OSError: it cannot (the message says why).
+        """
+        stat = os.statvfs(self.path.parent)
+        free = stat.f_bavail * stat.f_frsize
+        if free < free_bytes:
+            raise OSError(
+                errno.ENOSPC, f"{free / 2**20:.1f} MiB free, waiting for {free_bytes / 2**20:.0f}"
+            )
+        with self._write_lock:
+            self._conn.execute("PRAGMA busy_timeout=1000")
+            try:
+                with self._transaction_unlocked() as c:
+                    c.execute("CREATE TABLE IF NOT EXISTS store_probe (data BLOB NOT NULL)")
+                    c.execute("INSERT INTO store_probe VALUES (zeroblob(?))", (size_bytes,))
+                with self._transaction_unlocked() as c:
+                    c.execute("DELETE FROM store_probe")
+            finally:
+                self._conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
 
     def _checkpoint_loop(self, interval_s: float) -> None:
         conn = self._connect()
@@ -688,16 +837,43 @@ class SQLiteStore:
         writes: Sequence[MessageWrite],
         progress: dict[tuple[str, int], int],
     ) -> list[WriteOutcome]:
-        """Apply a batch with one ``executemany`` per table for messages that are next in
-        sequence (the steady state); resends and rejections take :meth:`_apply_one`."""
+        """Apply a batch with one ``executemany`` per table for runs of messages that are next
+        in sequence (the steady state); resends, rejections and anything out of order take
+        :meth:`_apply_one`, after the run before them is inserted (it looks at what is
+        stored)."""
         dirty: set[tuple[str, int]] = set()
         outcomes: list[WriteOutcome] = []
         message_rows: list[tuple[Any, ...]] = []
         chunk_rows: list[tuple[Any, ...]] = []
+
+        def flush() -> None:
+            c.executemany(
+                "INSERT INTO messages (agent_id, epoch, sequence, kind, digest, "
+                "received_unix_ns, status, detail, samples) VALUES (?,?,?,?,?,?,?,?,?)",
+                message_rows,
+            )
+            self._insert_chunks(c, chunk_rows)
+            c.executemany(
+                "INSERT INTO stream_progress (agent_id, epoch, committed_through) VALUES (?,?,?) "
+                "ON CONFLICT (agent_id, epoch) DO UPDATE SET committed_through = "
+                "excluded.committed_through",
+                [(agent, epoch, progress[(agent, epoch)]) for agent, epoch in dirty],
+            )
+            message_rows.clear()
+            chunk_rows.clear()
+            dirty.clear()
+
         for w in writes:
             db_epoch = epoch_to_db(w.epoch)
             committed = self._committed(c, w.agent_id, db_epoch, progress)
-            if w.sequence != committed + 1 or w.rejected_detail:
+            if (
+                w.sequence != committed + 1
+                or w.rejected_detail
+                or w.resend
+                or (self._ragged and (w.agent_id, db_epoch) in self._ragged)
+            ):
+                if message_rows:
+                    flush()
                 outcomes.append(self._apply_one(c, w, progress))
                 continue
             samples = w.dropped_samples if w.kind == "dropped" else w.samples
@@ -718,18 +894,8 @@ class SQLiteStore:
             progress[(w.agent_id, db_epoch)] = w.sequence
             dirty.add((w.agent_id, db_epoch))
             outcomes.append(WriteOutcome(Outcome.STORED, w.sequence))
-        c.executemany(
-            "INSERT INTO messages (agent_id, epoch, sequence, kind, digest, "
-            "received_unix_ns, status, detail, samples) VALUES (?,?,?,?,?,?,?,?,?)",
-            message_rows,
-        )
-        self._insert_chunks(c, chunk_rows)
-        c.executemany(
-            "INSERT INTO stream_progress (agent_id, epoch, committed_through) VALUES (?,?,?) "
-            "ON CONFLICT (agent_id, epoch) DO UPDATE SET committed_through = "
-            "excluded.committed_through",
-            [(agent, epoch, progress[(agent, epoch)]) for agent, epoch in dirty],
-        )
+        if message_rows:
+            flush()
         return outcomes
 
     @staticmethod
@@ -760,9 +926,28 @@ class SQLiteStore:
         status = Outcome.REJECTED if w.rejected_detail else Outcome.STORED
         samples = w.dropped_samples if w.kind == "dropped" else w.samples
         db_epoch = epoch_to_db(w.epoch)
-        cur = c.execute(
+        key = (w.agent_id, db_epoch)
+        committed = self._committed(c, w.agent_id, db_epoch, progress)
+        if w.sequence > committed + 1:
+            # Its predecessor is not stored (that commit failed): storing this one now would
+            # leave a hole below it that progress could never pass.
+            return WriteOutcome(Outcome.OUT_OF_ORDER, committed)
+        row = c.execute(
+            "SELECT digest FROM messages WHERE agent_id=? AND epoch=? AND sequence=?",
+            (w.agent_id, db_epoch, w.sequence),
+        ).fetchone()
+        if row is not None:
+            same = bytes(row["digest"]) == w.digest
+            if w.sequence == committed + 1:
+                committed = self._advance(c, key, committed, progress)
+            return WriteOutcome(Outcome.DUPLICATE if same else Outcome.CONFLICT, committed)
+        if w.resend:
+            # Not stored, and this copy carries no payload: the stream's first copy was in a
+            # commit that failed; the agent sends it again in full after a reconnect.
+            return WriteOutcome(Outcome.OUT_OF_ORDER, committed)
+        c.execute(
             "INSERT INTO messages (agent_id, epoch, sequence, kind, digest, received_unix_ns, "
-            "status, detail, samples) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+            "status, detail, samples) VALUES (?,?,?,?,?,?,?,?,?)",
             (
                 w.agent_id,
                 db_epoch,
@@ -775,28 +960,34 @@ class SQLiteStore:
                 samples,
             ),
         )
-        committed = self._committed(c, w.agent_id, db_epoch, progress)
-        if cur.rowcount == 0:
-            row = c.execute(
-                "SELECT digest FROM messages WHERE agent_id=? AND epoch=? AND sequence=?",
-                (w.agent_id, db_epoch, w.sequence),
-            ).fetchone()
-            same = bytes(row["digest"]) == w.digest
-            return WriteOutcome(Outcome.DUPLICATE if same else Outcome.CONFLICT, committed)
         if status is Outcome.STORED:
             rows: list[tuple[Any, ...]] = []
             self._store_payload(c, w, rows)
             self._insert_chunks(c, rows)
-        if w.sequence == committed + 1:
-            committed = w.sequence
-            progress[(w.agent_id, db_epoch)] = committed
+        committed = self._advance(c, key, committed, progress)
+        return WriteOutcome(status, committed)
+
+    def _advance(
+        self,
+        c: sqlite3.Connection,
+        key: tuple[str, int],
+        committed: int,
+        progress: dict[tuple[str, int], int],
+    ) -> int:
+        """Move ``key``'s progress over every contiguous stored message after ``committed``
+        (the one just stored, and any an older version stored ahead of its predecessor)."""
+        after, above = self._walk(c, key[0], key[1], committed)
+        if not above:
+            self._ragged.discard(key)
+        if after != committed:
+            progress[key] = after
             c.execute(
                 "INSERT INTO stream_progress (agent_id, epoch, committed_through) VALUES (?,?,?) "
                 "ON CONFLICT (agent_id, epoch) DO UPDATE SET committed_through = "
                 "excluded.committed_through",
-                (w.agent_id, db_epoch, committed),
+                (*key, after),
             )
-        return WriteOutcome(status, committed)
+        return after
 
     def _store_payload(
         self, c: sqlite3.Connection, w: MessageWrite, rows: list[tuple[Any, ...]]
