@@ -24,12 +24,13 @@ from flopwatt.collector.store import (
     unpack_chunk,
 )
 from flopwatt.collector.telemetry_prep import TelemetryPreparer
-from flopwatt.collector.validate import POWER_LIMIT_FACTOR, validate_series
-from flopwatt.collector.writer import DeviceUpdate, ProcessStoreWriter, apply_batch
+from flopwatt.collector.validate import POWER_LIMIT_FACTOR, DeviceLimits, validate_series
+from flopwatt.collector.writer import ProcessStoreWriter, apply_batch
 from flopwatt.records import DeviceInfo, DeviceSeries, NodeInfo, SeriesBlock
 from tests.collector_helpers import telemetry_pb
 
 NOW = 1_800_000_000 * 10**9
+LIMIT_700 = DeviceLimits(power_limit_w=700.0)
 
 
 def _series(
@@ -48,7 +49,7 @@ def _series(
 
 def test_validation_keeps_good_samples_and_counts_each_bad_one_once() -> None:
     s = _series([100.0, math.nan, -1.0, 700 * POWER_LIMIT_FACTOR + 1, 200.0, math.inf])
-    good, counts = validate_series(s, now_unix_ns=NOW, power_limit_w=700.0)
+    good, counts = validate_series(s, now_unix_ns=NOW, limits=LIMIT_700)
     assert good.columns["power_instant_w"].tolist() == [100.0, 200.0]
     assert good.timestamp_unix_ns.tolist() == [NOW, NOW + 4]
     assert good.columns["sm_clock_mhz"].tolist() == [1980, 1980]
@@ -56,18 +57,19 @@ def test_validation_keeps_good_samples_and_counts_each_bad_one_once() -> None:
 
 
 def test_per_sample_power_limit_column_wins_and_unknown_limit_skips_the_check() -> None:
-    s = _series([500.0, 500.0], limit=[300.0, 0.0])
-    good, counts = validate_series(s, now_unix_ns=NOW, power_limit_w=None)
-    assert counts == {"power_above_limit": 1}  # 500 > 1.5 × 300; no usable limit for the 2nd
+    s = _series([500.0, 500.0, 500.0], limit=[300.0, 800.0, 0.0])
+    good, counts = validate_series(s, now_unix_ns=NOW, limits=None)
+    # 500 > 1.5 × 300; 800 allows 1200; a limit of 0 W is no limit (the sample is refused)
+    assert counts == {"power_above_limit": 1, "power_limit_out_of_range": 1}
     assert good.columns["power_instant_w"].tolist() == [500.0]
-    _, counts = validate_series(_series([5000.0]), now_unix_ns=NOW, power_limit_w=None)
+    _, counts = validate_series(_series([5000.0]), now_unix_ns=NOW, limits=None)
     assert counts == {}
 
 
 def test_timestamps_in_the_future_or_invalid() -> None:
     ten_min = 600 * 10**9
     s = _series([1.0, 1.0, 1.0], ts=[NOW + ten_min, NOW + ten_min + 1, 0])
-    _, counts = validate_series(s, now_unix_ns=NOW, power_limit_w=700.0)
+    _, counts = validate_series(s, now_unix_ns=NOW, limits=LIMIT_700)
     assert counts == {"timestamp_future": 1, "timestamp_invalid": 1}
 
 
@@ -77,7 +79,7 @@ def test_other_non_finite_values_are_rejected() -> None:
         np.array([NOW, NOW + 1], dtype=np.int64),
         {"gpu_temperature_c": np.array([40.0, math.nan], dtype=np.float32)},
     )
-    good, counts = validate_series(s, now_unix_ns=NOW, power_limit_w=None)
+    good, counts = validate_series(s, now_unix_ns=NOW, limits=None)
     assert counts == {"value_not_finite": 1} and len(good) == 1
 
 
@@ -212,16 +214,23 @@ def test_batch_reports_each_devices_newest_values_once(tmp_path: Path) -> None:
     that last message."""
     store = SQLiteStore(tmp_path / "s.db")
     preparer = TelemetryPreparer()
+    preparer.update_devices("a", {"GPU-0": DeviceLimits(), "GPU-1": DeviceLimits()})
     t0 = time.time_ns() - 10**9
 
     def telemetry(seq: int, uuid: str, power: float, t_ns: int) -> MessageWrite:
-        wire = telemetry_pb(1, seq, uuid, n=3, t0_ns=t_ns, power_w=power).telemetry
+        energy = [float(seq * 10 + i) for i in range(3)]  # rising across messages
+        wire = telemetry_pb(1, seq, uuid, n=3, t0_ns=t_ns, power_w=power, energy_j=energy)
         return MessageWrite(
-            "a", 1, seq, "telemetry", b"%d" % seq, NOW, telemetry_wire=wire.SerializeToString()
+            "a",
+            1,
+            seq,
+            "telemetry",
+            b"%d" % seq,
+            NOW,
+            telemetry_wire=wire.telemetry.SerializeToString(),
         )
 
     entries = [
-        DeviceUpdate("a", {"GPU-0": None, "GPU-1": None}),
         telemetry(1, "GPU-0", 100.0, t0),
         telemetry(2, "GPU-1", 200.0, t0),
         telemetry(3, "GPU-0", 300.0, t0 + 10**8),
@@ -229,6 +238,7 @@ def test_batch_reports_each_devices_newest_values_once(tmp_path: Path) -> None:
     out = apply_batch(store, preparer, entries)
     store.close()
     assert [o.outcome for o in out] == [Outcome.STORED] * 3
+    assert [o.rejected_samples for o in out] == [{}] * 3
     assert out[0].latest == () and out[1].latest == ()
     state = FleetState()
     state.register(
@@ -276,38 +286,48 @@ def test_block_chunks_equal_per_device_chunks(lengths: list[int]) -> None:
 def test_joined_messages_with_a_bad_sample_count_rejections_per_message(tmp_path: Path) -> None:
     """When the joined block of a commit has a bad sample, rejections are still counted on the
     message that carried it, and the clean messages keep every sample; a message naming a
-    device its agent did not register is rejected whole without touching the others."""
+    device its agent did not register is stored without telemetry, its series counted as
+    rejected, without touching the others."""
     store = SQLiteStore(tmp_path / "s.db")
     t0 = time.time_ns() - 10**9
 
     def telemetry(seq: int, uuid: str, power: list[float]) -> MessageWrite:
         t = t0 + seq * 10**8  # later messages carry later samples
-        wire = telemetry_pb(1, seq, uuid, n=len(power), t0_ns=t, power_w=power).telemetry
+        energy = [seq * 10.0 + i for i in range(len(power))]  # and more energy
+        wire = telemetry_pb(1, seq, uuid, n=len(power), t0_ns=t, power_w=power, energy_j=energy)
         return MessageWrite(
-            "a", 1, seq, "telemetry", b"%d" % seq, NOW, telemetry_wire=wire.SerializeToString()
+            "a",
+            1,
+            seq,
+            "telemetry",
+            b"%d" % seq,
+            NOW,
+            telemetry_wire=wire.telemetry.SerializeToString(),
         )
 
+    preparer = TelemetryPreparer()
+    preparer.update_devices("a", {"GPU-0": LIMIT_700, "GPU-1": LIMIT_700})
     out = apply_batch(
         store,
-        TelemetryPreparer(),
+        preparer,
         [
-            DeviceUpdate("a", {"GPU-0": 700.0, "GPU-1": 700.0}),
             telemetry(1, "GPU-0", [300.0, 301.0, 302.0]),
             telemetry(2, "GPU-1", [300.0, math.nan, 302.0]),
             telemetry(3, "GPU-9", [300.0]),
             telemetry(4, "GPU-0", [303.0, 304.0]),
         ],
     )
-    assert [o.outcome for o in out] == [
-        Outcome.STORED,
-        Outcome.STORED,
-        Outcome.REJECTED,
-        Outcome.STORED,
-    ]
+    assert [o.outcome for o in out] == [Outcome.STORED] * 4
+    assert [o.committed_through for o in out] == [1, 2, 3, 4]
     assert [o.samples for o in out] == [3, 2, 0, 2]
     assert out[0].rejected_samples == {} and out[3].rejected_samples == {}
     assert out[1].rejected_samples == {("GPU-1", "power_not_finite"): 1}
-    assert "GPU-9" in out[2].rejected_detail
+    assert not out[2].rejected_detail and not out[2].reject_code
+    rejected = store.query("SELECT sequence, device_uuid, reason, samples FROM rejected_samples")
+    assert sorted(tuple(r) for r in rejected) == [
+        (2, "GPU-1", "power_not_finite", 1),
+        (3, "GPU-9", "unregistered_device", 1),
+    ]
     rows = store.query("SELECT sequence, device_uuid, n_samples FROM telemetry_chunks")
     assert sorted(tuple(r) for r in rows) == [(1, "GPU-0", 3), (2, "GPU-1", 2), (4, "GPU-0", 2)]
     newest = {
