@@ -17,6 +17,7 @@ reported as unknown with its raw name.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -65,6 +66,12 @@ class Peak:
         return self.flops_per_s / 2
 
 
+def _spec_from_fields(fields: dict[str, Any], proxies: tuple[str, ...]) -> GpuSpec:
+    for k in proxies:
+        fields[k] = MappingProxyType(fields[k])
+    return GpuSpec(**fields)
+
+
 @dataclass(frozen=True)
 class GpuSpec:
     """One SKU's sourced facts. ``None`` means the reference gives no figure (never guessed)."""
@@ -96,6 +103,15 @@ class GpuSpec:
     uncertain: frozenset[str]
     notes: str
     visible_devices_per_package: int = 1
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A spec crosses to the collector's exporter process with the devices that matched it,
+        # but holds read-only mappings, which pickle refuses: pickle those as plain dicts.
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        proxies = tuple(k for k, v in fields.items() if isinstance(v, MappingProxyType))
+        for k in proxies:
+            fields[k] = dict(fields[k])
+        return _spec_from_fields, (fields, proxies)
 
     def is_uncertain(self, field_key: str) -> bool:
         """Whether the reference marks ``field_key`` (its key names: ``tdp``, ``fp16``, ``tcs``…)

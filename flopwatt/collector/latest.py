@@ -2,7 +2,9 @@
 
 One :class:`LatestBlock` covers a whole commit's worth of devices as a matrix rather than a dict
 per device: the writer builds it with a few array operations, it crosses from the writer process
-as raw bytes, and the state turns a device's row into a dict only when a scrape reads it.
+(and on to the exporter process) as raw bytes, and the state scatters it into its newest-values
+table with a few more (:meth:`~flopwatt.collector.state.FleetState.apply_latest`). Values are in
+each column's own unit (``power_instant_w`` in W, ``sm_clock_mhz`` in MHz, ...), as float64.
 """
 
 from __future__ import annotations

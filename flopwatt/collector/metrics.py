@@ -1,65 +1,73 @@
-"""The Prometheus exporter: derives every metric from a snapshot of the fleet state at scrape
-time (no ``Gauge.set`` from RPC handlers).
+"""The Prometheus exporter: ``/metrics`` derived from the fleet state at scrape time (no
+``Gauge.set`` from RPC handlers), written straight to the Prometheus text format 0.0.4.
 
-One walk over the snapshot feeds either of two sinks:
+There is one renderer: :meth:`FleetMetrics.render_bytes` writes the ``/metrics`` body (UTF-8),
+:meth:`FleetMetrics.render_text` is the same body as text. Families, their types, help texts
+and label names come from :mod:`flopwatt.metrics_spec`, in its order; each family is written
+as ``# HELP`` and ``# TYPE`` once, then all its lines. It is built for fleets of thousands of
+GPUs, where a scrape is hundreds of thousands of lines and tens of megabytes:
 
-* :meth:`FleetMetrics.collect` — a custom ``prometheus_client`` Collector yielding metric
-  families (for registries, tests and composition);
-* :meth:`FleetMetrics.render_text` — the same families written straight to the Prometheus text
-  format: with each series' text up to its value kept across scrapes it renders a fleet of
-  thousands of GPUs several times faster than formatting every sample through
-  ``generate_latest``. ``/metrics`` runs it in a child forked for the scrape
-  (:mod:`flopwatt.collector.forked_render`); where that is not possible,
-  :meth:`FleetMetrics.render_text_async` runs the same walk in steps on the collector's event
-  loop, so a scrape never holds the loop that sends acks for more than a few milliseconds.
+* the values are read from the state's newest-values table, copied as two arrays in one short
+  hold of the state's lock (:meth:`~flopwatt.collector.state.FleetState.scrape_view`);
+* each series' text up to its value (``name{labels} ``) is built once per device, when the
+  device is first seen or its labels change, and kept in arrays aligned with the table's rows;
+* each telemetry series kind (say ``flopwatt_gpu_power_watts{kind="instant"}``) is written for
+  all the devices that have its column at once: their kept text and their values' ``repr``
+  interleaved, and the whole body joined once, so a scrape costs little more than formatting
+  the numbers (for 8,000 GPUs, less than a bare format-and-join of as many lines: see
+  ``bench/metrics_render.py``).
 
-Families come from :mod:`flopwatt.metrics_spec`. Per-GPU series of an agent silent for longer
-than the staleness window are left out rather than repeating old values; the agent's
-``last_seen`` timestamp stays, so an operator can still see how long ago it went quiet.
-Spec-sheet and physics figures are per SKU (they are facts about the part, identical for every
-GPU of it) and join GPU series ``on(sku)``.
+Within a GPU family, lines are grouped by the series' own label (``kind``, ``sensor``,
+``resource``, ``reason``) in the order the code lists them, and within a group follow the agents
+(sorted by hostname) and each agent's registered device order; result families follow the
+devices in the same order. Nothing else depends on the order.
+
+Values are in base units: clocks in hertz (the state keeps MHz), power in watts, energy in
+joules, temperatures in °C, utilisation and throttle as 0–1. A value the hardware does not give
+is absent, never zero: a device without a column has no series for it. The throttle bitmask
+becomes one 0/1 series per reason; the power limit is the latest sample's, else the enforced
+limit the device registered with. Per-GPU series of an agent silent for longer than the
+staleness window are left out rather than repeating old values; the agent's ``last_seen``
+timestamp stays, so an operator can still see how long ago it went quiet. A device another
+agent has since registered is written once, under that agent. Spec-sheet and physics figures
+are per SKU (facts about the part, identical for every GPU of it) and join GPU series
+``on(sku)``.
 """
 
 from __future__ import annotations
 
-import asyncio
+import math
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from operator import itemgetter
+from typing import Any
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+import numpy as np
+import numpy.typing as npt
 
 from flopwatt.analysis.comparison import physics_energy_per_flop_j
 from flopwatt.analysis.precision import Precision
 from flopwatt.analysis.registry import GpuSpec
 from flopwatt.analysis.throttle import THROTTLE_BITS
 from flopwatt.collector.state import (
+    COLUMN_INDEX,
     COMMIT_LATENCY_BUCKETS_S,
     AgentState,
     Counters,
     DeviceState,
     FleetState,
+    GemmLatest,
+    ModelLatest,
+    ScrapeView,
 )
-from flopwatt.metrics_spec import BY_NAME, METRICS, MetricType
-
-DEVICES_PER_STEP = 100
-"""Devices rendered between two turns of the event loop (a few milliseconds of work)."""
+from flopwatt.metrics_spec import BY_NAME, GPU_LABELS, METRICS, MetricType
+from flopwatt.records import NodeInfo
 
 _MHZ = 1e6
-_THROTTLE = tuple((reason.value, bit) for reason, bit in THROTTLE_BITS.items())
-_LATEST_SIMPLE = (
-    ("energy_j", "flopwatt_gpu_energy_joules_total", 1.0),
-    ("sm_clock_mhz", "flopwatt_gpu_sm_clock_hertz", _MHZ),
-    ("mem_clock_mhz", "flopwatt_gpu_memory_clock_hertz", _MHZ),
-    ("memory_used_bytes", "flopwatt_gpu_memory_used_bytes", 1.0),
-)
-_LATEST_KIND = (
+# (column, family, value of the family's own label); the column is in the family's unit.
+_KIND_SERIES = (
     ("power_instant_w", "flopwatt_gpu_power_watts", "instant"),
     ("power_average_1s_w", "flopwatt_gpu_power_watts", "average_1s"),
     ("gpu_temperature_c", "flopwatt_gpu_temperature_celsius", "gpu"),
@@ -67,204 +75,239 @@ _LATEST_KIND = (
     ("gpu_utilization_ratio", "flopwatt_gpu_utilization_ratio", "gpu"),
     ("memory_utilization_ratio", "flopwatt_gpu_utilization_ratio", "memory"),
 )
+# (column, family, scale from the column's unit to the family's base unit).
+_SIMPLE_SERIES = (
+    ("energy_j", "flopwatt_gpu_energy_joules_total", 1.0),
+    ("sm_clock_mhz", "flopwatt_gpu_sm_clock_hertz", _MHZ),
+    ("mem_clock_mhz", "flopwatt_gpu_memory_clock_hertz", _MHZ),
+    ("memory_used_bytes", "flopwatt_gpu_memory_used_bytes", 1.0),
+)
+_THROTTLE_FAMILY = "flopwatt_gpu_throttle_active"
+_LIMIT_FAMILY = "flopwatt_gpu_power_limit_watts"
+_THROTTLE_COLUMN = COLUMN_INDEX["throttle_reasons"]
+_LIMIT_COLUMN = COLUMN_INDEX["power_limit_w"]
+
+_SeriesKey = tuple[str, tuple[str, ...]]
+"""(family, values of the labels after the GPU labels)."""
+
+
+@dataclass(frozen=True)
+class _ValueSeries:
+    key: _SeriesKey
+    column: int
+    scale: float
+
+
+_VALUE_SERIES: tuple[_ValueSeries, ...] = (
+    *(_ValueSeries((fam, (kind,)), COLUMN_INDEX[col], 1.0) for col, fam, kind in _KIND_SERIES),
+    *(_ValueSeries((fam, ()), COLUMN_INDEX[col], scale) for col, fam, scale in _SIMPLE_SERIES),
+)
+_THROTTLE_SERIES: tuple[tuple[_SeriesKey, int], ...] = tuple(
+    ((_THROTTLE_FAMILY, (reason.value,)), bit) for reason, bit in THROTTLE_BITS.items()
+)
+_LIMIT_KEY: _SeriesKey = (_LIMIT_FAMILY, ())
+_KEPT_KEYS: tuple[_SeriesKey, ...] = (
+    *(s.key for s in _VALUE_SERIES),
+    *(k for k, _ in _THROTTLE_SERIES),
+    _LIMIT_KEY,
+)
+
+_FAMILIES = tuple(m for m in METRICS if m.scope == "collector")
+_FEW_MIN = 256
+"""Values of one series kind from which repeated values are looked for (see _value_texts)."""
+_FEW_SAMPLE = 128
+_ZERO_ONE: npt.NDArray[np.object_] = np.array([b"0.0", b"1.0"], dtype=object)
+
+_Lines = list[bytes]
+"""Pieces of the body, UTF-8, to be joined: lines that start with their line feed, or series'
+text up to the value and values in turn."""
 
 
 def _escape(value: str) -> str:
+    """A label value escaped for the text format (backslash, double quote, line feed)."""
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-class _Gpu:
-    """A device's GPU label values, their text form escaped once, and each series' text up to
-    its value (``name{labels} ``), built on first use and kept across scrapes while the device's
-    labels stay the same."""
-
-    __slots__ = ("prefixes", "standard_key", "standard_text", "text", "values")
-
-    def __init__(self, values: tuple[str, ...]) -> None:
-        self.values = values
-        names = BY_NAME["flopwatt_gpu_power_watts"].labels  # the GPU label names, in order
-        self.text = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=False))
-        self.prefixes: dict[tuple[str, tuple[str, ...]], str] = {}
-        self.standard_key: tuple[str, str] | None = None
-        self.standard_text: _Standard | None = None
-
-    def standard(self, sku_match: str, pci_bus_id: str) -> _Standard:
-        """The series every device has (info, telemetry, throttle, power limit) with their
-        kept text, built once per (registry match, PCI bus id)."""
-        key = (sku_match, pci_bus_id)
-        if self.standard_text is None or self.standard_key != key:
-            self.standard_key = key
-            values: list[tuple[str, tuple[str, ...], str, str, float]] = [
-                (name, (kind,), self.prefix(name, (kind,)), column, 1.0)
-                for column, name, kind in _LATEST_KIND
-            ]
-            values += [
-                (name, (), self.prefix(name, ()), column, scale)
-                for column, name, scale in _LATEST_SIMPLE
-            ]
-            self.standard_text = _Standard(
-                info=("flopwatt_gpu_info", key, self.prefix("flopwatt_gpu_info", key)),
-                values=values,
-                throttle=[
-                    ((reason,), self.prefix("flopwatt_gpu_throttle_active", (reason,)), bit)
-                    for reason, bit in _THROTTLE
-                ],
-                limit=self.prefix("flopwatt_gpu_power_limit_watts", ()),
-            )
-        return self.standard_text
-
-    def prefix(self, name: str, extra: tuple[str, ...]) -> str:
-        key = (name, extra)
-        text = self.prefixes.get(key)
-        if text is None:
-            labels = BY_NAME[name].labels[len(self.values) :]
-            tail = "".join(f',{n}="{_escape(v)}"' for n, v in zip(labels, extra, strict=True))
-            text = self.prefixes[key] = f"{name}{{{self.text}{tail}}} "
-        return text
+def _header(i: int, name: str, help_text: str, kind: MetricType) -> bytes:
+    escaped = help_text.replace("\\", "\\\\").replace("\n", "\\n")
+    text = f"# HELP {name} {escaped}\n# TYPE {name} {kind.value}"
+    return (text if i == 0 else "\n" + text).encode()
 
 
-@dataclass(frozen=True, slots=True)
-class _Standard:
-    """One device's standard series and their kept text (see :meth:`_Gpu.standard`)."""
-
-    info: tuple[str, tuple[str, ...], str]
-    """(family, label values after the GPU labels, prefix) of the info series."""
-    values: list[tuple[str, tuple[str, ...], str, str, float]]
-    """(family, label values after the GPU labels, prefix, latest column, scale to base units)
-    per telemetry series."""
-    throttle: list[tuple[tuple[str, ...], str, int]]
-    """(label values after the GPU labels, prefix, reason bit) per throttle reason."""
-    limit: str
-    """Prefix of the power-limit series."""
-
-    def series(self, d: DeviceState) -> Iterator[tuple[str, tuple[str, ...], str, float]]:
-        """(family, label values after the GPU labels, prefix, value) of each standard series
-        ``d`` has now: the one place that says which exist and what their values are."""
-        yield (*self.info, 1.0)
-        v = d.latest
-        for name, extra, prefix, column, scale in self.values:
-            x = v.get(column)
-            if x is not None:
-                yield name, extra, prefix, float(x) * scale
-        mask = v.get("throttle_reasons")
-        if mask is not None:
-            m = int(mask)
-            for extra, prefix, bit in self.throttle:
-                yield "flopwatt_gpu_throttle_active", extra, prefix, 1.0 if m & bit else 0.0
-        limit = v.get("power_limit_w", d.info.power_limit_enforced_w)
-        if limit is not None:
-            yield "flopwatt_gpu_power_limit_watts", (), self.limit, float(limit)
+_HEADERS = tuple(_header(i, m.name, m.help, m.type) for i, m in enumerate(_FAMILIES))
 
 
-class _View(Protocol):
-    """What a walk reads: a :class:`FleetSnapshot` or a :class:`LiveView`."""
-
-    @property
-    def agents(self) -> Mapping[str, AgentState]: ...
-
-    @property
-    def counters(self) -> Counters: ...
-
-    def device(self, uuid: str) -> DeviceState | None: ...
+def _num(x: float) -> str:
+    """A sample value as the text format writes it (``repr``; NaN and ±Inf spelt out)."""
+    if math.isfinite(x):
+        return repr(float(x))
+    return "NaN" if math.isnan(x) else ("+Inf" if x > 0 else "-Inf")
 
 
-class _Sink(Protocol):
-    def gpu(self, dev: _Gpu, rows: Sequence[tuple[str, tuple[str, ...], float]]) -> None:
-        """One device's series: (metric name, label values after the GPU labels, value)."""
+def _value_texts(v: npt.NDArray[np.float64]) -> _Lines:
+    """Each value as the text format writes it (see :func:`_num`), UTF-8.
 
-    def standard(self, dev: _Gpu, d: DeviceState) -> None:
-        """One device's standard series (info, telemetry, throttle, power limit)."""
+    ``tolist`` first: ``repr`` of a NumPy float64 is not the same as of a Python float. Where
+    few distinct values repeat (clocks, limits, integer temperatures), each is formatted once.
+    """
+    if len(v) >= _FEW_MIN and len(np.unique(v[:_FEW_SAMPLE])) <= _FEW_SAMPLE // 4:
+        distinct, index = np.unique(v, return_inverse=True)
+        if len(distinct) <= len(v) // 4:
+            texts_of = np.array(_value_texts(distinct), dtype=object)
+            return texts_of[index].tolist()  # type: ignore[no-any-return]
+    texts = list(map(str.encode, map(float.__repr__, v.tolist())))
+    finite = np.isfinite(v)
+    if not finite.all():
+        for i in np.flatnonzero(~finite).tolist():
+            texts[i] = _num(float(v[i])).encode()
+    return texts
 
-    def plain(self, name: str, values: tuple[str, ...], value: float) -> None: ...
 
-    def histogram(self, name: str, buckets: list[tuple[str, float]], total: float) -> None: ...
+def _interleave(prefixes: _Lines, texts: _Lines) -> _Lines:
+    """``[p0, t0, p1, t1, ...]``: each series' text up to its value, then its value."""
+    parts = [b""] * (2 * len(prefixes))
+    parts[0::2] = prefixes
+    parts[1::2] = texts
+    return parts
 
 
-class _FamilySink:
-    """Builds prometheus_client metric families."""
+def _tail(key: _SeriesKey) -> str:
+    """The labels after the GPU labels, as text: ``,kind="instant"}``."""
+    family, extra = key
+    names = BY_NAME[family].labels[len(GPU_LABELS) :]
+    return "".join(f',{n}="{_escape(v)}"' for n, v in zip(names, extra, strict=True)) + "}"
+
+
+def _labels(d: DeviceState) -> tuple[str, ...]:
+    """A device's GPU label values, in the order of :data:`GPU_LABELS`."""
+    return (
+        d.agent_id,
+        d.info.uuid,
+        str(d.info.index),
+        d.info.name,
+        d.sku or "unknown",
+        "sim" if d.info.simulated else "hardware",
+    )
+
+
+class _RowText:
+    """Each table row's kept text: the GPU labels, the info line, and every standard series'
+    text up to its value, in object arrays indexed by row; rebuilt for a row only when the
+    device registered there changes its labels."""
 
     def __init__(self) -> None:
-        self.families: dict[str, Any] = {}
-        for m in METRICS:
-            if m.scope != "collector":
-                continue
-            if m.type is MetricType.COUNTER:
-                fam: Any = CounterMetricFamily(
-                    m.name.removesuffix("_total"), m.help, labels=list(m.labels)
-                )
-            elif m.type is MetricType.HISTOGRAM:
-                fam = HistogramMetricFamily(m.name, m.help, labels=list(m.labels))
-            else:
-                fam = GaugeMetricFamily(m.name, m.help, labels=list(m.labels))
-            self.families[m.name] = fam
+        self.size = 0
+        self.device: list[DeviceState | None] = []
+        self.key: list[tuple[Any, ...] | None] = []
+        self.labels: list[str] = []
+        """The GPU labels as text (``hostname="...",...,source="..."``), per row."""
+        self.info = np.empty(0, dtype=object)
+        self.prefix = {k: np.empty(0, dtype=object) for k in _KEPT_KEYS}
+        self.limit_fallback = np.empty(0, dtype=np.float64)
+        """The registered enforced power limit (W) per row; NaN where there is none."""
+        self._tails = {k: _tail(k) for k in _KEPT_KEYS}
 
-    def gpu(self, dev: _Gpu, rows: Sequence[tuple[str, tuple[str, ...], float]]) -> None:
-        for name, extra, value in rows:
-            self.families[name].add_metric([*dev.values, *extra], value)
+    def update(self, view: ScrapeView) -> None:
+        """Catch up with the devices registered in ``view``."""
+        self._grow(len(view.rows))
+        rows = view.rows
+        for uuid, d in view.devices.items():
+            r = rows[uuid]
+            if self.device[r] is not d:
+                self._build(r, d)
 
-    def standard(self, dev: _Gpu, d: DeviceState) -> None:
-        families, labels = self.families, dev.values
-        for name, extra, _, value in dev.standard(d.sku_match, d.info.pci_bus_id).series(d):
-            families[name].add_metric([*labels, *extra], value)
+    def _grow(self, n: int) -> None:
+        if n <= self.size:
+            return
+        extra = n - self.size
+        self.device += [None] * extra
+        self.key += [None] * extra
+        self.labels += [""] * extra
+        self.info = np.concatenate([self.info, np.full(extra, b"", dtype=object)])
+        for k, arr in self.prefix.items():
+            self.prefix[k] = np.concatenate([arr, np.full(extra, b"", dtype=object)])
+        self.limit_fallback = np.concatenate([self.limit_fallback, np.full(extra, np.nan)])
+        self.size = n
 
-    def plain(self, name: str, values: tuple[str, ...], value: float) -> None:
-        self.families[name].add_metric(list(values), value)
+    def _build(self, r: int, d: DeviceState) -> None:
+        self.device[r] = d
+        labels = _labels(d)
+        limit = d.info.power_limit_enforced_w
+        key = (labels, d.sku_match, d.info.pci_bus_id, limit)
+        if self.key[r] == key:
+            return
+        self.key[r] = key
+        text = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(GPU_LABELS, labels, strict=True))
+        self.labels[r] = text
+        self.info[r] = (
+            f'\nflopwatt_gpu_info{{{text},sku_match="{_escape(d.sku_match)}",'
+            f'pci_bus_id="{_escape(d.info.pci_bus_id)}"}} 1.0'
+        ).encode()
+        for k, arr in self.prefix.items():
+            arr[r] = f"\n{k[0]}{{{text}{self._tails[k]} ".encode()
+        self.limit_fallback[r] = np.nan if limit is None else float(limit)
 
-    def histogram(self, name: str, buckets: list[tuple[str, float]], total: float) -> None:
-        self.families[name].add_metric([], buckets, total)
+
+@dataclass(frozen=True)
+class _ResultLines:
+    """A device's result lines, kept while its results and labels stay the same (the state
+    replaces a device's result dicts when a result arrives, so identity tells)."""
+
+    gemm: Mapping[str, GemmLatest]
+    models: Mapping[tuple[str, int, str], ModelLatest]
+    labels: str
+    spec: GpuSpec | None
+    lines: list[tuple[str, _Lines]]
+    """(family, lines) pairs."""
+
+    def holds(
+        self,
+        gemm: Mapping[str, GemmLatest],
+        models: Mapping[tuple[str, int, str], ModelLatest],
+        labels: str,
+        spec: GpuSpec | None,
+    ) -> bool:
+        return (
+            self.gemm is gemm
+            and self.models is models
+            and self.labels == labels
+            and self.spec is spec
+        )
 
 
-class _TextSink:
-    """Writes the Prometheus text exposition format (0.0.4) directly."""
+@dataclass(frozen=True)
+class _AgentText:
+    last_seen: str
+    """Text of the last-seen series up to its value."""
+    connected: tuple[bytes, bytes]
+    """The connected series' line when 0 and when 1."""
+    info: bytes
 
-    def __init__(self) -> None:
-        self.lines: dict[str, list[str]] = {m.name: [] for m in METRICS if m.scope == "collector"}
 
-    def gpu(self, dev: _Gpu, rows: Sequence[tuple[str, tuple[str, ...], float]]) -> None:
-        lines, prefixes = self.lines, dev.prefixes
-        for name, extra, value in rows:
-            prefix = prefixes.get((name, extra)) or dev.prefix(name, extra)
-            lines[name].append(prefix + repr(float(value)))
+@dataclass(frozen=True)
+class _Layout:
+    """What follows from the registrations (see :attr:`ScrapeView.version`)."""
 
-    def standard(self, dev: _Gpu, d: DeviceState) -> None:
-        # From the device's kept text: a scrape of thousands of GPUs is mostly these lines.
-        lines = self.lines
-        for name, _, prefix, value in dev.standard(d.sku_match, d.info.pci_bus_id).series(d):
-            lines[name].append(prefix + repr(value))
-
-    def plain(self, name: str, values: tuple[str, ...], value: float) -> None:
-        labels = BY_NAME[name].labels
-        if values:
-            inner = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(labels, values, strict=True))
-            self.lines[name].append(f"{name}{{{inner}}} {float(value)!r}")
-        else:
-            self.lines[name].append(f"{name} {float(value)!r}")
-
-    def histogram(self, name: str, buckets: list[tuple[str, float]], total: float) -> None:
-        out = self.lines[name]
-        for le, count in buckets:
-            out.append(f'{name}_bucket{{le="{le}"}} {float(count)!r}')
-        out.append(f"{name}_count {float(buckets[-1][1])!r}")
-        out.append(f"{name}_sum {float(total)!r}")
-
-    def text(self) -> str:
-        parts: list[str] = []
-        for m in METRICS:
-            if m.scope != "collector":
-                continue
-            lines = self.lines[m.name]
-            parts.append(f"# HELP {m.name} {m.help.replace(chr(92), chr(92) * 2)}")
-            parts.append(f"# TYPE {m.name} {m.type.value}")
-            parts.extend(lines)
-        return "\n".join(parts) + "\n"
+    version: int
+    agent_ids: list[str]
+    """Registered agents, sorted."""
+    agent_text: list[_AgentText]
+    rows: npt.NDArray[np.intp]
+    """Table rows of the devices to write, agent by agent, in each agent's device order."""
+    agent_of: npt.NDArray[np.intp]
+    """For each of ``rows``, its agent's index in ``agent_ids``."""
+    specs: list[dict[str, GpuSpec]]
+    """Per agent, the registry specs of the devices it owns, by SKU."""
 
 
 class FleetMetrics:
-    """Custom collector over a :class:`FleetState` (see module docstring).
+    """Renders ``/metrics`` from a :class:`FleetState` (see module docstring).
+
+    Safe to call from several threads (renders take turns: they share the kept text).
 
     Args:
         state: the fleet state to read.
-        staleness_s: GPU series of agents silent for longer than this are omitted.
+        staleness_s: GPU series of agents silent for longer than this (s) are omitted.
         clock_ns: wall clock (ns since the Unix epoch).
     """
 
@@ -278,194 +321,315 @@ class FleetMetrics:
         self._state = state
         self._staleness_ns = int(staleness_s * 1e9)
         self._clock_ns = clock_ns
-        # Label values → their _Gpu, from the previous scrape: a fleet's labels rarely change,
-        # so each series' text up to its value is built once, not on every scrape.
-        self._gpus: dict[tuple[str, ...], _Gpu] = {}
-        self._labels_of: dict[str, tuple[str, ...]] = {}
-        """uuid → the label values its kept text was built for (see :meth:`warm`)."""
+        self._lock = threading.Lock()
+        self._rows = _RowText()
+        self._layout: _Layout | None = None
+        self._agents: dict[str, tuple[NodeInfo, _AgentText]] = {}
+        self._tails: dict[_SeriesKey, str] = {}
+        self._result_lines: dict[str, _ResultLines] = {}
+        self._sku_lines: dict[str, dict[str, _Lines]] = {}
 
-    def warm(self, devices: Sequence[DeviceState]) -> None:
-        """Build the kept series text of registered devices now (called at registration,
-        about a tenth of a millisecond per device). A render in a forked child cannot add to
-        what the parent keeps, so without this every scrape would rebuild every series'
-        labels (about twice the work of formatting the values)."""
-        for d in devices:
-            values = _labels(d)
-            old = self._labels_of.get(d.info.uuid)
-            if old is not None and old != values:
-                self._gpus.pop(old, None)  # relabelled: the old text is dead
-            self._labels_of[d.info.uuid] = values
-            dev = self._gpus.get(values)
-            if dev is None:
-                dev = self._gpus[values] = _Gpu(values)
-            dev.standard(d.sku_match, d.info.pci_bus_id)
+    def warm(self, devices: Iterable[DeviceState] = ()) -> None:
+        """Build the kept text of the devices registered now, rather than at the next render
+        (which builds it for devices it has not seen: about ten microseconds each, so the
+        first scrape of thousands of GPUs costs about a tenth of a second more than the next).
 
-    def describe(self) -> list[Metric]:
-        """Nothing up front: families are built per scrape (keeps registration cheap)."""
-        return []
+        ``devices`` (what a registration hook passes) is not needed: every device registered
+        since the last render or warm is caught up. Costs a pass over all registered devices.
+        """
+        del devices
+        with self._lock:
+            view = self._state.scrape_view()
+            if self._layout is None or self._layout.version != view.version:
+                self._rows.update(view)
 
-    def collect(self) -> Iterator[Metric]:
-        """Every family, as prometheus_client metric families."""
-        sink = _FamilySink()
-        for _ in self._walk(self._state.snapshot(), sink):
-            pass
-        yield from sink.families.values()
+    def render_bytes(self) -> bytes:
+        """Every family in the Prometheus text format 0.0.4, UTF-8: the ``/metrics`` body,
+        from one consistent copy of the state."""
+        chunks = self._render()
+        parts: _Lines = []
+        for i, m in enumerate(_FAMILIES):
+            parts.append(_HEADERS[i])
+            for lines in chunks[m.name]:
+                parts += lines
+        parts.append(b"\n")
+        return b"".join(parts)
 
     def render_text(self) -> str:
-        """Every family in the Prometheus text format, from one consistent snapshot."""
-        sink = _TextSink()
-        for _ in self._walk(self._state.snapshot(), sink):
-            pass
-        return sink.text()
+        """:meth:`render_bytes` as text. (The body is made as bytes: its help texts are not
+        ASCII, and encoding tens of megabytes of such text costs a fifth of a render.)"""
+        return self.render_bytes().decode()
 
-    async def render_text_async(self, devices_per_step: int = DEVICES_PER_STEP) -> str:
-        """What :meth:`render_text` renders, on the event loop in steps of
-        ``devices_per_step`` devices with other work in between (``/metrics`` where a forked
-        render is not available).
+    # --- internals ------------------------------------------------------------------------
 
-        The collector's event loop also reads every agent stream and sends every ack. A render
-        on another thread held the GIL for the whole scrape (seconds for 8,000 GPUs under load)
-        and acks stalled behind it; in steps, the loop stays responsive and the scrape takes a
-        little longer. Devices are read as of their step (:class:`LiveView`).
-        """
-        sink = _TextSink()
-        for _ in self._walk(self._state.live_view(), sink, devices_per_step):
-            await asyncio.sleep(0)
-        return sink.text()
+    def _sync(self, view: ScrapeView) -> _Layout:
+        layout = self._layout
+        if layout is None or layout.version != view.version:
+            self._rows.update(view)
+            layout = self._layout = self._build_layout(view)
+        return layout
 
-    # --- the walk -------------------------------------------------------------------------
-
-    def _walk(self, snap: _View, sink: _Sink, step: int = 0) -> Iterator[None]:
-        """Feed every family to ``sink``; yields after every ``step`` devices (0: never)."""
-        now = self._clock_ns()
-        walked = 0
-        skus: dict[str, GpuSpec] = {}
-        previous = self._gpus
-        current: dict[tuple[str, ...], _Gpu] = {}
-        for agent_id, a in sorted(snap.agents.items()):
-            sink.plain(
-                "flopwatt_agent_last_seen_timestamp_seconds", (agent_id,), a.last_seen_unix_ns / 1e9
-            )
-            if now - a.last_seen_unix_ns > self._staleness_ns:
-                continue
-            sink.plain("flopwatt_agent_connected", (agent_id,), 1.0 if a.connected else 0.0)
-            sink.plain(
-                "flopwatt_agent_info",
-                (
-                    agent_id,
-                    a.node.agent_version,
-                    a.node.device_backend,
-                    a.node.software.driver_version,
-                ),
-                1.0,
-            )
+    def _build_layout(self, view: ScrapeView) -> _Layout:
+        agent_ids = sorted(view.agents)
+        rows: list[int] = []
+        agent_of: list[int] = []
+        specs: list[dict[str, GpuSpec]] = []
+        texts: list[_AgentText] = []
+        kept = self._agents
+        self._agents = {}
+        for i, agent_id in enumerate(agent_ids):
+            a = view.agents[agent_id]
+            old = kept.get(agent_id)
+            text = old[1] if old is not None and old[0] == a.node else _agent_text(agent_id, a)
+            self._agents[agent_id] = (a.node, text)
+            texts.append(text)
+            owned: dict[str, GpuSpec] = {}
+            seen: set[str] = set()
             for uuid in a.device_uuids:
-                walked += 1
-                if step and walked % step == 0:
-                    yield
-                d = snap.device(uuid)
-                if d is None or d.agent_id != agent_id:
+                d = view.devices.get(uuid)
+                if d is None or d.agent_id != agent_id or uuid in seen:
                     continue  # gone, or since registered by another agent (moved hosts)
-                values = _labels(d)
-                dev = current[values] = previous.get(values) or _Gpu(values)
-                self._device(sink, d, dev)
+                seen.add(uuid)
+                rows.append(view.rows[uuid])
+                agent_of.append(i)
                 if d.spec is not None:
-                    skus[d.spec.sku] = d.spec
-        self._gpus = current
-        for sku in sorted(skus):
-            self._sku(sink, skus[sku])
-        self._counters(sink, snap)
+                    owned[d.spec.sku] = d.spec
+            specs.append(owned)
+        return _Layout(
+            view.version,
+            agent_ids,
+            texts,
+            np.array(rows, dtype=np.intp),
+            np.array(agent_of, dtype=np.intp),
+            specs,
+        )
 
-    @staticmethod
-    def _device(sink: _Sink, d: DeviceState, dev: _Gpu) -> None:
-        sink.standard(dev, d)
-        if not d.gemm and not d.models:
+    def _render(self) -> dict[str, list[_Lines]]:
+        """Each family's lines, in pieces."""
+        with self._lock:
+            view = self._state.scrape_view()
+            layout = self._sync(view)
+            now = self._clock_ns()
+            chunks: dict[str, list[_Lines]] = {m.name: [] for m in _FAMILIES}
+
+            # Agents, and which are fresh.
+            fresh = np.zeros(len(layout.agent_ids), dtype=np.bool_)
+            last_seen: list[str] = []
+            connected: _Lines = []
+            info: _Lines = []
+            for i, agent_id in enumerate(layout.agent_ids):
+                is_connected, seen_ns = view.liveness[agent_id]
+                text = layout.agent_text[i]
+                last_seen.append(text.last_seen + _num(seen_ns / 1e9))
+                if now - seen_ns > self._staleness_ns:
+                    continue
+                fresh[i] = True
+                connected.append(text.connected[is_connected])
+                info.append(text.info)
+            chunks["flopwatt_agent_last_seen_timestamp_seconds"].append(
+                list(map(str.encode, last_seen))
+            )
+            chunks["flopwatt_agent_connected"].append(connected)
+            chunks["flopwatt_agent_info"].append(info)
+            rows = layout.rows if fresh.all() else layout.rows[fresh[layout.agent_of]]
+
+            self._gpu_series(view, rows, chunks)
+            self._results(view, rows, chunks)
+            skus: dict[str, GpuSpec] = {}
+            for i in np.flatnonzero(fresh).tolist():
+                skus.update(layout.specs[i])
+            for sku in sorted(skus):
+                for family, lines in self._sku(skus[sku]).items():
+                    chunks[family].append(lines)
+        _counters(view.counters, chunks)
+        return chunks
+
+    def _gpu_series(
+        self, view: ScrapeView, rows: npt.NDArray[np.intp], chunks: dict[str, list[_Lines]]
+    ) -> None:
+        """The standard series of the devices in ``rows``, one series kind at a time."""
+        kept = self._rows
+        values, present = view.values, view.present
+        chunks["flopwatt_gpu_info"].append(kept.info[rows].tolist())
+        for s in _VALUE_SERIES:
+            have = present[rows, s.column]
+            sel = rows if have.all() else rows[have]
+            if not len(sel):
+                continue
+            v = values[sel, s.column]
+            if s.scale != 1.0:
+                v = v * s.scale
+            prefixes = kept.prefix[s.key][sel].tolist()
+            chunks[s.key[0]].append(_interleave(prefixes, _value_texts(v)))
+
+        have = present[rows, _THROTTLE_COLUMN]
+        sel = rows if have.all() else rows[have]
+        if len(sel):
+            masks = _masks(values[sel, _THROTTLE_COLUMN])
+            for key, bit in _THROTTLE_SERIES:
+                on = ((masks & bit) != 0).view(np.uint8)
+                prefixes = kept.prefix[key][sel].tolist()
+                chunks[_THROTTLE_FAMILY].append(_interleave(prefixes, _ZERO_ONE[on].tolist()))
+
+        # The latest sample's limit, else the one the device registered with.
+        have = present[rows, _LIMIT_COLUMN]
+        fallback = kept.limit_fallback[rows]
+        v = np.where(have, values[rows, _LIMIT_COLUMN], fallback)
+        keep = have | ~np.isnan(fallback)
+        if not keep.all():
+            rows, v = rows[keep], v[keep]
+        if len(rows):
+            prefixes = kept.prefix[_LIMIT_KEY][rows].tolist()
+            chunks[_LIMIT_FAMILY].append(_interleave(prefixes, _value_texts(v)))
+
+    def _results(
+        self, view: ScrapeView, rows: npt.NDArray[np.intp], chunks: dict[str, list[_Lines]]
+    ) -> None:
+        """GEMM and model results of the devices in ``rows``, device by device."""
+        if not view.results or not len(rows):
             return
-        rows: list[tuple[str, tuple[str, ...], float]] = []
-        add = rows.append  # one sink call per device: the per-series call overhead dominated
-        for precision, g in sorted(d.gemm.items()):
-            r, comp = g.result, g.comparison
-            burst, sustained = (precision, "burst"), (precision, "sustained")
-            add(("flopwatt_gemm_flops_per_second", burst, r.burst_flops_per_s))
-            if comp is not None and comp.burst_over_spec_ratio is not None:
-                add(("flopwatt_gemm_spec_ratio", burst, comp.burst_over_spec_ratio))
-            if r.sustained_flops_per_s is not None:
-                add(("flopwatt_gemm_flops_per_second", sustained, r.sustained_flops_per_s))
-                if comp is not None and comp.sustained_over_spec_ratio is not None:
-                    add(("flopwatt_gemm_spec_ratio", sustained, comp.sustained_over_spec_ratio))
-            if r.mean_power_w is not None:
-                add(("flopwatt_gemm_mean_power_watts", (precision,), r.mean_power_w))
-            if r.energy_per_flop_j is not None:
-                add(("flopwatt_energy_per_flop_joules", (precision,), r.energy_per_flop_j))
-
-        for (model, batch, precision), m in sorted(d.models.items()):
-            mr = m.result
-            extra = (model, str(batch), precision)
-            add(("flopwatt_model_delivered_flops_per_second", extra, mr.delivered_flops_per_s))
-            add(("flopwatt_model_latency_p50_seconds", extra, mr.latency_p50_s))
-            if mr.efficiency_ratio is not None:
-                add(("flopwatt_model_efficiency_ratio", extra, mr.efficiency_ratio))
-            spec_eff = mr.spec_efficiency_ratio
-            if spec_eff is None and d.spec is not None:
-                spec_eff = _spec_efficiency(d.spec, precision, mr.delivered_flops_per_s)
-            if spec_eff is not None:
-                add(("flopwatt_model_spec_efficiency_ratio", extra, spec_eff))
-            if mr.energy_j_per_inference is not None:
-                add(
-                    ("flopwatt_model_energy_per_inference_joules", extra, mr.energy_j_per_inference)
+        position = np.full(len(view.values), -1, dtype=np.intp)
+        position[rows] = np.arange(len(rows))
+        found = [
+            (p, uuid, gemm, models)
+            for uuid, gemm, models in view.results
+            if (p := int(position[view.rows[uuid]])) >= 0
+        ]
+        found.sort(key=itemgetter(0))
+        kept = self._result_lines
+        lines: dict[str, _Lines] = {}
+        for _, uuid, gemm, models in found:
+            d = view.devices[uuid]
+            labels = self._rows.labels[view.rows[uuid]]
+            entry = kept.get(uuid)
+            if entry is None or not entry.holds(gemm, models, labels, d.spec):
+                entry = kept[uuid] = _ResultLines(
+                    gemm, models, labels, d.spec, self._result_text(d, gemm, models, labels)
                 )
-        sink.gpu(dev, rows)
+            for family, family_lines in entry.lines:
+                if family in lines:
+                    lines[family] += family_lines
+                else:
+                    lines[family] = list(family_lines)
+        for family, family_lines in lines.items():
+            chunks[family].append(family_lines)
 
-    @staticmethod
-    def _sku(sink: _Sink, spec: GpuSpec) -> None:
+    def _result_text(
+        self,
+        d: DeviceState,
+        gemm: Mapping[str, GemmLatest],
+        models: Mapping[tuple[str, int, str], ModelLatest],
+        labels: str,
+    ) -> list[tuple[str, _Lines]]:
+        by_family: dict[str, _Lines] = {}
+        for family, extra, value in _result_series(d, gemm, models):
+            tail = self._tails.get((family, extra))
+            if tail is None:
+                tail = self._tails[(family, extra)] = _tail((family, extra))
+            line = f"\n{family}{{{labels}{tail} {_num(value)}".encode()
+            by_family.setdefault(family, []).append(line)
+        return list(by_family.items())
+
+    def _sku(self, spec: GpuSpec) -> dict[str, _Lines]:
+        """The per-SKU series of ``spec`` (kept: they are facts about the part)."""
+        kept = self._sku_lines.get(spec.sku)
+        if kept is not None:
+            return kept
+        lines: dict[str, _Lines] = {}
+
+        def add(family: str, values: tuple[str, ...], value: float) -> None:
+            lines.setdefault(family, []).append(_plain(family, values, value))
+
         if spec.tdp_w is not None:
-            sink.plain("flopwatt_spec_tdp_watts", (spec.sku,), spec.tdp_w)
+            add("flopwatt_spec_tdp_watts", (spec.sku,), spec.tdp_w)
         for precision in Precision:
             peak = spec.best_peak(precision)
             if peak is None:
                 continue
             labels = (spec.sku, precision.value)
-            sink.plain("flopwatt_spec_peak_flops_per_second", labels, peak.flops_per_s)
+            add("flopwatt_spec_peak_flops_per_second", labels, peak.flops_per_s)
             physics = physics_energy_per_flop_j(spec, precision, peak.unit)
             if physics is not None:
-                sink.plain("flopwatt_physics_energy_per_flop_joules", labels, physics)
-                sink.plain("flopwatt_physics_tdp_watts", labels, physics * peak.flops_per_s)
+                add("flopwatt_physics_energy_per_flop_joules", labels, physics)
+                add("flopwatt_physics_tdp_watts", labels, physics * peak.flops_per_s)
             if spec.tdp_w is not None:
-                sink.plain(
+                add(
                     "flopwatt_energy_per_flop_ceiling_joules", labels, spec.tdp_w / peak.flops_per_s
                 )
-
-    @staticmethod
-    def _counters(sink: _Sink, snap: _View) -> None:
-        c = snap.counters
-        sink.plain("flopwatt_collector_samples_ingested_total", (), c.samples_ingested)
-        for reason, n in sorted(c.samples_rejected.items()):
-            sink.plain("flopwatt_collector_samples_rejected_total", (reason,), n)
-        sink.plain(
-            "flopwatt_collector_samples_dropped_by_agents_total", (), c.samples_dropped_by_agents
-        )
-        for (kind, outcome), n in sorted(c.messages.items()):
-            sink.plain("flopwatt_collector_messages_total", (kind, outcome), n)
-        cumulative = 0
-        buckets: list[tuple[str, float]] = []
-        for bound, k in zip(COMMIT_LATENCY_BUCKETS_S, c.commit_latency_buckets, strict=True):
-            cumulative += k
-            buckets.append((repr(bound), cumulative))
-        buckets.append(("+Inf", c.commit_latency_count))
-        sink.histogram("flopwatt_collector_commit_latency_seconds", buckets, c.commit_latency_sum_s)
-        sink.plain("flopwatt_collector_streams_active", (), c.streams_active)
+        self._sku_lines[spec.sku] = lines
+        return lines
 
 
-def _labels(d: DeviceState) -> tuple[str, ...]:
-    """A device's GPU label values, in the order of the GPU label names."""
-    return (
-        d.agent_id,
-        d.info.uuid,
-        str(d.info.index),
-        d.info.name,
-        d.sku or "unknown",
-        "sim" if d.info.simulated else "hardware",
+def _agent_text(agent_id: str, a: AgentState) -> _AgentText:
+    host = f'hostname="{_escape(agent_id)}"'
+    node = a.node
+    info = _plain(
+        "flopwatt_agent_info",
+        (agent_id, node.agent_version, node.device_backend, node.software.driver_version),
+        1.0,
     )
+    return _AgentText(
+        last_seen=f"\nflopwatt_agent_last_seen_timestamp_seconds{{{host}}} ",
+        connected=(
+            f"\nflopwatt_agent_connected{{{host}}} 0.0".encode(),
+            f"\nflopwatt_agent_connected{{{host}}} 1.0".encode(),
+        ),
+        info=info,
+    )
+
+
+def _masks(v: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+    """Throttle bitmasks (stored as float) as integers; a value that is not one counts as 0."""
+    ok = np.isfinite(v) & (v >= 0) & (v < 2.0**63)
+    return np.where(ok, v, 0.0).astype(np.int64)
+
+
+def _plain(name: str, values: tuple[str, ...], value: float) -> bytes:
+    """One line of a family whose labels are all given (``values`` in label-name order)."""
+    if not values:
+        return f"\n{name} {_num(value)}".encode()
+    names = BY_NAME[name].labels
+    inner = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True))
+    return f"\n{name}{{{inner}}} {_num(value)}".encode()
+
+
+def _result_series(
+    d: DeviceState,
+    gemm: Mapping[str, GemmLatest],
+    models: Mapping[tuple[str, int, str], ModelLatest],
+) -> list[tuple[str, tuple[str, ...], float]]:
+    """(family, label values after the GPU labels, value) of a device's result series."""
+    rows: list[tuple[str, tuple[str, ...], float]] = []
+    add = rows.append
+    for precision, g in sorted(gemm.items()):
+        r, comp = g.result, g.comparison
+        burst, sustained = (precision, "burst"), (precision, "sustained")
+        add(("flopwatt_gemm_flops_per_second", burst, r.burst_flops_per_s))
+        if comp is not None and comp.burst_over_spec_ratio is not None:
+            add(("flopwatt_gemm_spec_ratio", burst, comp.burst_over_spec_ratio))
+        if r.sustained_flops_per_s is not None:
+            add(("flopwatt_gemm_flops_per_second", sustained, r.sustained_flops_per_s))
+            if comp is not None and comp.sustained_over_spec_ratio is not None:
+                add(("flopwatt_gemm_spec_ratio", sustained, comp.sustained_over_spec_ratio))
+        if r.mean_power_w is not None:
+            add(("flopwatt_gemm_mean_power_watts", (precision,), r.mean_power_w))
+        if r.energy_per_flop_j is not None:
+            add(("flopwatt_energy_per_flop_joules", (precision,), r.energy_per_flop_j))
+    for (model, batch, precision), m in sorted(models.items()):
+        mr = m.result
+        extra = (model, str(batch), precision)
+        add(("flopwatt_model_delivered_flops_per_second", extra, mr.delivered_flops_per_s))
+        add(("flopwatt_model_latency_p50_seconds", extra, mr.latency_p50_s))
+        if mr.efficiency_ratio is not None:
+            add(("flopwatt_model_efficiency_ratio", extra, mr.efficiency_ratio))
+        spec_eff = mr.spec_efficiency_ratio
+        if spec_eff is None and d.spec is not None:
+            spec_eff = _spec_efficiency(d.spec, precision, mr.delivered_flops_per_s)
+        if spec_eff is not None:
+            add(("flopwatt_model_spec_efficiency_ratio", extra, spec_eff))
+        if mr.energy_j_per_inference is not None:
+            add(("flopwatt_model_energy_per_inference_joules", extra, mr.energy_j_per_inference))
+    return rows
 
 
 def _spec_efficiency(spec: GpuSpec, precision: str, delivered_flops_per_s: float) -> float | None:
@@ -476,12 +640,33 @@ def _spec_efficiency(spec: GpuSpec, precision: str, delivered_flops_per_s: float
     return delivered_flops_per_s / peak.flops_per_s if peak is not None else None
 
 
-def exposition(collectors: Sequence[FleetMetrics]) -> bytes:
-    """The ``/metrics`` body for the given exporters."""
-    return "".join(c.render_text() for c in collectors).encode()
+def _counters(c: Counters, chunks: dict[str, list[_Lines]]) -> None:
+    """The collector's self-metrics."""
 
+    def add(name: str, values: tuple[str, ...], value: float) -> None:
+        chunks[name].append([_plain(name, values, value)])
 
-async def exposition_async(collectors: Sequence[FleetMetrics]) -> bytes:
-    """The ``/metrics`` body for the given exporters, rendered in steps on the event loop
-    (:meth:`FleetMetrics.render_text_async`)."""
-    return "".join([await c.render_text_async() for c in collectors]).encode()
+    add("flopwatt_collector_samples_ingested_total", (), c.samples_ingested)
+    for reason, n in sorted(c.samples_rejected.items()):
+        add("flopwatt_collector_samples_rejected_total", (reason,), n)
+    add("flopwatt_collector_samples_dropped_by_agents_total", (), c.samples_dropped_by_agents)
+    for (kind, outcome), n in sorted(c.messages.items()):
+        add("flopwatt_collector_messages_total", (kind, outcome), n)
+    name = "flopwatt_collector_commit_latency_seconds"
+    lines: list[str] = []
+    cumulative = 0
+    for bound, k in zip(COMMIT_LATENCY_BUCKETS_S, c.commit_latency_buckets, strict=True):
+        cumulative += k
+        lines.append(f'\n{name}_bucket{{le="{bound!r}"}} {_num(cumulative)}')
+    lines.append(f'\n{name}_bucket{{le="+Inf"}} {_num(c.commit_latency_count)}')
+    lines.append(f"\n{name}_count {_num(c.commit_latency_count)}")
+    lines.append(f"\n{name}_sum {_num(c.commit_latency_sum_s)}")
+    chunks[name].append([line.encode() for line in lines])
+    add("flopwatt_collector_streams_active", (), c.streams_active)
+    add("flopwatt_collector_store_up", (), 1.0 if c.store_up else 0.0)
+    add("flopwatt_collector_store_unavailable_episodes_total", (), c.store_episodes)
+    add("flopwatt_collector_store_failed_commits_total", (), c.store_failed_commits)
+    for process, n in sorted(c.child_restarts.items()):
+        add("flopwatt_collector_child_restarts_total", (process,), n)
+    for process, n in sorted(c.metrics_scrapes.items()):
+        add("flopwatt_collector_metrics_scrapes_total", (process,), n)
