@@ -267,6 +267,43 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "flopwatt_collector_streams_active", MetricType.GAUGE, "", "Open agent streams.", ()
     ),
+    MetricSpec(
+        "flopwatt_collector_store_up",
+        MetricType.GAUGE,
+        "",
+        "1 while the store commits; 0 while it cannot (writer restarting, disk full, database "
+        "locked): health is NOT_SERVING and agents are told to retry.",
+        (),
+    ),
+    MetricSpec(
+        "flopwatt_collector_store_unavailable_episodes_total",
+        MetricType.COUNTER,
+        "",
+        "Episodes during which the store could not commit.",
+        (),
+    ),
+    MetricSpec(
+        "flopwatt_collector_store_failed_commits_total",
+        MetricType.COUNTER,
+        "",
+        "Commits and health probes of the store that failed (nothing in them was acked).",
+        (),
+    ),
+    MetricSpec(
+        "flopwatt_collector_child_restarts_total",
+        MetricType.COUNTER,
+        "",
+        'Child processes started again after one ended: process="store_writer" or "exporter".',
+        ("process",),
+    ),
+    MetricSpec(
+        "flopwatt_collector_metrics_scrapes_total",
+        MetricType.COUNTER,
+        "",
+        'Scrapes of /metrics, by the process that rendered them: process="exporter" (the HTTP '
+        'exporter process) or "main" (HTTP served in the ingest process, a test setting).',
+        ("process",),
+    ),
     # --- agent self-metrics (the agent's optional local /metrics) ---------------------------
     MetricSpec(
         "flopwatt_agent_cpu_seconds_total",
@@ -304,8 +341,18 @@ METRICS: tuple[MetricSpec, ...] = (
         "flopwatt_agent_dropped_samples_total",
         MetricType.COUNTER,
         "",
-        "Telemetry samples dropped because the spool was full.",
-        (),
+        "Telemetry samples the agent could not deliver, each counted in a tombstone: "
+        'reason="spool_full", "too_large" (a message over the collector\'s limit) or '
+        '"agent_stopped" (held in memory when an earlier run was killed).',
+        ("reason",),
+        "agent",
+    ),
+    MetricSpec(
+        "flopwatt_agent_rejected_samples_total",
+        MetricType.COUNTER,
+        "",
+        "Telemetry samples the collector reported it did not store, by validation reason.",
+        ("reason",),
         "agent",
     ),
     MetricSpec(

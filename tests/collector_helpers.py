@@ -15,6 +15,7 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from flopwatt.collector.server import CollectorConfig, RunningCollector, run_server
+from flopwatt.collector.store import SQLiteStore
 from flopwatt.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 H100_NAME = "NVIDIA H100 80GB HBM3"
@@ -81,7 +82,10 @@ def telemetry_pb(
     s.timestamp_unix_ns = le([t0 + i * 100_000_000 for i in range(n)], "timestamp_unix_ns")
     powers = [power_w] * n if isinstance(power_w, (int, float)) else list(power_w)
     s.power_instant_w = le(powers, "power_instant_w")
-    s.energy_j = le(energy_j if energy_j is not None else [float(i) for i in range(n)], "energy_j")
+    # Energy is monotonic within an epoch (the collector rejects a decrease): by default it
+    # continues from the previous sequence's samples.
+    energy = energy_j if energy_j is not None else [float((sequence - 1) * n + i) for i in range(n)]
+    s.energy_j = le(energy, "energy_j")
     s.sm_clock_mhz = le([1980] * n, "sm_clock_mhz")
     s.throttle_reasons = le([throttle] * n, "throttle_reasons")
     return m
@@ -108,17 +112,22 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 
 @asynccontextmanager
-async def collector(tmp_path: Path, **overrides: Any) -> AsyncIterator[RunningCollector]:
-    """A real collector on loopback, free ports, SQLite file under ``tmp_path``."""
+async def collector(
+    tmp_path: Path, *, store: SQLiteStore | None = None, **overrides: Any
+) -> AsyncIterator[RunningCollector]:
+    """A real collector on loopback, free ports, SQLite file under ``tmp_path`` (or ``store``,
+    a store on the configured ``db_path`` with something injected)."""
     settings: dict[str, Any] = {
         "grpc_listen": "127.0.0.1:0",
         "http_listen": "127.0.0.1:0",
         "db_path": tmp_path / "collector.db",
-        # The writer thread starts faster; the writer process has its own tests.
+        # The writer thread and in-process HTTP start faster; the child processes have their
+        # own tests.
         "writer_process": False,
+        "exporter_process": False,
     }
     config = CollectorConfig(**{**settings, **overrides})
-    async with run_server(config) as running:
+    async with run_server(config, store=store) as running:
         yield running
 
 
@@ -133,8 +142,10 @@ class AgentStream:
         self._requests: asyncio.Queue[agent_pb2.AgentMessage | None] = asyncio.Queue()
         self.acks: dict[int, int] = {}
         self.commands: list[agent_pb2.Command] = []
+        self.rejections: list[agent_pb2.Rejection] = []
         self.code: grpc.StatusCode | None = None
         self.details: str = ""
+        self.trailers: dict[str, str] = {}
         self._ack_event = asyncio.Event()
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         self._call = stub.Stream(self._iterate(), metadata=tuple(metadata))
@@ -158,10 +169,13 @@ class AgentStream:
                 elif resp.HasField("command"):
                     self.commands.append(resp.command)
                     self._ack_event.set()
+                elif resp.HasField("rejection"):
+                    self.rejections.append(resp.rejection)
             self.code = grpc.StatusCode.OK
         except grpc.aio.AioRpcError as exc:
             self.code = exc.code()
             self.details = exc.details() or ""
+            self.trailers = {k: str(v) for k, v in exc.trailing_metadata() or ()}
         self._ack_event.set()
 
     def send(self, *messages: agent_pb2.AgentMessage) -> None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -132,64 +133,101 @@ async def test_bad_samples_are_rejected_per_sample_and_never_reach_metrics(tmp_p
             assert find(m, "flopwatt_collector_samples_rejected_total", reason=reason) == [n]
 
 
-async def test_structurally_broken_message_is_invalid_argument_and_consumed(
-    tmp_path: Path,
-) -> None:
+async def test_a_broken_series_is_rejected_alone_reported_and_consumed(tmp_path: Path) -> None:
+    """One structurally broken series (11 power values for 10 timestamps) beside a good one:
+    the good series is stored, the broken one counted (malformed_series, 10 samples) and
+    reported to the agent in a Rejection before the ack; the stream goes on, and a resend of
+    the message is a duplicate."""
     async with collector(tmp_path) as c, grpc.aio.insecure_channel(c.grpc_address) as ch:
-        await _register(ch)
+        await _register(ch, "node-a", device_pb("GPU-0000"), device_pb("GPU-0001", index=1))
         broken = telemetry_pb(EPOCH, 2)
+        good = telemetry_pb(EPOCH, 2, uuid="GPU-0001").telemetry.series[0]
         broken.telemetry.series[0].power_instant_w += b"\0" * 8  # 11 values for 10 timestamps
+        broken.telemetry.series.append(good)
         s = AgentStream(ch)
         s.send(hello_pb("node-a", EPOCH), telemetry_pb(EPOCH, 1), broken)
-        assert await s.wait_end() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "sequence 2" in s.details and "power_instant_w" in s.details
-        row = c.store.query("SELECT status, detail FROM messages WHERE sequence = 2")[0]
-        assert row["status"] == "rejected" and "power_instant_w" in row["detail"]
-        # The agent reconnects: the hello ack already covers 2; a resend is a duplicate.
-        s2 = AgentStream(ch)
-        s2.send(hello_pb("node-a", EPOCH))
-        await s2.wait_ack(EPOCH, 2)
-        s2.send(broken, telemetry_pb(EPOCH, 3))
-        await s2.wait_ack(EPOCH, 3)
-        assert await s2.close() == grpc.StatusCode.OK
-        assert c.store.query("SELECT COUNT(*) AS n FROM telemetry_chunks")[0]["n"] == 2
+        await s.wait_ack(EPOCH, 2)
+        [rejection] = s.rejections
+        assert (rejection.epoch, rejection.sequence, rejection.message_rejected) == (
+            EPOCH,
+            2,
+            False,
+        )
+        assert [(r.device_uuid, r.reason, r.samples) for r in rejection.samples] == [
+            ("GPU-0000", "malformed_series", 10)
+        ]
+        row = c.store.query("SELECT status, samples FROM messages WHERE sequence = 2")[0]
+        assert (row["status"], row["samples"]) == ("stored", 10)
+        s.send(broken, telemetry_pb(EPOCH, 3))  # a resend of 2 is a duplicate
+        await s.wait_ack(EPOCH, 3)
+        assert await s.close() == grpc.StatusCode.OK
+        chunks = c.store.query("SELECT device_uuid FROM telemetry_chunks ORDER BY sequence")
+        assert [r["device_uuid"] for r in chunks] == ["GPU-0000", "GPU-0001", "GPU-0000"]
+        _, text = await http_get(c.http_url + "/metrics")
+        m = samples(text)
+        assert find(m, "flopwatt_collector_samples_rejected_total", reason="malformed_series") == [
+            10.0
+        ]
+        outcome = "flopwatt_collector_messages_total"
+        assert find(m, outcome, kind="telemetry", outcome="duplicate") == [1.0]
 
 
 @pytest.mark.parametrize(
-    ("message", "code", "words"),
+    ("make", "sample_reason", "detail"),
     [
+        (lambda: telemetry_pb(EPOCH, 1, uuid="GPU-not-mine"), "unregistered_device", ""),
+        (lambda: agent_pb2.AgentMessage(epoch=EPOCH, sequence=1), "", "no payload"),
         (
-            telemetry_pb(EPOCH, 1, uuid="GPU-not-mine"),
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "not registered",
-        ),
-        (telemetry_pb(EPOCH, 5), grpc.StatusCode.INVALID_ARGUMENT, "sequence gap"),
-        (
-            agent_pb2.AgentMessage(epoch=EPOCH, sequence=1),
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "no payload",
-        ),
-        (
-            agent_pb2.AgentMessage(
+            lambda: agent_pb2.AgentMessage(
                 epoch=EPOCH,
                 sequence=1,
                 job_result=jobs_pb2.JobResult(job_id="j", device_uuid="GPU-0000"),
             ),
-            grpc.StatusCode.INVALID_ARGUMENT,
+            "",
             "neither a GEMM nor a model",
         ),
+        (lambda: _gemm_result(1, uuid="GPU-not-mine"), "", "not registered"),
     ],
+    ids=["unregistered-series", "no-payload", "empty-result", "result-unregistered-device"],
 )
-async def test_structural_errors(
-    tmp_path: Path, message: agent_pb2.AgentMessage, code: grpc.StatusCode, words: str
+async def test_unusable_messages_are_consumed_and_reported(
+    tmp_path: Path, make: Callable[[], agent_pb2.AgentMessage], sample_reason: str, detail: str
+) -> None:
+    """A message that is an AgentMessage but cannot be used is consumed (stored with nothing
+    in it, or recorded as rejected), reported in a Rejection before its ack, and the stream
+    goes on: the next message is stored."""
+    async with collector(tmp_path) as c, grpc.aio.insecure_channel(c.grpc_address) as ch:
+        await _register(ch)
+        s = AgentStream(ch)
+        s.send(hello_pb("node-a", EPOCH), make(), telemetry_pb(EPOCH, 2))
+        await s.wait_ack(EPOCH, 2)
+        [rejection] = s.rejections
+        assert rejection.sequence == 1
+        if sample_reason:
+            assert [(r.reason, r.samples) for r in rejection.samples] == [(sample_reason, 10)]
+            assert not rejection.message_rejected
+        else:
+            assert rejection.message_rejected and detail in rejection.detail
+            row = c.store.query("SELECT status, detail FROM messages WHERE sequence = 1")[0]
+            assert row["status"] == "rejected" and detail in row["detail"]
+        assert await s.close() == grpc.StatusCode.OK
+        assert c.store.query("SELECT COUNT(*) AS n FROM telemetry_chunks")[0]["n"] == 1
+        assert c.store.committed_through("node-a", EPOCH) == 2
+
+
+async def test_a_sequence_gap_ends_the_stream_and_the_hello_ack_says_where_to_resume(
+    tmp_path: Path,
 ) -> None:
     async with collector(tmp_path) as c, grpc.aio.insecure_channel(c.grpc_address) as ch:
         await _register(ch)
         s = AgentStream(ch)
-        s.send(hello_pb("node-a", EPOCH), message)
-        assert await s.wait_end() == code
-        assert words in s.details
-        assert c.store.query("SELECT COUNT(*) AS n FROM telemetry_chunks")[0]["n"] == 0
+        s.send(hello_pb("node-a", EPOCH), telemetry_pb(EPOCH, 1), telemetry_pb(EPOCH, 5))
+        assert await s.wait_end() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "sequence gap" in s.details and "expected 2" in s.details
+        s = AgentStream(ch)
+        s.send(hello_pb("node-a", EPOCH))
+        await s.wait_ack(EPOCH, 1)
+        assert await s.close() == grpc.StatusCode.OK
 
 
 async def test_oversized_message_is_resource_exhausted(tmp_path: Path) -> None:
@@ -279,7 +317,7 @@ async def test_job_result_is_compared_with_registry_and_physics(tmp_path: Path) 
             pytest.approx(790 / 989.5)
         ]
         assert find(m, "flopwatt_energy_per_flop_joules", precision="bf16") == [
-            pytest.approx(650 / 700e12)
+            pytest.approx(650 / 700e12, rel=1e-9, abs=0)
         ]
         assert find(m, "flopwatt_physics_tdp_watts", precision="bf16") == [
             pytest.approx(720.4, abs=0.1)
@@ -315,12 +353,12 @@ async def test_stale_agents_series_disappear(tmp_path: Path) -> None:
         from flopwatt.collector.metrics import FleetMetrics
 
         exporter = FleetMetrics(c.state, staleness_s=60, clock_ns=lambda: now[0])
-        names = {f.name for f in exporter.collect() if f.samples}
+        names = {name for name, _ in samples(exporter.render_text())}
         assert "flopwatt_gpu_power_watts" in names
         now[0] += 61 * 10**9
-        fams = {f.name: f for f in exporter.collect() if f.samples}
-        assert "flopwatt_gpu_power_watts" not in fams
-        assert "flopwatt_agent_last_seen_timestamp_seconds" in fams  # how long ago stays visible
+        names = {name for name, _ in samples(exporter.render_text())}
+        assert "flopwatt_gpu_power_watts" not in names
+        assert "flopwatt_agent_last_seen_timestamp_seconds" in names  # how long ago stays visible
 
 
 async def test_healthz_and_health_service(tmp_path: Path) -> None:
@@ -336,10 +374,11 @@ async def test_healthz_and_health_service(tmp_path: Path) -> None:
         assert status == 404
 
 
-async def test_fast_text_renderer_matches_the_prometheus_client_collector(tmp_path: Path) -> None:
-    """/metrics is rendered by FleetMetrics.render_text; it must say exactly what the
-    prometheus_client Collector path (collect + generate_latest) says."""
+async def test_metrics_text_round_trips_through_prometheus_client(tmp_path: Path) -> None:
+    """/metrics is written by FleetMetrics straight to the text format; prometheus_client
+    parses it, and writes the parsed families back with the same samples."""
     from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
 
     from flopwatt.collector.metrics import FleetMetrics
 
@@ -350,13 +389,17 @@ async def test_fast_text_renderer_matches_the_prometheus_client_collector(tmp_pa
         await s.wait_ack(EPOCH, 2)
         await s.close()
         now = time.time_ns()
-        exporter = FleetMetrics(c.state, clock_ns=lambda: now)
+        text = FleetMetrics(c.state, clock_ns=lambda: now).render_text()
+        families = list(text_string_to_metric_families(text))
+
+        class Replay:
+            def collect(self) -> Iterator[Any]:
+                yield from families
+
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(exporter)
-        reference = samples(generate_latest(registry).decode())
-        fast = samples(exporter.render_text())
-        assert fast == reference
-        assert len(fast) > 40
+        registry.register(Replay())
+        assert samples(generate_latest(registry).decode()) == samples(text)
+        assert len(samples(text)) > 40
 
 
 @pytest.mark.parametrize("writer_process", [True])
@@ -445,12 +488,14 @@ def _framed(epoch: int, sequence: int, field: int, payload: bytes) -> bytes:
     ],
     ids=["telemetry-payload", "heartbeat-payload", "envelope"],
 )
-async def test_undecodable_bytes_are_invalid_argument_and_lose_nothing_else(
+async def test_undecodable_bytes_lose_nothing_else(
     tmp_path: Path, frame: bytes, words: str
 ) -> None:
-    """The stream frames messages without parsing telemetry; bytes that do not decode get a
-    clear INVALID_ARGUMENT, a payload that does not decode is recorded as rejected (its
-    sequence consumed), and the message before it is stored."""
+    """The stream frames messages without parsing telemetry. Bytes that are not an
+    AgentMessage end the stream with a clear INVALID_ARGUMENT (no sequence can be consumed); a
+    payload that does not decode inside a readable envelope is recorded as rejected (its
+    sequence consumed), reported in a Rejection, and the stream goes on. Either way the message
+    before it is stored."""
     async with collector(tmp_path) as c, grpc.aio.insecure_channel(c.grpc_address) as ch:
         await _register(ch)
         call = ch.stream_stream(
@@ -461,12 +506,25 @@ async def test_undecodable_bytes_are_invalid_argument_and_lose_nothing_else(
         await call.write(hello_pb("node-a", EPOCH).SerializeToString())
         await call.write(telemetry_pb(EPOCH, 1).SerializeToString())
         await call.write(frame)
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            async for _ in call:
-                pass
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert words in (err.value.details() or "")
+        envelope_read = frame.startswith(b"\x09")
+        if not envelope_read:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in call:
+                    pass
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert words in (err.value.details() or "")
+        else:
+            rejections = []
+            async for reply in call:
+                if reply.HasField("rejection"):
+                    rejections.append(reply.rejection)
+                if reply.HasField("ack") and reply.ack.committed_through == 2:
+                    await call.done_writing()
+            assert await call.code() == grpc.StatusCode.OK
+            [rejection] = rejections
+            assert rejection.sequence == 2 and rejection.message_rejected
+            assert words in rejection.detail
         rows = c.store.query("SELECT sequence, status, detail FROM messages ORDER BY sequence")
         assert (rows[0]["sequence"], rows[0]["status"]) == (1, "stored")
-        if frame.startswith(b"\x09"):  # an envelope was read: the sequence is consumed
+        if envelope_read:  # the sequence is consumed
             assert rows[1]["status"] == "rejected" and words in rows[1]["detail"]

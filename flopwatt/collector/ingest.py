@@ -25,6 +25,7 @@ from flopwatt.collector.store import (
     WriteOutcome,
     epoch_from_db,
 )
+from flopwatt.collector.validate import DeviceLimits, device_limits
 from flopwatt.jsonable import from_jsonable
 from flopwatt.records import (
     AgentMessage,
@@ -65,11 +66,10 @@ def match_device(registry: Registry, d: DeviceInfo) -> tuple[GpuSpec | None, str
     return m.spec, m.method
 
 
-def power_limit_w(d: DeviceState) -> float | None:
-    """The limit telemetry is checked against: the enforced limit, else the SKU's TDP."""
-    if d.info.power_limit_enforced_w is not None:
-        return d.info.power_limit_enforced_w
-    return d.spec.tdp_w if d.spec is not None else None
+def limits_of(d: DeviceState) -> DeviceLimits:
+    """What a device's samples are checked against: its registration, with the SKU's TDP as
+    the power limit when it registered none."""
+    return device_limits(d.info, d.spec.tdp_w if d.spec is not None else None)
 
 
 class Ingest:
@@ -80,6 +80,7 @@ class Ingest:
         state: the fleet state updated after commits.
         registry: the GPU spec registry for matching and comparison.
         settings: what new agents are told to use.
+        max_message_bytes: the largest agent message the server accepts (told to agents).
         clock_ns: wall clock, ns since the Unix epoch.
     """
 
@@ -90,17 +91,17 @@ class Ingest:
         registry: Registry,
         *,
         settings: AgentSettings | None = None,
+        max_message_bytes: int = 0,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.store = store
         self.state = state
         self.registry = registry
         self.settings = settings or AgentSettings()
+        self.max_message_bytes = max_message_bytes
         self.clock_ns = clock_ns
-        self.on_devices: Callable[[str, dict[str, float | None]], None] | None = None
+        self.on_devices: Callable[[str, dict[str, DeviceLimits]], None] | None = None
         """Told each agent's devices and power limits (the writer validates telemetry)."""
-        self.on_device_states: Callable[[list[DeviceState]], None] | None = None
-        """Told each agent's registered devices (the exporter builds their series' text)."""
 
     # --- registration --------------------------------------------------------------------
 
@@ -113,18 +114,32 @@ class Ingest:
             spec, how = match_device(self.registry, d)
             matches[d.uuid] = (spec.sku if spec else None, how)
             states.append(DeviceState(info=d, agent_id=req.node.hostname, spec=spec, sku_match=how))
-        await asyncio.to_thread(
-            self.store.register_agent, req.node, req.devices, req.epoch, matches, now
-        )
+        if not self._unchanged(req):
+            # An agent registers again at every reconnect; only a change is written (a
+            # thousand agents reconnecting at once must not queue a thousand commits).
+            await asyncio.to_thread(
+                self.store.register_agent, req.node, req.devices, req.epoch, matches, now
+            )
         self.state.register(req.node, req.epoch, states, now)
         self._announce(req.node.hostname, states)
-        return RegisterResponse(agent_id=req.node.hostname, settings=self.settings)
+        return RegisterResponse(req.node.hostname, self.settings, self.max_message_bytes)
+
+    def _unchanged(self, req: RegisterRequest) -> bool:
+        """Whether ``req`` repeats what the store already holds for this agent."""
+        agent = self.state.agent(req.node.hostname)
+        if agent is None or agent.node != req.node or agent.epoch != req.epoch:
+            return False
+        if agent.device_uuids != tuple(d.uuid for d in req.devices):
+            return False
+        for d in req.devices:
+            known = self.state.device(d.uuid)
+            if known is None or known.info != d or known.agent_id != req.node.hostname:
+                return False
+        return True
 
     def _announce(self, agent_id: str, devices: list[DeviceState]) -> None:
-        if self.on_device_states is not None:
-            self.on_device_states(devices)
         if self.on_devices is not None:
-            self.on_devices(agent_id, {d.info.uuid: power_limit_w(d) for d in devices})
+            self.on_devices(agent_id, {d.info.uuid: limits_of(d) for d in devices})
 
     def announce_all(self) -> None:
         """Tell ``on_devices`` about every known agent (after a rebuild)."""

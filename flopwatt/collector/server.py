@@ -1,21 +1,30 @@
 """Build and run the collector: ``run_server(config)`` is the one way, used by the CLI and every
 test alike. It yields the bound ports (port 0 picks free ones) and stops gracefully on exit:
 health NOT_SERVING first, streams drained (everything received is committed and acked), then
-the gRPC server, the writer and the store are closed.
+the gRPC server, the writer, the exporter and the store are closed.
+
+Processes: the main process runs gRPC (one event loop: streams, acks, registrations, jobs);
+the store writer and the HTTP exporter are children spawned before gRPC starts. Whenever the
+store cannot commit — the writer is gone (it is restarted), the disk is full, the database is
+locked — :class:`~flopwatt.collector.health.StoreHealth` turns gRPC health and ``/healthz``
+NOT_SERVING, agents are refused with ``UNAVAILABLE`` and a retry delay, and the store is probed
+every second until it commits again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
-import os
 import socket
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -28,14 +37,15 @@ from flopwatt.collector.auth import (
     load_admin_tokens,
     load_agent_tokens,
 )
-from flopwatt.collector.forked_render import ForkedRenderError, render_forked
+from flopwatt.collector.exporter import ExporterConfig, ExporterProcess, ExporterStartError
+from flopwatt.collector.health import HealthView, StoreHealth
 from flopwatt.collector.ingest import Ingest
 from flopwatt.collector.jobs import JobService
-from flopwatt.collector.metrics import FleetMetrics, exposition, exposition_async
+from flopwatt.collector.metrics import FleetMetrics
 from flopwatt.collector.report_route import report_route
 from flopwatt.collector.servicer import AdminServicer, AgentServicer, agent_service_handler
 from flopwatt.collector.session import SessionRegistry
-from flopwatt.collector.state import FleetState
+from flopwatt.collector.state import Counters, FleetState
 from flopwatt.collector.store import SQLiteStore
 from flopwatt.collector.writer import BatchWriter, ProcessStoreWriter, StoreWriter
 from flopwatt.http_server import HttpServer
@@ -46,12 +56,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 """Largest agent message accepted; larger gets RESOURCE_EXHAUSTED from gRPC itself."""
-
-FORKED_RENDER = hasattr(os, "fork")
-"""Render ``/metrics`` in a forked child (POSIX; see :mod:`flopwatt.collector.forked_render`)."""
-
-METRICS_RENDER_TIMEOUT_S = 60.0
-"""A ``/metrics`` render that takes longer than this answers 500 (s)."""
 
 
 class ConfigError(ValueError):
@@ -76,6 +80,12 @@ class CollectorConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     writer_process: bool = True
     """Commit messages from a child process (another core) rather than a thread."""
+    exporter_process: bool = True
+    """Serve HTTP (``/metrics``, ``/healthz``, ``/report``) from a child process rather than a
+    thread of the ingest process (tests turn it off to start faster)."""
+    store_busy_timeout_s: float = 10.0
+    """How long a commit waits for another process's write lock on the database before it
+    fails (and the collector reports NOT_SERVING until it can commit again) (s)."""
     writer_max_delay_s: float = 0.05
     """How long the writer waits for more messages to join a commit once one has arrived (s):
     longer batches fewer, larger transactions at the cost of ack latency."""
@@ -160,11 +170,18 @@ class RunningCollector:
     ingest: Ingest
     jobs: JobService
     sessions: SessionRegistry
-    http: HttpServer
+    health: StoreHealth
+    writer: BatchWriter
+    exporter: ExporterProcess | None
+    """The HTTP exporter process (None when HTTP is served in-process)."""
+    fatal: asyncio.Event
+    """Set when the collector cannot go on (its store writer cannot be restarted): the caller
+    should stop it and exit non-zero so that a supervisor restarts it."""
+    fatal_reason: list[str]
     _server: grpc.aio.Server
     _health: HealthServicer
-    _writer: BatchWriter
-    _serving: list[bool]
+    _http: HttpServer | None
+    _tasks: list[asyncio.Task[None]]
     _stopped: bool = False
 
     @property
@@ -178,12 +195,16 @@ class RunningCollector:
         return f"http://{self.http_host}:{self.http_port}"
 
     async def stop(self, grace_s: float = 5.0) -> None:
-        """Graceful stop (idempotent); bounded by about ``grace_s`` + 2 s."""
+        """Graceful stop (idempotent), in order: intake stops (NOT_SERVING, streams stop
+        reading), everything received is committed and acked, then the gRPC server, the
+        writer, the exporter and the store are closed. Bounded by about ``grace_s`` + 3 s."""
         if self._stopped:
             return
         self._stopped = True
         t0 = time.monotonic()
-        self._serving[0] = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._health.enter_graceful_shutdown()
         drains = [s.drain() for s in self.sessions.all()]
         if drains:
@@ -193,8 +214,11 @@ class RunningCollector:
             for p in pending:
                 p.cancel()
         await self._server.stop(grace=1.0)
-        await asyncio.to_thread(self._writer.close)
-        self.http.stop()
+        await asyncio.to_thread(self.writer.close)
+        if self.exporter is not None:
+            await asyncio.to_thread(self.exporter.stop)
+        if self._http is not None:
+            self._http.stop()
         self.store.close()
         log.info("collector stopped in %.2f s", time.monotonic() - t0)
 
@@ -203,56 +227,221 @@ def _bind_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+PROBE_INTERVAL_S = 1.0
+"""While the store cannot commit, how often it is probed (s)."""
+
+_SERVICES = ("", "flopwatt.v1.AgentService", "flopwatt.v1.AdminService")
+
+
+async def _probe_while_unhealthy(
+    store: SQLiteStore, writer: BatchWriter, health: StoreHealth
+) -> None:
+    """While the store cannot commit, find out when it can again: the writer is running and a
+    small transaction commits with some free space left (:meth:`SQLiteStore.probe`)."""
+    while True:
+        await asyncio.sleep(PROBE_INTERVAL_S)
+        if health.serving or not writer.alive:
+            continue
+        try:
+            await asyncio.to_thread(store.probe)
+        except (sqlite3.Error, OSError) as exc:
+            health.failed(f"probe: {exc}")
+            continue
+        health.succeeded()
+
+
 @asynccontextmanager
 async def run_server(
     config: CollectorConfig,
     *,
     registry: Registry | None = None,
     clock_ns: Callable[[], int] = time.time_ns,
+    store: SQLiteStore | None = None,
 ) -> AsyncIterator[RunningCollector]:
     """Start a collector; yield it; stop it gracefully on exit.
 
+    The store writer and the HTTP exporter are child processes spawned before gRPC starts
+    (see :mod:`flopwatt.children`); the HTTP side is served in-process only when
+    ``config.exporter_process`` is off (tests).
+
+    Args:
+        config: what to listen on, where the database is, credentials, settings.
+        registry: the GPU spec registry (default: the packaged one).
+        clock_ns: wall clock, ns since the Unix epoch.
+        store: the main process's store (default: a :class:`SQLiteStore` on
+            ``config.db_path``); with ``writer_process`` off the writer thread commits through
+            it too (tests inject failures this way).
+
     Raises:
-        ConfigError: unsafe or invalid configuration (before anything starts).
+        ConfigError: unsafe or invalid configuration, or the HTTP port cannot be bound
+            (before gRPC starts).
     """
     auth = build_auth(config)
+    split_host_port(config.grpc_listen)
+    split_host_port(config.http_listen)
+    registry = registry or load_registry()
+    if store is None:
+        store = SQLiteStore(
+            config.db_path, clock=clock_ns, busy_timeout_s=config.store_busy_timeout_s
+        )
+    # Whatever starts is stopped again if a later step of the start fails (children ignore
+    # SIGTERM, so nothing else would stop them).
+    undo: list[Callable[[], object]] = [store.close]
+    try:
+        running = await _start(config, auth, registry, store, undo, clock_ns)
+    except BaseException:
+        for step in reversed(undo):
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(step)
+        raise
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def _start(
+    config: CollectorConfig,
+    auth: AuthConfig,
+    registry: Registry,
+    store: SQLiteStore,
+    undo: list[Callable[[], object]],
+    clock_ns: Callable[[], int],
+) -> RunningCollector:
+    """Everything :func:`run_server` starts after the store; each started part's stop goes
+    on ``undo``."""
     grpc_host, grpc_port = split_host_port(config.grpc_listen)
     http_host, http_port = split_host_port(config.http_listen)
-    registry = registry or load_registry()
-    store = SQLiteStore(config.db_path, clock=clock_ns)
-    state = FleetState()
-    ingest = Ingest(store, state, registry, settings=config.settings, clock_ns=clock_ns)
+    loop = asyncio.get_running_loop()
+    state = FleetState(journal=config.exporter_process)
+    ingest = Ingest(
+        store,
+        state,
+        registry,
+        settings=config.settings,
+        max_message_bytes=config.max_message_bytes,
+        clock_ns=clock_ns,
+    )
     await asyncio.to_thread(ingest.rebuild)
+    grpc_health = HealthServicer()
+    exporter_box: list[ExporterProcess | None] = [None]
+
+    def on_health(view: HealthView) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if view.serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+
+        async def apply() -> None:
+            for service in _SERVICES:
+                await grpc_health.set(service, status)
+
+        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(apply()))
+        exporter = exporter_box[0]
+        if exporter is not None:
+            exporter.poke()
+
+    health = StoreHealth(on_health)
+    fatal = asyncio.Event()
+    fatal_reason: list[str] = []
+
+    def on_fatal(reason: str) -> None:
+        fatal_reason.append(reason)
+        loop.call_soon_threadsafe(fatal.set)
+
     on_commit = lambda _n, lat: state.observe_commit_latencies(lat)  # noqa: E731
+    writer_args: dict[str, Any] = {
+        "on_commit": on_commit,
+        "on_failure": health.failed,
+        "on_success": health.succeeded,
+        "max_delay_s": config.writer_max_delay_s,
+    }
     writer: BatchWriter = (
-        await asyncio.to_thread(
-            ProcessStoreWriter,
+        ProcessStoreWriter(
             config.db_path,
-            on_commit=on_commit,
-            max_delay_s=config.writer_max_delay_s,
+            on_fatal=on_fatal,
+            busy_timeout_s=config.store_busy_timeout_s,
+            **writer_args,
         )
         if config.writer_process
-        else StoreWriter(store, on_commit=on_commit, max_delay_s=config.writer_max_delay_s)
+        else StoreWriter(store, **writer_args)
     )
-    exporter = FleetMetrics(state, staleness_s=config.staleness_s, clock_ns=clock_ns)
+    undo.append(writer.close)
     ingest.on_devices = writer.update_devices
-    ingest.on_device_states = exporter.warm
-    ingest.announce_all()
     sessions = SessionRegistry()
     jobs = JobService(store, state, sessions, clock_ns=clock_ns)
+
+    def refresh_counters() -> None:
+        """Bring what the main process keeps outside the state into its counters."""
+        view = health.view()
+        restarts = {"store_writer": getattr(writer, "restarts", 0)}
+        if exporter_box[0] is not None:
+            restarts["exporter"] = exporter_box[0].restarts
+
+        def put(c: Counters) -> None:
+            c.store_up = view.serving
+            c.store_episodes = view.episodes_total
+            c.store_failed_commits = view.failed_batches_total
+            c.child_restarts = restarts
+
+        state.count(put)
+
+    exporter: ExporterProcess | None = None
+    http: HttpServer | None = None
+    try:
+        if config.exporter_process:
+            exporter = ExporterProcess(
+                ExporterConfig(
+                    http_host,
+                    http_port,
+                    config.db_path,
+                    config.staleness_s,
+                    logging.getLogger().getEffectiveLevel(),
+                ),
+                state,
+                health.view,
+                refresh_counters,
+            )
+            exporter_box[0] = exporter
+            exporter.start()  # spawned from the main thread: see flopwatt.children
+            undo.append(exporter.stop)
+            bound_http = exporter.port
+        else:
+            metrics = FleetMetrics(state, staleness_s=config.staleness_s, clock_ns=clock_ns)
+
+            def render() -> bytes:
+                refresh_counters()
+                state.count(
+                    lambda c: c.metrics_scrapes.update(main=c.metrics_scrapes.get("main", 0) + 1)
+                )
+                return metrics.render_bytes()
+
+            http = HttpServer(http_host, http_port, render, lambda: True)
+            http.routes["/healthz"] = lambda: (
+                (200, "text/plain", b"ok\n")
+                if health.serving
+                else (503, "text/plain", f"not serving: {health.view().reason}\n".encode())
+            )
+            http.routes["/report"] = report_route(config.db_path, clock_ns=clock_ns)
+            http.start()
+            undo.append(http.stop)
+            bound_http = http.port
+    except (ExporterStartError, OSError) as exc:
+        raise ConfigError(str(exc)) from None
+    ingest.announce_all()
 
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(auth)],
         options=server_options(config.max_message_bytes),
     )
     server.add_generic_rpc_handlers(
-        (agent_service_handler(AgentServicer(ingest, writer, sessions, jobs, auth)),)
+        (agent_service_handler(AgentServicer(ingest, writer, sessions, jobs, auth, health)),)
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
         AdminServicer(ingest, jobs), server
     )
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(grpc_health, server)
     bind = f"{_bind_host(grpc_host)}:{grpc_port}"
     if config.tls_cert is not None and config.tls_key is not None:
         creds = grpc.ssl_server_credentials(
@@ -266,30 +455,18 @@ async def run_server(
     if bound_grpc == 0:
         raise ConfigError(f"could not bind gRPC to {config.grpc_listen}")
     await server.start()
-    for service in ("", "flopwatt.v1.AgentService", "flopwatt.v1.AdminService"):
-        await health.set(service, health_pb2.HealthCheckResponse.SERVING)
-
-    serving = [True]
-    loop = asyncio.get_running_loop()
-
-    def metrics_body() -> bytes:
-        # In a forked child at low priority (forked_render); where fork is unavailable or
-        # fails, on the event loop in steps (render_text_async). The HTTP thread only waits
-        # and sends the bytes.
-        if FORKED_RENDER:
-            try:
-                return render_forked(lambda: exposition([exporter]), state.quiescent)
-            except (OSError, ForkedRenderError) as exc:
-                log.warning("/metrics render in a child failed (%s); rendering in-process", exc)
-        future = asyncio.run_coroutine_threadsafe(exposition_async([exporter]), loop)
-        return future.result(timeout=METRICS_RENDER_TIMEOUT_S)
-
-    http = HttpServer(http_host, http_port, metrics_body, lambda: serving[0])
-    http.routes["/report"] = report_route(config.db_path, clock_ns=clock_ns)
-    http.start()
+    undo.append(lambda: asyncio.run_coroutine_threadsafe(server.stop(None), loop).result(5))
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if health.serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for service in _SERVICES:
+        await grpc_health.set(service, status)
+    tasks = [asyncio.create_task(_probe_while_unhealthy(store, writer, health))]
     running = RunningCollector(
         grpc_port=bound_grpc,
-        http_port=http.port,
+        http_port=bound_http,
         grpc_host=grpc_host if grpc_host != "0.0.0.0" else socket.gethostname(),
         http_host=http_host if http_host != "0.0.0.0" else socket.gethostname(),
         state=state,
@@ -297,11 +474,15 @@ async def run_server(
         ingest=ingest,
         jobs=jobs,
         sessions=sessions,
-        http=http,
+        health=health,
+        writer=writer,
+        exporter=exporter,
+        fatal=fatal,
+        fatal_reason=fatal_reason,
         _server=server,
-        _health=health,
-        _writer=writer,
-        _serving=serving,
+        _health=grpc_health,
+        _http=http,
+        _tasks=tasks,
     )
     if not auth.enabled:
         log.warning(
@@ -309,14 +490,11 @@ async def run_server(
             config.grpc_listen,
         )
     log.info(
-        "collector listening: gRPC %s:%d, HTTP %s:%d (/metrics, /healthz), db %s",
+        "collector listening: gRPC %s:%d, HTTP %s:%d (/metrics, /healthz, /report), db %s",
         grpc_host,
         bound_grpc,
         http_host,
-        http.port,
+        bound_http,
         config.db_path,
     )
-    try:
-        yield running
-    finally:
-        await running.stop()
+    return running

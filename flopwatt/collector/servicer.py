@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +13,7 @@ import grpc
 
 from flopwatt.collector.auth import AuthConfig, Identity, identify
 from flopwatt.collector.envelope import AgentEnvelope, read_envelope
+from flopwatt.collector.health import StoreHealth
 from flopwatt.collector.ingest import Ingest
 from flopwatt.collector.jobs import (
     BadSelectorError,
@@ -19,7 +21,7 @@ from flopwatt.collector.jobs import (
     NoAgentsMatchedError,
     Selector,
 )
-from flopwatt.collector.session import END, Session, SessionRegistry, StreamAbort
+from flopwatt.collector.session import END, Session, SessionRegistry, StreamAbort, unavailable
 from flopwatt.collector.store import JobRow
 from flopwatt.collector.writer import BatchWriter
 from flopwatt.jsonable import from_jsonable
@@ -62,6 +64,13 @@ async def _check_hostname(
         )
 
 
+async def _abort(context: grpc.aio.ServicerContext, abort: StreamAbort) -> None:
+    """End the call with ``abort``'s status and trailing metadata (raises)."""
+    if abort.trailers:
+        context.set_trailing_metadata(abort.trailers)
+    await context.abort(abort.code, abort.details)
+
+
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     """``flopwatt.v1.AgentService``."""
 
@@ -72,12 +81,21 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         sessions: SessionRegistry,
         jobs: JobService,
         auth: AuthConfig,
+        health: StoreHealth,
     ) -> None:
         self._ingest = ingest
         self._writer = writer
         self._sessions = sessions
         self._jobs = jobs
         self._auth = auth
+        self._health = health
+
+    async def _refuse_unless_serving(self, context: grpc.aio.ServicerContext) -> None:
+        """While the store cannot commit, turn agents away with UNAVAILABLE and a retry delay
+        (their spools keep everything)."""
+        if not self._health.serving:
+            reason = self._health.view().reason
+            await _abort(context, unavailable(f"the collector cannot commit now ({reason})"))
 
     async def Register(
         self,
@@ -91,7 +109,15 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise  # unreachable: abort raises
         await _check_hostname(ident, req.node.hostname, context)
-        response = await self._ingest.register(req)
+        await self._refuse_unless_serving(context)
+        try:
+            response = await self._ingest.register(req)
+        except sqlite3.Error as exc:
+            # The store the registration goes to cannot commit (disk full, locked): a state the
+            # agent waits out, not an internal error.
+            self._health.failed(f"{type(exc).__name__}: {exc}")
+            await _abort(context, unavailable(f"the collector cannot commit now ({exc})"))
+            raise  # unreachable: abort raises
         log.info(
             "registered %s (%d devices, epoch %d)", req.node.hostname, len(req.devices), req.epoch
         )
@@ -123,6 +149,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             )
             return
         await _check_hostname(ident, hello.agent_id, context)
+        await self._refuse_unless_serving(context)
         if self._ingest.state.agent(hello.agent_id) is None:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION, f"agent {hello.agent_id!r} must Register first"
@@ -138,7 +165,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             await self._jobs.on_hello(hello.agent_id, hello.epoch)
             async for item in session.run(request_iterator):
                 if isinstance(item, StreamAbort):
-                    await context.abort(item.code, item.details)
+                    await _abort(context, item)
                     return
                 if item is END:
                     return

@@ -3,8 +3,14 @@
 A session reads messages, checks each sequence against what is already committed for its epoch,
 submits writes to the single writer without waiting (so a reconnecting agent's backlog streams
 at full speed), and acks — per epoch, the highest contiguous committed sequence — as commits
-land. A structurally broken message is recorded as rejected before the stream is aborted with
-``INVALID_ARGUMENT``, so its sequence is consumed and a resend is a duplicate, not a stall.
+land. A message that is an AgentMessage but cannot be used (a payload that does not decode, a
+result for a device the agent never registered) is recorded as rejected — its sequence is
+consumed and a resend is a duplicate, not a stall — and the agent is told with a ``Rejection``
+before the ack that covers it, as it is of samples validation left out; the stream goes on.
+Protocol violations end the stream (a gap: ``FAILED_PRECONDITION``; bytes that are not an
+AgentMessage, a second hello, a zero epoch or sequence: ``INVALID_ARGUMENT``), and so does a
+commit that fails (``UNAVAILABLE`` with a retry delay: nothing after the last ack is acked, the
+agent resends it).
 """
 
 from __future__ import annotations
@@ -15,19 +21,28 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from flopwatt.collector.envelope import AgentEnvelope
+from flopwatt.collector.health import RETRY_AFTER_METADATA, RETRY_AFTER_S
 from flopwatt.collector.ingest import Ingest, StructuralError
-from flopwatt.collector.store import MessageWrite, WriteOutcome
-from flopwatt.collector.telemetry_prep import REJECT_TOO_LARGE, telemetry_digest
+from flopwatt.collector.store import MessageWrite, Outcome, WriteOutcome
+from flopwatt.collector.telemetry_prep import telemetry_digest
 from flopwatt.collector.writer import BatchWriter
-from flopwatt.records import Ack, AgentMessage, CollectorPayload, Command, StreamHello
+from flopwatt.records import (
+    Ack,
+    AgentMessage,
+    CollectorPayload,
+    Command,
+    Rejection,
+    SampleRejection,
+    StreamHello,
+)
 from flopwatt.v1 import agent_pb2
-from flopwatt.wire import WireError, WireTooLargeError, agent_message_from_proto
+from flopwatt.wire import WireError, agent_message_from_proto
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +52,20 @@ MAX_IN_FLIGHT = 512
 
 @dataclass(frozen=True)
 class StreamAbort:
-    """Ends the stream with a gRPC status."""
+    """Ends the stream with a gRPC status (and trailing metadata, e.g. a retry delay)."""
 
     code: grpc.StatusCode
     details: str
+    trailers: tuple[tuple[str, str], ...] = ()
+
+
+def unavailable(details: str, retry_after_s: float = RETRY_AFTER_S) -> StreamAbort:
+    """``UNAVAILABLE`` with the documented retry delay (``retry-after-ms`` trailer)."""
+    return StreamAbort(
+        grpc.StatusCode.UNAVAILABLE,
+        f"{details}; retry in {retry_after_s:g} s",
+        ((RETRY_AFTER_METADATA, str(round(retry_after_s * 1000))),),
+    )
 
 
 class _End:
@@ -183,15 +208,18 @@ class Session:
             self._acked.setdefault(epoch, committed)
         if seq > expected:
             return StreamAbort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"sequence gap in epoch {epoch}: expected {expected}, got {seq}",
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"sequence gap in epoch {epoch}: expected {expected}, got {seq}; reconnect and "
+                f"resend from the acked sequence + 1",
             )
         if kind == "telemetry":
             # Telemetry goes to the writer as the bytes it arrived as; the writer digests,
             # decodes and validates it. A resend is digested here (the store compares digests).
             if seq < expected:
                 digest = telemetry_digest(env.payload)
-                await self._submit(MessageWrite(self.agent_id, epoch, seq, kind, digest, received))
+                await self._submit(
+                    MessageWrite(self.agent_id, epoch, seq, kind, digest, received, resend=True)
+                )
                 return None
             self._expected[epoch] = expected + 1
             await self._submit(
@@ -206,48 +234,40 @@ class Session:
             digest = hashlib.blake2b(env.raw, digest_size=16).digest()
             base = MessageWrite(self.agent_id, epoch, seq, kind, digest, received)
             if seq < expected:
-                await self._submit(base)
+                await self._submit(replace(base, resend=True))
                 return None
             self._expected[epoch] = expected + 1
-            return await self._reject(
-                base, f"{kind} is not a valid message: {exc}", grpc.StatusCode.INVALID_ARGUMENT
-            )
+            await self._reject(base, f"{kind} is not a valid message: {exc}")
+            return None
         base = MessageWrite(self.agent_id, epoch, seq, kind, message_digest(raw), received)
         if seq < expected:
-            await self._submit(base)  # a resend: the store tells duplicate from conflict
+            # A resend: the store tells duplicate from conflict.
+            await self._submit(replace(base, resend=True))
             return None
         self._expected[epoch] = expected + 1
         try:
             msg: AgentMessage = agent_message_from_proto(raw)
             write = self._ingest.prepare(self.agent_id, msg, base.digest, received)
-        except WireTooLargeError as exc:
-            return await self._reject(base, str(exc), grpc.StatusCode.RESOURCE_EXHAUSTED)
         except (WireError, StructuralError) as exc:
-            return await self._reject(base, str(exc), grpc.StatusCode.INVALID_ARGUMENT)
+            await self._reject(base, str(exc))
+            return None
         await self._submit(write)
         return None
 
-    async def _reject(self, base: MessageWrite, detail: str, code: grpc.StatusCode) -> StreamAbort:
-        write = self._ingest.rejection(
-            self.agent_id,
-            base.epoch,
-            base.sequence,
-            base.kind,
-            base.digest,
-            detail,
-            base.received_unix_ns,
+    async def _reject(self, base: MessageWrite, detail: str) -> None:
+        """Record ``base`` as rejected (its sequence is consumed; the ack loop tells the agent
+        with a ``Rejection``); the stream goes on."""
+        await self._submit(
+            self._ingest.rejection(
+                self.agent_id,
+                base.epoch,
+                base.sequence,
+                base.kind,
+                base.digest,
+                detail,
+                base.received_unix_ns,
+            )
         )
-        fut = await self._submit(write)
-        await asyncio.gather(fut, return_exceptions=True)
-        log.warning(
-            "rejected %s message %d/%d from %s: %s",
-            base.kind,
-            base.epoch,
-            base.sequence,
-            self.agent_id,
-            detail,
-        )
-        return StreamAbort(code, f"epoch {base.epoch} sequence {base.sequence} rejected: {detail}")
 
     async def _submit(self, write: MessageWrite) -> asyncio.Future[WriteOutcome]:
         await self._slots.acquire()
@@ -272,43 +292,47 @@ class Session:
             try:
                 outcome = await fut
             except Exception as exc:
-                log.error("store write for %s failed: %s", self.agent_id, exc)
-                self._outbound.put_nowait(
-                    StreamAbort(grpc.StatusCode.UNAVAILABLE, "collector store unavailable")
-                )
+                # Nothing of this message (or after it) is acked; the agent resends it. The
+                # store's health logs the episode once, not each stream.
+                log.debug("store write for %s failed: %s", self.agent_id, exc)
+                self._flush_acks(dirty)
+                self._outbound.put_nowait(unavailable(f"the collector could not commit: {exc}"))
+                if self._reader is not None:
+                    self._reader.cancel()
                 return
             finally:
                 self._slots.release()
-            self._ingest.committed(write, outcome)
-            if outcome.committed_through > self._acked.get(write.epoch, 0):
-                self._acked[write.epoch] = outcome.committed_through
-                dirty.add(write.epoch)
-            if outcome.reject_code:
-                # Telemetry the writer found broken: recorded as rejected (its sequence is
-                # consumed), now end the stream so the agent hears why.
-                code = (
-                    grpc.StatusCode.RESOURCE_EXHAUSTED
-                    if outcome.reject_code == REJECT_TOO_LARGE
-                    else grpc.StatusCode.INVALID_ARGUMENT
-                )
+            if outcome.outcome is Outcome.OUT_OF_ORDER:
+                # An earlier message of this epoch did not commit (that failure ended this
+                # stream already, or another stream's did): resend from the last ack.
                 self._flush_acks(dirty)
-                log.warning(
-                    "rejected telemetry %d/%d from %s: %s",
-                    write.epoch,
-                    write.sequence,
-                    self.agent_id,
-                    outcome.rejected_detail,
-                )
                 self._outbound.put_nowait(
-                    StreamAbort(
-                        code,
-                        f"epoch {write.epoch} sequence {write.sequence} rejected: "
-                        f"{outcome.rejected_detail}",
+                    unavailable(
+                        f"epoch {write.epoch} sequence {write.sequence} was not stored: "
+                        f"an earlier sequence is not committed; resend from "
+                        f"{outcome.committed_through + 1}"
                     )
                 )
                 if self._reader is not None:
                     self._reader.cancel()
                 return
+            self._ingest.committed(write, outcome)
+            if outcome.committed_through > self._acked.get(write.epoch, 0):
+                self._acked[write.epoch] = outcome.committed_through
+                dirty.add(write.epoch)
+            rejection = _rejection(write, outcome)
+            if rejection is not None:
+                # Before the ack that covers it (acks are flushed after this).
+                self._outbound.put_nowait(rejection)
+                if rejection.message_rejected:
+                    log.warning(
+                        "rejected %s message %d/%d from %s: %s",
+                        write.kind,
+                        write.epoch,
+                        write.sequence,
+                        self.agent_id,
+                        rejection.detail,
+                    )
             with contextlib.suppress(asyncio.QueueEmpty):
                 ahead.append(self._pending.get_nowait())
             if not ahead or ahead[0] is None or not ahead[0][1].done():
@@ -318,6 +342,23 @@ class Session:
         for epoch in sorted(dirty):
             self._outbound.put_nowait(Ack(epoch, self._acked[epoch]))
         dirty.clear()
+
+
+def _rejection(write: MessageWrite, outcome: WriteOutcome) -> Rejection | None:
+    """What to tell the agent about a consumed message that was not stored whole."""
+    if outcome.outcome is Outcome.REJECTED:
+        detail = outcome.rejected_detail or write.rejected_detail or "rejected"
+        return Rejection(write.epoch, write.sequence, message_rejected=True, detail=detail)
+    if outcome.outcome is Outcome.STORED and outcome.rejected_samples:
+        return Rejection(
+            write.epoch,
+            write.sequence,
+            samples=tuple(
+                SampleRejection(uuid, reason, n)
+                for (uuid, reason), n in sorted(outcome.rejected_samples.items())
+            ),
+        )
+    return None
 
 
 class SessionRegistry:

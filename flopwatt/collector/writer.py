@@ -19,6 +19,7 @@ Two implementations share the batching:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing as mp
 import pickle
@@ -29,15 +30,18 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from flopwatt.children import become_child, describe_exit, start_child
 from flopwatt.collector.gc_policy import tune_gc
 from flopwatt.collector.latest import latest_block
 from flopwatt.collector.store import MessageWrite, Outcome, SQLiteStore, Store, WriteOutcome
 from flopwatt.collector.telemetry_prep import TelemetryPreparer
+from flopwatt.collector.validate import DeviceLimits
 from flopwatt.records import SeriesBlock
 
 log = logging.getLogger(__name__)
@@ -45,10 +49,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DeviceUpdate:
-    """Control item: the devices an agent registered (uuid → power limit W), for validation."""
+    """Control item: the devices an agent registered (uuid → what its samples are checked
+    against), for validation."""
 
     agent_id: str
-    power_limits_w: Mapping[str, float | None]
+    limits: Mapping[str, DeviceLimits]
 
 
 BatchEntry = MessageWrite | DeviceUpdate
@@ -90,7 +95,7 @@ def apply_batch(
     for entry in entries:
         if isinstance(entry, DeviceUpdate):
             flush()
-            preparer.update_devices(entry.agent_id, entry.power_limits_w)
+            preparer.update_devices(entry.agent_id, entry.limits)
         else:
             run.append(entry)
     flush()
@@ -114,7 +119,9 @@ def apply_batch(
     last = max((i for i, s in enumerate(stored) if s), default=-1)
     result = []
     for i, (w, o) in enumerate(zip(writes, outcomes, strict=True)):
-        if o.outcome is Outcome.STORED and w.has_telemetry:
+        if o.outcome is Outcome.STORED and (w.has_telemetry or w.rejected_samples):
+            # (A message whose every sample was rejected stores no telemetry, but its
+            # rejections are counted and reported.)
             o = WriteOutcome(
                 o.outcome,
                 o.committed_through,
@@ -137,8 +144,30 @@ class WriterClosedError(RuntimeError):
     """The writer has been closed; nothing more can be submitted."""
 
 
+class StoreUnavailableError(RuntimeError):
+    """A commit did not happen: the store could not commit, or the writer process was gone.
+    Nothing in the failed batch is acked; the agents resend it."""
+
+
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
+"""A WAL file larger than this is checkpointed and truncated by the writer before its next
+commit, even if that holds the commit up (see :meth:`SQLiteStore.checkpoint_if_larger`)."""
+
+
 class BatchWriter:
-    """Queue, batching thread and future resolution; subclasses say how a batch is applied."""
+    """Queue, batching thread and future resolution; subclasses say how a batch is applied.
+
+    Args:
+        max_batch: most items per transaction.
+        max_delay_s: how long to wait for more items when a batch would hold only one (s).
+        on_commit: called after each commit with (items, seconds from each item's submission
+            to the commit) — used for commit-latency metrics.
+        on_failure: called with (reason, messages) for every batch that did not commit (the
+            collector's :class:`~flopwatt.collector.health.StoreHealth` logs once per
+            episode); without it each failure is logged.
+        on_success: called after every commit that went through.
+        clock_ns: monotonic clock for the latencies.
+    """
 
     def __init__(
         self,
@@ -146,11 +175,15 @@ class BatchWriter:
         max_batch: int = 2000,
         max_delay_s: float = 0.01,
         on_commit: Callable[[int, list[float]], None] | None = None,
+        on_failure: Callable[[str, int], None] | None = None,
+        on_success: Callable[[], None] | None = None,
         clock_ns: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self._max_batch = max_batch
         self._max_delay_s = max_delay_s
         self._on_commit = on_commit
+        self._on_failure = on_failure
+        self._on_success = on_success
         self._clock_ns = clock_ns
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._closed = False
@@ -159,8 +192,14 @@ class BatchWriter:
     def _start(self) -> None:
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """Whether batches can be applied now (the process writer: its child is running)."""
+        return not self._closed
+
     def submit(self, write: MessageWrite) -> asyncio.Future[WriteOutcome]:
-        """Queue ``write``; the returned future resolves after it is committed.
+        """Queue ``write``; the returned future resolves after it is committed, or fails with
+        :class:`StoreUnavailableError` when its batch did not commit.
 
         Raises:
             WriterClosedError: the writer is closed.
@@ -172,12 +211,12 @@ class BatchWriter:
         self._queue.put(_Item(write, fut, loop, self._clock_ns()))
         return fut
 
-    def update_devices(self, agent_id: str, power_limits_w: Mapping[str, float | None]) -> None:
+    def update_devices(self, agent_id: str, limits: Mapping[str, DeviceLimits]) -> None:
         """Tell the writer which devices ``agent_id`` registered (applied in submission order,
         so telemetry submitted afterwards is checked against them)."""
         if self._closed:
             raise WriterClosedError("store writer is closed")
-        self._queue.put(_Item(DeviceUpdate(agent_id, dict(power_limits_w)), None, None, 0))
+        self._queue.put(_Item(DeviceUpdate(agent_id, dict(limits)), None, None, 0))
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Commit everything queued, then stop."""
@@ -224,20 +263,24 @@ class BatchWriter:
         try:
             outcomes = self._apply([i.entry for i in batch])
         except Exception as exc:  # the whole transaction rolled back: fail every item in it
-            self._fail(batch, exc)
+            self._fail(batch, StoreUnavailableError(f"{type(exc).__name__}: {exc}"))
             return
         self._resolve(batch, outcomes)
 
-    @staticmethod
-    def _fail(batch: list[_Item], exc: BaseException) -> None:
+    def _fail(self, batch: list[_Item], exc: BaseException) -> None:
         waiting = [i for i in batch if i.future is not None]
-        log.error("store commit of %d messages failed: %s", len(waiting), exc)
+        if self._on_failure is not None:
+            self._on_failure(str(exc), len(waiting))
+        else:
+            log.error("store commit of %d messages failed: %s", len(waiting), exc)
         for item in waiting:
             assert item.loop is not None and item.future is not None
             item.loop.call_soon_threadsafe(_set_exception, item.future, exc)
 
     def _resolve(self, batch: list[_Item], outcomes: list[WriteOutcome]) -> None:
         waiting = [i for i in batch if i.future is not None]
+        if self._on_success is not None and waiting:
+            self._on_success()
         now = self._clock_ns()
         if self._on_commit is not None and waiting:
             self._on_commit(len(waiting), [(now - i.enqueued_ns) / 1e9 for i in waiting])
@@ -251,14 +294,11 @@ class BatchWriter:
 
 
 class StoreWriter(BatchWriter):
-    """Applies batches on a thread of this process.
+    """Applies batches on a thread of this process (simple; used by tests and small fleets).
 
     Args:
         store: where to write.
-        max_batch: most items per transaction.
-        max_delay_s: how long to wait for more items when a batch would hold only one.
-        on_commit: called after each commit with (items, seconds from each item's submission
-            to the commit) — used for commit-latency metrics.
+        **kwargs: see :class:`BatchWriter`.
     """
 
     def __init__(self, store: Store, **kwargs: Any) -> None:
@@ -269,6 +309,14 @@ class StoreWriter(BatchWriter):
 
     def _apply(self, entries: Sequence[BatchEntry]) -> list[WriteOutcome]:
         return apply_batch(self._store, self._preparer, entries)
+
+
+READY_TIMEOUT_S = 60.0
+"""How long a new writer process may take to open the store and say it is ready (s)."""
+
+RESTART_DELAYS_S = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+"""Waits before each attempt to start a new writer process after one ended; when every
+attempt fails the collector gives up (``on_fatal``) so that its supervisor restarts it."""
 
 
 class ProcessStoreWriter(BatchWriter):
@@ -285,35 +333,90 @@ class ProcessStoreWriter(BatchWriter):
     the next, larger batch. Without the pipeline the parent's and the child's work per message
     add up instead of overlapping, and a busy collector's commit queue grew to seconds.
 
+    If the child dies (killed, crashed), every batch in flight fails — nothing it held is acked
+    — and a new child is started within seconds, told every agent's devices again, and takes
+    over; batches submitted meanwhile fail at once (their agents retry). When no new child can
+    be started (:data:`RESTART_DELAYS_S`), ``on_fatal`` is called with the reason.
+
+    Args:
+        db_path: the SQLite file.
+        max_in_flight: batches sent and not yet answered, at most.
+        on_fatal: called (from a writer thread) when the writer cannot be restarted.
+        busy_timeout_s: how long a commit waits for another process's write lock (s).
+        **kwargs: see :class:`BatchWriter`.
+
     Raises (from the constructor):
-        RuntimeError: the child could not open the store.
+        RuntimeError: the first child could not open the store.
     """
 
-    def __init__(self, db_path: Path, *, max_in_flight: int = 2, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        db_path: Path,
+        *,
+        max_in_flight: int = 2,
+        on_fatal: Callable[[str], None] | None = None,
+        busy_timeout_s: float = 10.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        self._db_path = db_path
+        self._busy_timeout_s = busy_timeout_s
+        self._on_fatal = on_fatal
         self._in_flight: deque[list[_Item]] = deque()
         self._in_flight_lock = threading.Lock()
         self._slots = threading.Semaphore(max_in_flight)
         self._broken: BaseException | None = None
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe(duplex=True)
-        self._proc = ctx.Process(
-            target=_child_main,
-            args=(child, str(db_path)),
-            name="flopwatt-store-writer",
-            daemon=True,
-        )
-        self._proc.start()
-        child.close()
-        ready = self._conn.recv()
-        if ready != "ready":
-            self._proc.join(5)
-            raise RuntimeError(f"store writer process failed to start: {ready}")
+        self._closing = False
+        self._devices: dict[str, DeviceUpdate] = {}
+        """Every agent's latest device update, replayed to a restarted child."""
+        self.restarts = 0
+        """Children started after the first one ended."""
+        self._proc, self._conn = self._spawn()
         self._replies = threading.Thread(
             target=self._read_replies, name="flopwatt-store-replies", daemon=True
         )
         self._replies.start()
         self._start()
+
+    @property
+    def alive(self) -> bool:
+        return not self._closed and self._broken is None
+
+    @property
+    def pid(self) -> int | None:
+        """The current child's process id."""
+        return self._proc.pid
+
+    def _spawn(self) -> tuple[BaseProcess, Connection]:
+        ctx = mp.get_context("spawn")
+        conn, child = ctx.Pipe(duplex=True)
+        proc = ctx.Process(
+            target=_child_main,
+            args=(child, str(self._db_path), self._busy_timeout_s),
+            name="flopwatt-store-writer",
+            daemon=True,
+        )
+        start_child(proc)
+        child.close()
+        ready: Any = None
+        if conn.poll(READY_TIMEOUT_S):
+            with contextlib.suppress(EOFError, OSError):
+                ready = conn.recv()
+        if ready != "ready":
+            conn.close()
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+            detail = ready if isinstance(ready, str) else describe_exit(proc.exitcode)
+            raise RuntimeError(f"store writer process failed to start: {detail}")
+        return proc, conn
+
+    def update_devices(self, agent_id: str, limits: Mapping[str, DeviceLimits]) -> None:
+        update = DeviceUpdate(agent_id, dict(limits))
+        with self._in_flight_lock:
+            self._devices[agent_id] = update
+        super().update_devices(agent_id, limits)
 
     def _ready_for_batch(self) -> None:
         self._slots.acquire()  # released when the batch's reply comes back
@@ -324,29 +427,35 @@ class ProcessStoreWriter(BatchWriter):
             broken = self._broken
             if broken is None:
                 self._in_flight.append(batch)
+                conn = self._conn
         if broken is not None:
             self._slots.release()
             self._fail(batch, broken)
             return
-        try:
-            self._conn.send_bytes(data)
-        except (OSError, ValueError) as exc:
-            # The reply thread sees the closed pipe too and fails everything in flight,
-            # this batch included.
-            log.error("store writer process unreachable: %s", exc)
+        with contextlib.suppress(OSError, ValueError):
+            # On failure the reply thread sees the closed pipe too and fails everything in
+            # flight, this batch included.
+            conn.send_bytes(data)
 
     def _read_replies(self) -> None:
         while True:
+            conn = self._conn
             try:
-                reply = pickle.loads(self._conn.recv_bytes())
-            except (EOFError, OSError) as exc:
-                self._break(RuntimeError(f"store writer process ended: {exc or 'pipe closed'}"))
-                return
+                reply = pickle.loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                if self._closing:
+                    return
+                self._proc.join(1)
+                reason = f"store writer process ended ({describe_exit(self._proc.exitcode)})"
+                self._break(StoreUnavailableError(reason))
+                if not self._restart(reason):
+                    return
+                continue
             with self._in_flight_lock:
                 batch = self._in_flight.popleft()
             self._slots.release()
             if isinstance(reply, BaseException):
-                self._fail(batch, reply)
+                self._fail(batch, StoreUnavailableError(str(reply)))
             else:
                 self._resolve(batch, reply)
 
@@ -355,18 +464,54 @@ class ProcessStoreWriter(BatchWriter):
             self._broken = exc
             batches = list(self._in_flight)
             self._in_flight.clear()
+        if not batches and self._on_failure is not None:
+            self._on_failure(str(exc), 0)  # nothing in flight, but the writer is gone
         for batch in batches:
             self._fail(batch, exc)
             self._slots.release()
+
+    def _restart(self, reason: str) -> bool:
+        """Start a new child after ``reason``; False (and ``on_fatal``) when none will start."""
+        last = ""
+        for delay in RESTART_DELAYS_S:
+            time.sleep(delay)
+            if self._closing:
+                return False
+            try:
+                proc, conn = self._spawn()
+            except (RuntimeError, OSError) as exc:
+                last = str(exc)
+                log.warning("could not start a new store writer process: %s", exc)
+                continue
+            with self._in_flight_lock:
+                self._conn.close()
+                self._proc, self._conn = proc, conn
+                replay = list(self._devices.values())
+                if replay:
+                    # Its reply resolves nothing; it keeps replies and batches in step.
+                    self._in_flight.append([])
+                    conn.send_bytes(pickle.dumps(replay, protocol=pickle.HIGHEST_PROTOCOL))
+                self._broken = None
+            if replay:
+                self._slots.acquire()
+            self.restarts += 1
+            log.warning("started a new store writer process (pid %s) after: %s", proc.pid, reason)
+            return True
+        message = f"{reason}; no new store writer process could be started: {last}"
+        log.error("%s", message)
+        if self._on_fatal is not None:
+            self._on_fatal(message)
+        return False
 
     def _shutdown(self) -> None:
         # Every batch has been sent (the batching thread has ended); wait for their commits.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with self._in_flight_lock:
-                if not self._in_flight:
+                if not self._in_flight or self._broken is not None:
                     break
             time.sleep(0.005)
+        self._closing = True
         try:
             self._conn.send_bytes(b"")
             self._proc.join(10)
@@ -379,11 +524,16 @@ class ProcessStoreWriter(BatchWriter):
         self._replies.join(5)
 
 
-def _child_main(conn: Connection, db_path: str) -> None:  # pragma: no cover - child process
+def _child_main(
+    conn: Connection, db_path: str, busy_timeout_s: float
+) -> None:  # pragma: no cover - child process
     """The writer process: prepare telemetry, apply batches, reply with outcomes."""
+    become_child()
     tune_gc()
     try:
-        store = SQLiteStore(db_path, checkpoint_interval_s=CHECKPOINT_INTERVAL_S)
+        store = SQLiteStore(
+            db_path, checkpoint_interval_s=CHECKPOINT_INTERVAL_S, busy_timeout_s=busy_timeout_s
+        )
     except Exception as exc:
         conn.send(f"{type(exc).__name__}: {exc}")
         return
@@ -398,10 +548,14 @@ def _child_main(conn: Connection, db_path: str) -> None:  # pragma: no cover - c
             break
         entries: list[BatchEntry] = pickle.loads(data)
         try:
+            store.checkpoint_if_larger(WAL_LIMIT_BYTES)
             reply: Any = apply_batch(store, preparer, entries)
         except Exception as exc:  # reported to the parent, which fails the batch's futures
             reply = RuntimeError(f"store commit failed: {type(exc).__name__}: {exc}")
-        conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+        try:
+            conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+        except (OSError, ValueError):
+            break  # the parent is gone
     store.close()
 
 
@@ -414,3 +568,7 @@ def _set_results(results: list[tuple[asyncio.Future[WriteOutcome], WriteOutcome]
 def _set_exception(fut: asyncio.Future[WriteOutcome], exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(exc)
+        # Marked as retrieved: a stream that ended before awaiting it would otherwise have
+        # asyncio log "exception was never retrieved" for every message of a failed batch
+        # (the failure is reported once, by the store's health).
+        fut.exception()

@@ -137,14 +137,19 @@ def collector(
     )
     tune_gc()
     try:
-        asyncio.run(_serve(config, ready_file))
+        fatal = asyncio.run(_serve(config, ready_file))
     except (ConfigError, TokenFileError) as exc:
         raise click.UsageError(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot start the collector: {exc}") from None
+    if fatal:
+        log.error("collector stopped: %s", fatal)
+        sys.exit(1)
 
 
-async def _serve(config: CollectorConfig, ready_file: Path | None) -> None:
+async def _serve(config: CollectorConfig, ready_file: Path | None) -> str:
+    """Serve until SIGTERM/SIGINT (returns "") or until the collector cannot go on (returns
+    why, and the command exits 1 so that a supervisor restarts it)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -163,5 +168,11 @@ async def _serve(config: CollectorConfig, ready_file: Path | None) -> None:
                     }
                 )
             )
-        await stop.wait()
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(running.fatal.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+        if running.fatal.is_set():
+            return "; ".join(running.fatal_reason) or "fatal error"
         log.info("signal received: stopping (NOT_SERVING, draining streams)")
+    return ""
