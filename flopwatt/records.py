@@ -581,10 +581,12 @@ class RegisterRequest:
 
 @dataclass(frozen=True)
 class RegisterResponse:
-    """The id the collector knows the agent by, and its settings."""
+    """The id the collector knows the agent by, its settings and its message size limit."""
 
     agent_id: str
     settings: AgentSettings
+    max_message_bytes: int = 0
+    """Largest serialised agent message the collector accepts (bytes); 0: not said (8 MiB)."""
 
 
 @dataclass(frozen=True)
@@ -618,4 +620,25 @@ class Command:
     action: RunJob | SetSampleInterval
 
 
-CollectorPayload = Ack | Command
+@dataclass(frozen=True)
+class SampleRejection:
+    """Samples of one device the collector did not store, and why (a validation reason)."""
+
+    device_uuid: str
+    reason: str
+    samples: int
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """What the collector did not store of message (epoch, sequence): the whole message
+    (``message_rejected``, with ``detail``), or some of its samples."""
+
+    epoch: int
+    sequence: int
+    message_rejected: bool = False
+    detail: str = ""
+    samples: tuple[SampleRejection, ...] = ()
+
+
+CollectorPayload = Ack | Command | Rejection

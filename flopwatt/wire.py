@@ -43,7 +43,9 @@ from flopwatt.records import (
     NodeInfo,
     RegisterRequest,
     RegisterResponse,
+    Rejection,
     RunJob,
+    SampleRejection,
     SeriesBlock,
     SetSampleInterval,
     SoftwareVersions,
@@ -673,17 +675,36 @@ def settings_from_proto(m: agent_pb2.AgentSettings) -> AgentSettings:
 
 
 def register_response_to_proto(r: RegisterResponse) -> agent_pb2.RegisterResponse:
-    return agent_pb2.RegisterResponse(agent_id=r.agent_id, settings=settings_to_proto(r.settings))
+    return agent_pb2.RegisterResponse(
+        agent_id=r.agent_id,
+        settings=settings_to_proto(r.settings),
+        max_message_bytes=r.max_message_bytes,
+    )
 
 
 def register_response_from_proto(m: agent_pb2.RegisterResponse) -> RegisterResponse:
-    return RegisterResponse(m.agent_id, settings_from_proto(m.settings))
+    return RegisterResponse(m.agent_id, settings_from_proto(m.settings), m.max_message_bytes)
 
 
 def collector_message_to_proto(p: CollectorPayload) -> agent_pb2.CollectorMessage:
     if isinstance(p, Ack):
         return agent_pb2.CollectorMessage(
             ack=agent_pb2.Ack(epoch=p.epoch, committed_through=p.committed_through)
+        )
+    if isinstance(p, Rejection):
+        return agent_pb2.CollectorMessage(
+            rejection=agent_pb2.Rejection(
+                epoch=p.epoch,
+                sequence=p.sequence,
+                message_rejected=p.message_rejected,
+                detail=p.detail,
+                samples=[
+                    agent_pb2.SampleRejection(
+                        device_uuid=r.device_uuid, reason=r.reason, samples=r.samples
+                    )
+                    for r in p.samples
+                ],
+            )
         )
     cmd = agent_pb2.Command(command_id=p.command_id)
     if isinstance(p.action, RunJob):
@@ -701,6 +722,15 @@ def collector_message_from_proto(m: agent_pb2.CollectorMessage) -> CollectorPayl
     which = m.WhichOneof("payload")
     if which == "ack":
         return Ack(m.ack.epoch, m.ack.committed_through)
+    if which == "rejection":
+        r = m.rejection
+        return Rejection(
+            r.epoch,
+            r.sequence,
+            r.message_rejected,
+            r.detail,
+            tuple(SampleRejection(x.device_uuid, x.reason, x.samples) for x in r.samples),
+        )
     if which == "command":
         c = m.command
         kind = c.WhichOneof("kind")

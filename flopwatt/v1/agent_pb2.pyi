@@ -28,12 +28,14 @@ class AgentSettings(_message.Message):
     def __init__(self, sample_interval_s: _Optional[float] = ..., batch_interval_s: _Optional[float] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("agent_id", "settings")
+    __slots__ = ("agent_id", "settings", "max_message_bytes")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     settings: AgentSettings
-    def __init__(self, agent_id: _Optional[str] = ..., settings: _Optional[_Union[AgentSettings, _Mapping]] = ...) -> None: ...
+    max_message_bytes: int
+    def __init__(self, agent_id: _Optional[str] = ..., settings: _Optional[_Union[AgentSettings, _Mapping]] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class StreamHello(_message.Message):
     __slots__ = ("agent_id", "epoch", "pending_epochs")
@@ -89,6 +91,30 @@ class Ack(_message.Message):
     committed_through: int
     def __init__(self, epoch: _Optional[int] = ..., committed_through: _Optional[int] = ...) -> None: ...
 
+class SampleRejection(_message.Message):
+    __slots__ = ("device_uuid", "reason", "samples")
+    DEVICE_UUID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    device_uuid: str
+    reason: str
+    samples: int
+    def __init__(self, device_uuid: _Optional[str] = ..., reason: _Optional[str] = ..., samples: _Optional[int] = ...) -> None: ...
+
+class Rejection(_message.Message):
+    __slots__ = ("epoch", "sequence", "message_rejected", "detail", "samples")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_REJECTED_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    sequence: int
+    message_rejected: bool
+    detail: str
+    samples: _containers.RepeatedCompositeFieldContainer[SampleRejection]
+    def __init__(self, epoch: _Optional[int] = ..., sequence: _Optional[int] = ..., message_rejected: _Optional[bool] = ..., detail: _Optional[str] = ..., samples: _Optional[_Iterable[_Union[SampleRejection, _Mapping]]] = ...) -> None: ...
+
 class RunJob(_message.Message):
     __slots__ = ("job_id", "spec")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -114,9 +140,11 @@ class Command(_message.Message):
     def __init__(self, command_id: _Optional[str] = ..., run_job: _Optional[_Union[RunJob, _Mapping]] = ..., set_sample_interval: _Optional[_Union[SetSampleInterval, _Mapping]] = ...) -> None: ...
 
 class CollectorMessage(_message.Message):
-    __slots__ = ("ack", "command")
+    __slots__ = ("ack", "command", "rejection")
     ACK_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
+    REJECTION_FIELD_NUMBER: _ClassVar[int]
     ack: Ack
     command: Command
-    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ...) -> None: ...
+    rejection: Rejection
+    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., rejection: _Optional[_Union[Rejection, _Mapping]] = ...) -> None: ...

@@ -54,18 +54,41 @@ class AgentServiceServicer:
     """
 
     def Register(self, request, context):
-        """Announce the node and its devices. Errors: UNAUTHENTICATED (no/bad credentials),
-        PERMISSION_DENIED (hostname is not the credentials' node), INVALID_ARGUMENT (malformed).
+        """Announce the node and its devices (again at every connection; idempotent). Status codes:
+        UNAUTHENTICATED      no or unknown credentials.
+        PERMISSION_DENIED    the hostname is not the one the credentials name, or admin
+        credentials were used.
+        INVALID_ARGUMENT     malformed request (no hostname, epoch 0, no device uuid, a device
+        uuid twice).
+        RESOURCE_EXHAUSTED   the request is larger than the collector's message limit.
+        UNAVAILABLE          the collector cannot commit now (trailer `retry-after-ms`), or it
+        is shutting down.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Stream(self, request_iterator, context):
-        """The long-lived stream. The first message must be `hello`. Errors: as Register, plus
-        INVALID_ARGUMENT for a structurally broken message (the status message names its sequence;
-        the collector records the rejection so the sequence is consumed, and a resend is a
-        duplicate), RESOURCE_EXHAUSTED for an oversized message.
+        """The long-lived stream. The first message must be `hello`; the collector answers with an
+        Ack for the current epoch and each pending epoch, then acks as it commits and sends
+        commands and rejections. Status codes that end it:
+        OK                   the agent half-closed and everything it sent is acked, or the
+        collector is shutting down after acking everything it received.
+        UNAUTHENTICATED, PERMISSION_DENIED   as Register.
+        FAILED_PRECONDITION  `hello` for an agent that has not called Register on this
+        collector; or a sequence gap (the message names the expected one).
+        INVALID_ARGUMENT     the first message is not `hello`, a second `hello`, a non-hello
+        message with epoch or sequence 0, or bytes that are not an
+        AgentMessage. (A message that is an AgentMessage but whose payload
+        cannot be used — e.g. a job result for an unregistered device — is
+        consumed, recorded as rejected and reported with a `Rejection`; the
+        stream goes on.)
+        RESOURCE_EXHAUSTED   a message larger than the limit (see Limits above: not consumed;
+        replace it with a tombstone).
+        UNAVAILABLE          the collector cannot commit now, or a commit holding one of this
+        stream's messages failed (trailer `retry-after-ms`): reconnect and
+        resend from the last ack.
+        ABORTED              a newer stream of the same agent replaced this one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
