@@ -61,7 +61,8 @@ def telemetry_bytes(uuids: list[str], samples_per_batch: int, t0_ns: int) -> byt
         columns = {
             "power_instant_w": 300.0 + i + 0.5 * k,
             "power_average_1s_w": np.full(n, 300.0 + i),
-            "energy_j": 1000.0 + 30.0 * k,
+            # Flat: every message reuses this body, and energy must not decrease in an epoch.
+            "energy_j": np.full(n, 1000.0),
             "sm_clock_mhz": np.full(n, 1980),
             "mem_clock_mhz": np.full(n, 2619),
             "gpu_temperature_c": np.full(n, 55.0),

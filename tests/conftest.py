@@ -2,9 +2,53 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
 import pytest
 
 from flopwatt.analysis.registry import Registry, load_registry
+
+TINY = 1e-6
+"""``pytest.approx``'s default absolute tolerance is 1e-12: for expected values this small (J per
+FLOP is ~1e-12) it can exceed the value itself, so 0 or twice the value would pass."""
+
+
+def _magnitudes(expected: Any) -> Iterator[float]:
+    if isinstance(expected, Mapping):
+        for v in expected.values():
+            yield from _magnitudes(v)
+    elif isinstance(expected, (list, tuple, set, frozenset)):
+        for v in expected:
+            yield from _magnitudes(v)
+    elif isinstance(expected, (int, float)) and not isinstance(expected, bool):
+        yield abs(float(expected))
+    else:
+        try:  # numpy arrays and scalars
+            for v in expected.ravel().tolist():
+                yield abs(float(v))
+        except (AttributeError, TypeError, ValueError):
+            return
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _approx_needs_abs_for_tiny_values() -> Iterator[None]:
+    """Every ``pytest.approx`` of a value below :data:`TINY` must state ``abs=`` (normally
+    ``abs=0``): without it the check may be vacuous (issue 11 found one that passed for 0)."""
+    original = pytest.approx
+
+    def approx(expected: Any, rel: Any = None, abs: Any = None, nan_ok: bool = False) -> Any:
+        if abs is None and any(0 < m < TINY for m in _magnitudes(expected) if math.isfinite(m)):
+            raise AssertionError(
+                f"pytest.approx({expected!r}) without abs=: the default absolute tolerance "
+                f"(1e-12) may exceed a value below {TINY:g}; pass abs=0 (and rel=)"
+            )
+        return original(expected, rel=rel, abs=abs, nan_ok=nan_ok)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pytest, "approx", approx)
+        yield
 
 
 @pytest.fixture(scope="session")

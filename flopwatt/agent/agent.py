@@ -49,8 +49,9 @@ class AgentConfig:
     batch_interval_s: float = 1.0
     heartbeat_s: float = 30.0
     ack_timeout_s: float = 15.0
+    connect_timeout_s: float = 10.0
     backoff_base_s: float = 1.0
-    backoff_cap_s: float = 30.0
+    backoff_cap_s: float = 10.0
     auth_backoff_s: float = 60.0
     job_options: dict[str, float] = field(default_factory=dict)
     """Overrides for job defaults (e.g. ``sustain_s`` for quick demos)."""
@@ -81,6 +82,7 @@ class Agent:
             self._emit_telemetry,
             interval_s=config.interval_s,
             batch_interval_s=config.batch_interval_s,
+            on_tick=self._on_tick,
         )
         node = NodeInfo(
             hostname=config.hostname,
@@ -101,6 +103,7 @@ class Agent:
             on_settings=self._on_settings,
             window=UPLINK_WINDOW,
             ack_timeout_s=config.ack_timeout_s,
+            connect_timeout_s=config.connect_timeout_s,
             backoff_base_s=config.backoff_base_s,
             backoff_cap_s=config.backoff_cap_s,
             auth_backoff_s=config.auth_backoff_s,
@@ -115,9 +118,12 @@ class Agent:
             self._next_seq += 1
             message = AgentMessage(self.epoch, seq, payload)
             proto = agent_message_to_proto(message)
+            telemetry = isinstance(payload, TelemetryBatch)
             samples = payload.samples if isinstance(payload, TelemetryBatch) else 0
             self.spool.append(
-                SpooledMessage(self.epoch, seq, message.kind, proto.SerializeToString(), samples)
+                SpooledMessage(self.epoch, seq, message.kind, proto.SerializeToString(), samples),
+                # A batch takes every sample the sampler held (it swaps its buffer first).
+                pending_samples=0 if telemetry else None,
             )
             self._last_emit = time.monotonic()
         self.uplink.wake()
@@ -129,6 +135,9 @@ class Agent:
 
     def _emit_telemetry(self, batch: TelemetryBatch) -> None:
         self.emit(batch)
+
+    def _on_tick(self, held_samples: int, now_unix_ns: int) -> None:
+        self.spool.note_pending(self.epoch, held_samples, now_unix_ns)
 
     # --- commands ------------------------------------------------------------------------
 
@@ -152,6 +161,14 @@ class Agent:
     async def run(self, stop: asyncio.Event, *, drain_s: float = 5.0) -> None:
         """Sample and deliver until ``stop`` is set, then flush and try to deliver what is
         spooled for up to ``drain_s`` (whatever is left stays in the spool for next time)."""
+        for loss in self.spool.recover(self.epoch):
+            log.warning(
+                "the previous run ended without sending its last %d samples (killed?); "
+                "counted as a tombstone (epoch %d, sequence %d)",
+                loss.samples,
+                loss.epoch,
+                loss.sequence,
+            )
         self.sampler.start()
         uplink_stop = asyncio.Event()
         uplink = asyncio.create_task(self.uplink.run(uplink_stop))
@@ -161,6 +178,7 @@ class Agent:
         finally:
             heartbeat.cancel()
             self.sampler.stop(flush=True)
+            self.spool.close_epoch(self.epoch)
             self.jobs.close()
             deadline = time.monotonic() + drain_s
             while self.spool.stats().messages and time.monotonic() < deadline:

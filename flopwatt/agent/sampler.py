@@ -45,6 +45,10 @@ class Sampler:
         interval_s: sampling period.
         batch_interval_s: how often a batch is emitted.
         wall_ns / mono_ns: clocks (injectable).
+        on_lost: called when a device is lost (with the reason).
+        on_tick: called after every tick with (samples held and not yet emitted, wall time of
+            the tick in ns) — the agent records it in its spool, so samples lost to a kill are
+            counted at the next start.
     """
 
     def __init__(
@@ -57,6 +61,7 @@ class Sampler:
         wall_ns: Callable[[], int] = time.time_ns,
         mono_ns: Callable[[], int] = time.monotonic_ns,
         on_lost: Callable[[Device, str], None] | None = None,
+        on_tick: Callable[[int, int], None] | None = None,
     ) -> None:
         self._devices = list(devices)
         self._emit = emit
@@ -65,6 +70,7 @@ class Sampler:
         self._wall_ns = wall_ns
         self._mono_ns = mono_ns
         self._on_lost = on_lost
+        self._on_tick = on_tick
         self._lock = threading.Lock()
         self._buffer: dict[str, list[Snapshot]] = {d.info.uuid: [] for d in self._devices}
         self._windows: list[_Window] = []
@@ -151,6 +157,10 @@ class Sampler:
                 for w in self._windows:
                     if uuid in w.uuids:
                         w.snapshots.setdefault(uuid, []).append(snap)
+        if self._on_tick is not None:
+            with self._lock:
+                held = sum(map(len, self._buffer.values()))
+            self._on_tick(held, now)
         self.tick_seconds.append(time.perf_counter() - t0)
         if len(self.tick_seconds) > 10_000:
             del self.tick_seconds[:5_000]

@@ -19,27 +19,42 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
 def render(agent: Agent) -> bytes:
     """The agent's metrics in the Prometheus text format."""
     t = os.times()
     stats = agent.spool.stats()
-    values = {
-        "flopwatt_agent_cpu_seconds_total": t.user + t.system,
-        "flopwatt_agent_resident_memory_bytes": _rss_bytes(),
-        "flopwatt_agent_spool_bytes": stats.payload_bytes,
-        "flopwatt_agent_spool_messages": stats.messages,
-        "flopwatt_agent_dropped_samples_total": stats.dropped_samples_total,
-        "flopwatt_agent_reconnects_total": agent.uplink.stats.reconnects,
-        "flopwatt_agent_missed_ticks_total": agent.sampler.missed_ticks_total,
+    series: dict[str, dict[tuple[str, ...], float]] = {
+        "flopwatt_agent_cpu_seconds_total": {(): t.user + t.system},
+        "flopwatt_agent_resident_memory_bytes": {(): _rss_bytes()},
+        "flopwatt_agent_spool_bytes": {(): stats.payload_bytes},
+        "flopwatt_agent_spool_messages": {(): stats.messages},
+        "flopwatt_agent_dropped_samples_total": {
+            ("spool_full",): stats.dropped_samples_total,
+            ("too_large",): stats.oversized_samples_total,
+            ("agent_stopped",): stats.killed_samples_total,
+        },
+        "flopwatt_agent_rejected_samples_total": {
+            (reason,): n for reason, n in sorted(agent.uplink.stats.rejected_samples.items())
+        },
+        "flopwatt_agent_reconnects_total": {(): agent.uplink.stats.reconnects},
+        "flopwatt_agent_missed_ticks_total": {(): agent.sampler.missed_ticks_total},
     }
     lines = []
     for m in METRICS:
-        if m.scope == "agent":
-            lines += [
-                f"# HELP {m.name} {m.help}",
-                f"# TYPE {m.name} {m.type.value}",
-                f"{m.name} {float(values[m.name])!r}",
-            ]
+        if m.scope != "agent":
+            continue
+        lines += [f"# HELP {m.name} {m.help}", f"# TYPE {m.name} {m.type.value}"]
+        for values, value in series[m.name].items():
+            labels = ",".join(
+                f'{k}="{_escape(v)}"' for k, v in zip(m.labels, values, strict=True)
+            )
+            lines.append(
+                f"{m.name}{{{labels}}} {float(value)!r}" if labels else f"{m.name} {float(value)!r}"
+            )
     return ("\n".join(lines) + "\n").encode()
 
 

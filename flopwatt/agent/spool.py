@@ -7,6 +7,13 @@ tombstones (a tiny ``dropped`` message with the same epoch and sequence, carryin
 samples were lost) and the loss is counted exactly. Job results and job status are never
 dropped. A tombstone keeps the sequence contiguous, so the collector records the loss instead
 of waiting for a message that will never come.
+
+The spool also keeps a small ledger per epoch (``epochs``): the highest sequence emitted, and,
+updated at every sampling tick, how many samples are held in memory and not yet in a batch.
+An agent killed with SIGKILL loses those samples; at its next start :meth:`Spool.recover`
+turns that count into a tombstone in the old epoch (``reason="agent stopped"``), so the loss is
+counted at the collector instead of being silent. The ledger is also what a fault test checks
+the collector's store against (:meth:`Spool.produced`).
 """
 
 from __future__ import annotations
@@ -32,7 +39,24 @@ SCHEMA = (
         name TEXT PRIMARY KEY,
         value INTEGER NOT NULL
     )""",
+    # BIGINT, not INTEGER: an INTEGER PRIMARY KEY would be the rowid, which must stay the
+    # insertion order (the newest epochs are the ones kept).
+    """CREATE TABLE IF NOT EXISTS epochs (
+        epoch BIGINT PRIMARY KEY,
+        last_sequence INTEGER NOT NULL DEFAULT 0,
+        pending_samples INTEGER NOT NULL DEFAULT 0,
+        sampled_through_unix_ns INTEGER NOT NULL DEFAULT 0,
+        closed INTEGER NOT NULL DEFAULT 0
+    )""",
 )
+
+TOO_LARGE_REASON = "too large"
+"""``Dropped.reason`` of the tombstone for a message larger than the collector accepts."""
+KILLED_REASON = "agent stopped"
+"""``Dropped.reason`` of the tombstone for samples an agent held in memory when it was killed."""
+
+KEEP_CLOSED_EPOCHS = 64
+"""Closed epochs whose ledger row is kept (older ones, fully acked, are forgotten)."""
 
 
 def _to_db(epoch: int) -> int:
@@ -61,7 +85,24 @@ class SpoolStats:
     messages: int
     payload_bytes: int
     dropped_samples_total: int
+    """Telemetry samples replaced by tombstones because the spool was full."""
     dropped_messages_total: int
+    killed_samples_total: int = 0
+    """Samples a previous run held in memory when it was killed (see :meth:`Spool.recover`)."""
+    oversized_messages_total: int = 0
+    """Messages replaced by tombstones because they exceeded the collector's message limit."""
+    oversized_samples_total: int = 0
+    """Telemetry samples lost with those messages."""
+
+
+@dataclass(frozen=True)
+class RecoveredLoss:
+    """Samples an earlier run of the agent held in memory when it ended without flushing."""
+
+    epoch: int
+    sequence: int
+    """Sequence of the tombstone that now carries the loss."""
+    samples: int
 
 
 class Spool:
@@ -108,20 +149,31 @@ class Spool:
             (name, by),
         )
 
-    def append(self, message: SpooledMessage) -> None:
-        """Store a message to send; then enforce the size bound."""
+    def append(self, message: SpooledMessage, *, pending_samples: int | None = None) -> None:
+        """Store a message to send; then enforce the size bound.
+
+        Args:
+            message: the message, serialised.
+            pending_samples: when given, the samples still held in memory after this message
+                (0 after a telemetry batch took them all): see :meth:`note_pending`.
+        """
         with self._lock:
             self._db.execute("BEGIN")
+            db_epoch = _to_db(message.epoch)
             self._db.execute(
                 "INSERT INTO spool VALUES (?, ?, ?, ?, ?)",
-                (
-                    _to_db(message.epoch),
-                    message.sequence,
-                    message.kind,
-                    message.payload,
-                    message.samples,
-                ),
+                (db_epoch, message.sequence, message.kind, message.payload, message.samples),
             )
+            self._db.execute(
+                "INSERT INTO epochs (epoch, last_sequence) VALUES (?, ?) ON CONFLICT (epoch) "
+                "DO UPDATE SET last_sequence = MAX(last_sequence, excluded.last_sequence)",
+                (db_epoch, message.sequence),
+            )
+            if pending_samples is not None:
+                self._db.execute(
+                    "UPDATE epochs SET pending_samples = ? WHERE epoch = ?",
+                    (pending_samples, db_epoch),
+                )
             self._bytes += len(message.payload)
             if self.max_bytes and self._bytes > self.max_bytes:
                 self._drop_oldest_telemetry()
@@ -155,6 +207,107 @@ class Spool:
             self._bytes += len(tombstone) - size
             self._bump("dropped_samples_total", samples)
             self._bump("dropped_messages_total", 1)
+
+    def note_pending(self, epoch: int, pending_samples: int, sampled_through_unix_ns: int) -> None:
+        """Record that ``pending_samples`` samples, the newest taken at
+        ``sampled_through_unix_ns``, are held in memory and not yet in a spooled batch (called
+        at every sampling tick; one small write, no fsync)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO epochs (epoch, pending_samples, sampled_through_unix_ns) "
+                "VALUES (?, ?, ?) ON CONFLICT (epoch) DO UPDATE SET "
+                "pending_samples = excluded.pending_samples, "
+                "sampled_through_unix_ns = excluded.sampled_through_unix_ns",
+                (_to_db(epoch), pending_samples, sampled_through_unix_ns),
+            )
+
+    def close_epoch(self, epoch: int) -> None:
+        """Mark ``epoch`` as ended cleanly (everything sampled was spooled)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO epochs (epoch, closed) VALUES (?, 1) ON CONFLICT (epoch) "
+                "DO UPDATE SET closed = 1, pending_samples = 0",
+                (_to_db(epoch),),
+            )
+
+    def recover(self, current_epoch: int) -> list[RecoveredLoss]:
+        """Close every earlier epoch; where an earlier run was killed holding samples in memory,
+        append a tombstone for them in its epoch (the next sequence) and count them.
+
+        Returns:
+            the losses turned into tombstones (empty after a clean stop).
+        """
+        losses: list[RecoveredLoss] = []
+        current = _to_db(current_epoch)
+        with self._lock:
+            self._db.execute("BEGIN")
+            rows = self._db.execute(
+                "SELECT epoch, last_sequence, pending_samples FROM epochs "
+                "WHERE closed = 0 AND epoch != ?",
+                (current,),
+            ).fetchall()
+            for db_epoch, last, pending in rows:
+                if pending > 0:
+                    epoch, seq = _from_db(db_epoch), last + 1
+                    tombstone = agent_pb2.AgentMessage(
+                        epoch=epoch,
+                        sequence=seq,
+                        dropped=agent_pb2.Dropped(
+                            reason=KILLED_REASON, samples=pending, original_kind="telemetry"
+                        ),
+                    ).SerializeToString()
+                    self._db.execute(
+                        "INSERT INTO spool VALUES (?, ?, 'dropped', ?, 0)",
+                        (db_epoch, seq, tombstone),
+                    )
+                    self._bytes += len(tombstone)
+                    self._bump("killed_samples_total", pending)
+                    losses.append(RecoveredLoss(epoch, seq, pending))
+                    last = seq
+                self._db.execute(
+                    "UPDATE epochs SET closed = 1, pending_samples = 0, last_sequence = ? "
+                    "WHERE epoch = ?",
+                    (last, db_epoch),
+                )
+            # Forget old, fully delivered epochs (one row per agent start otherwise).
+            self._db.execute(
+                "DELETE FROM epochs WHERE closed = 1 AND epoch NOT IN "
+                "(SELECT DISTINCT epoch FROM spool) AND epoch NOT IN "
+                "(SELECT epoch FROM epochs ORDER BY rowid DESC LIMIT ?)",
+                (KEEP_CLOSED_EPOCHS,),
+            )
+            self._db.execute("COMMIT")
+        return losses
+
+    def replace_too_large(self, message: SpooledMessage) -> SpooledMessage:
+        """Replace ``message`` (larger than the collector accepts: it would be refused for
+        ever) by a tombstone with its epoch and sequence; count it. Returns the tombstone."""
+        tombstone = agent_pb2.AgentMessage(
+            epoch=message.epoch,
+            sequence=message.sequence,
+            dropped=agent_pb2.Dropped(
+                reason=TOO_LARGE_REASON, samples=message.samples, original_kind=message.kind
+            ),
+        ).SerializeToString()
+        with self._lock:
+            self._db.execute("BEGIN")
+            cur = self._db.execute(
+                "UPDATE spool SET kind = 'dropped', payload = ?, samples = 0 "
+                "WHERE epoch = ? AND sequence = ?",
+                (tombstone, _to_db(message.epoch), message.sequence),
+            )
+            if cur.rowcount:
+                self._bytes += len(tombstone) - len(message.payload)
+                self._bump("oversized_messages_total", 1)
+                self._bump("oversized_samples_total", message.samples)
+            self._db.execute("COMMIT")
+        return SpooledMessage(message.epoch, message.sequence, "dropped", tombstone, 0)
+
+    def produced(self) -> dict[int, int]:
+        """The highest sequence emitted per epoch this spool has seen (the agent's ledger)."""
+        with self._lock:
+            rows = self._db.execute("SELECT epoch, last_sequence FROM epochs").fetchall()
+        return {_from_db(e): int(n) for e, n in rows}
 
     def ack(self, epoch: int, committed_through: int) -> int:
         """Forget everything of ``epoch`` up to ``committed_through``; return how many."""
@@ -209,4 +362,7 @@ class Spool:
             payload_bytes=self._bytes,
             dropped_samples_total=int(counters.get("dropped_samples_total", 0)),
             dropped_messages_total=int(counters.get("dropped_messages_total", 0)),
+            killed_samples_total=int(counters.get("killed_samples_total", 0)),
+            oversized_messages_total=int(counters.get("oversized_messages_total", 0)),
+            oversized_samples_total=int(counters.get("oversized_samples_total", 0)),
         )

@@ -4,10 +4,19 @@ unacked after any reconnect, so nothing is lost across network cuts or collector
 * ``grpc.aio`` client with keepalive (``grpc.http2.ping_timeout_ms`` set, so a black-holed
   connection is noticed in seconds, not after TCP's ~65 s) and an application-level ack
   timeout: if the oldest message in flight is not acked in time, the stream is torn down.
-* At most ``window`` messages in flight; acks delete from the spool.
-* Reconnect with full-jitter exponential backoff (1 s base, 30 s cap); after
-  ``UNAUTHENTICATED`` / ``PERMISSION_DENIED`` wait at least 60 s (a misconfiguration must not
-  hot-loop) — the spool keeps everything meanwhile.
+  Connecting is bounded too (``connect_timeout_s`` for Register), so a path that black-holes
+  while the agent reconnects is noticed as fast as one that does so mid-stream.
+* At most ``window`` messages in flight (32: a backlog replays as fast as the collector acks,
+  several hundred messages a second, while new telemetry queues behind it); acks delete from
+  the spool. Messages are written as the bytes the spool holds (no parse and re-serialise).
+* Reconnect with full-jitter exponential backoff (1 s base, 10 s cap), reset by every
+  connection that got as far as the collector's first ack; never sooner than the collector's
+  ``retry-after-ms`` trailer asks. After ``UNAUTHENTICATED`` / ``PERMISSION_DENIED`` wait at
+  least 60 s (a misconfiguration must not hot-loop) — the spool keeps everything meanwhile.
+* A message larger than the collector's ``max_message_bytes`` would be refused for ever: it is
+  replaced in the spool by a tombstone (counted) before it is sent.
+* ``Rejection`` s are counted and logged once per reason (a clock far ahead of the collector's
+  shows up as ``timestamp_future``).
 """
 
 from __future__ import annotations
@@ -22,9 +31,9 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from flopwatt.agent.spool import Spool
+from flopwatt.agent.spool import Spool, SpooledMessage
 from flopwatt.channel import ClientCredentials, aio_channel
-from flopwatt.records import Command, RegisterRequest
+from flopwatt.records import Command, RegisterRequest, Rejection
 from flopwatt.v1 import agent_pb2, agent_pb2_grpc
 from flopwatt.wire import (
     WireError,
@@ -37,8 +46,15 @@ log = logging.getLogger(__name__)
 
 AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
-UPLINK_WINDOW = 8
+UPLINK_WINDOW = 32
 """Messages sent and not yet acked, at most (the spool never drops these: see ``Spool``)."""
+
+DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+"""The collector's message limit when it does not say (older collectors)."""
+
+STREAM_METHOD = "/flopwatt.v1.AgentService/Stream"
+RETRY_AFTER_METADATA = "retry-after-ms"
+"""Trailing metadata in which the collector asks for a delay before the next attempt (ms)."""
 
 
 class AckTimeoutError(RuntimeError):
@@ -56,13 +72,28 @@ class UplinkStats:
     last_error: str = ""
     last_delay_s: float = 0.0
     delays_s: list[float] = field(default_factory=list)
+    rejected_messages: int = 0
+    """Messages the collector consumed as rejected (see ``Rejection``)."""
+    rejected_samples: dict[str, int] = field(default_factory=dict)
+    """Samples the collector did not store, by reason."""
 
 
 def backoff_delay(
-    attempt: int, rng: random.Random, *, base_s: float = 1.0, cap_s: float = 30.0
+    attempt: int, rng: random.Random, *, base_s: float = 1.0, cap_s: float = 10.0
 ) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(cap, base·2^attempt)]."""
     return rng.uniform(0.0, min(cap_s, base_s * 2.0**attempt))
+
+
+def retry_after_s(exc: grpc.aio.AioRpcError) -> float:
+    """The delay the collector asked for in the ``retry-after-ms`` trailer (0 when none)."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == RETRY_AFTER_METADATA:
+            try:
+                return max(0.0, int(value) / 1000)
+            except (TypeError, ValueError):
+                return 0.0
+    return 0.0
 
 
 class Uplink:
@@ -75,6 +106,14 @@ class Uplink:
         register: what to send in ``Register`` (re-sent on every connection).
         on_command: called (on the event loop) with each command from the collector.
         on_settings: called with the sample interval the collector asks for at registration.
+        window: messages in flight, at most.
+        ack_timeout_s: the oldest message in flight must be acked within this (s), and every
+            write must be taken by the transport within it.
+        connect_timeout_s: deadline of ``Register`` (s); bounds how long a dead path goes
+            unnoticed while connecting.
+        backoff_base_s, backoff_cap_s: reconnect backoff (s).
+        auth_backoff_s: the least wait after the collector refused the credentials (s).
+        rng: jitter source.
     """
 
     def __init__(
@@ -88,8 +127,9 @@ class Uplink:
         on_settings: Callable[[float], None] | None = None,
         window: int = UPLINK_WINDOW,
         ack_timeout_s: float = 15.0,
+        connect_timeout_s: float = 10.0,
         backoff_base_s: float = 1.0,
-        backoff_cap_s: float = 30.0,
+        backoff_cap_s: float = 10.0,
         auth_backoff_s: float = 60.0,
         rng: random.Random | None = None,
     ) -> None:
@@ -101,12 +141,15 @@ class Uplink:
         self._on_settings = on_settings
         self._window = window
         self._ack_timeout_s = ack_timeout_s
+        self._connect_timeout_s = connect_timeout_s
         self._backoff_base_s = backoff_base_s
         self._backoff_cap_s = backoff_cap_s
         self._auth_backoff_s = auth_backoff_s
         self._rng = rng or random.Random()
         self._wakeup: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
+        self._logged_reasons: set[str] = set()
         self.stats = UplinkStats()
 
     def wake(self) -> None:
@@ -114,24 +157,24 @@ class Uplink:
         if self._loop is not None and self._wakeup is not None:
             self._loop.call_soon_threadsafe(self._wakeup.set)
 
+    def _backoff(self, attempt: int) -> float:
+        return backoff_delay(
+            attempt, self._rng, base_s=self._backoff_base_s, cap_s=self._backoff_cap_s
+        )
+
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set (then return after the current attempt ends)."""
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         attempt = 0
         while not stop.is_set():
-            progressed = False
+            established = [False]
             try:
-                progressed = await self._connection(stop)
-                delay = (
-                    0.0
-                    if stop.is_set()
-                    else backoff_delay(
-                        0, self._rng, base_s=self._backoff_base_s, cap_s=self._backoff_cap_s
-                    )
-                )
+                await self._connection(stop, established)
+                delay = 0.0 if stop.is_set() else self._backoff(0)
             except grpc.aio.AioRpcError as exc:
                 self.stats.last_error = f"{exc.code().name}: {exc.details()}"
+                asked = retry_after_s(exc)
                 if exc.code() in AUTH_CODES:
                     log.error(
                         "collector refused our credentials (%s); retrying in ≥ %.0f s; "
@@ -139,62 +182,59 @@ class Uplink:
                         self.stats.last_error,
                         self._auth_backoff_s,
                     )
-                    delay = max(
-                        self._auth_backoff_s,
-                        backoff_delay(
-                            attempt,
-                            self._rng,
-                            base_s=self._backoff_base_s,
-                            cap_s=self._backoff_cap_s,
-                        ),
-                    )
+                    delay = max(self._auth_backoff_s, self._backoff(attempt))
                 else:
                     log.warning("uplink: %s", self.stats.last_error)
-                    delay = backoff_delay(
-                        attempt, self._rng, base_s=self._backoff_base_s, cap_s=self._backoff_cap_s
-                    )
+                    delay = self._backoff(0 if established[0] else attempt)
+                if asked > 0:
+                    # Never sooner than asked; spread by up to half again so that the agents
+                    # a collector turned away together do not all come back at once.
+                    delay = max(delay, asked * self._rng.uniform(1.0, 1.5))
             except (AckTimeoutError, WireError, OSError) as exc:
                 self.stats.last_error = str(exc)
                 log.warning("uplink: %s", exc)
-                delay = backoff_delay(
-                    attempt, self._rng, base_s=self._backoff_base_s, cap_s=self._backoff_cap_s
-                )
+                delay = self._backoff(0 if established[0] else attempt)
             self.stats.connected = False
             if stop.is_set():
                 break
-            attempt = 0 if progressed else attempt + 1
+            # A connection that got as far as the collector's first ack resets the backoff.
+            attempt = 0 if established[0] else attempt + 1
             self.stats.reconnects += 1
             self.stats.last_delay_s = delay
             self.stats.delays_s.append(delay)
+            if len(self.stats.delays_s) > 1000:
+                del self.stats.delays_s[:500]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
 
-    async def _connection(self, stop: asyncio.Event) -> bool:
-        """One connection: register, stream until error or stop. Returns whether any message
-        was acked (a healthy connection resets the backoff)."""
+    async def _connection(self, stop: asyncio.Event, established: list[bool]) -> None:
+        """One connection: register, stream until error or stop. Sets ``established[0]`` once
+        the collector acked the hello."""
         metadata = self._creds.metadata()
-        acked_before = self.stats.acked_messages
         async with aio_channel(self._creds) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
             reply = await stub.Register(
                 register_request_to_proto(self._register),
                 metadata=metadata,
-                timeout=max(5.0, 2 * self._ack_timeout_s),
+                timeout=self._connect_timeout_s,
             )
-            settings = register_response_from_proto(reply).settings
+            response = register_response_from_proto(reply)
+            self._max_message_bytes = response.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
             if self._on_settings is not None:
-                self._on_settings(settings.sample_interval_s)
-            call = stub.Stream(metadata=metadata)
+                self._on_settings(response.settings.sample_interval_s)
+            # Spooled messages are already serialised: written as they are.
+            call = channel.stream_stream(
+                STREAM_METHOD,
+                request_serializer=_identity,
+                response_deserializer=agent_pb2.CollectorMessage.FromString,
+            )(metadata=metadata)
             try:
-                await self._stream(call, stop)
+                await self._stream(call, stop, established)
             finally:
                 call.cancel()
-        return self.stats.acked_messages > acked_before
 
-    async def _write(
-        self, call: grpc.aio.StreamStreamCall, message: agent_pb2.AgentMessage
-    ) -> None:
-        """Write one message, bounded by the ack timeout.
+    async def _write(self, call: grpc.aio.StreamStreamCall, message: bytes) -> None:
+        """Write one serialised message, bounded by the ack timeout.
 
         Raises:
             AckTimeoutError: the transport did not take the message in time. A collector that
@@ -210,7 +250,58 @@ class Uplink:
                 "(the collector is not reading its stream)"
             ) from None
 
-    async def _stream(self, call: grpc.aio.StreamStreamCall, stop: asyncio.Event) -> None:
+    def _on_rejection(self, r: Rejection) -> None:
+        if r.message_rejected:
+            self.stats.rejected_messages += 1
+            log.warning(
+                "collector rejected message %d/%d (consumed, not stored): %s",
+                r.epoch,
+                r.sequence,
+                r.detail,
+            )
+            return
+        for s in r.samples:
+            self.stats.rejected_samples[s.reason] = (
+                self.stats.rejected_samples.get(s.reason, 0) + s.samples
+            )
+            if s.reason in self._logged_reasons:
+                continue
+            self._logged_reasons.add(s.reason)
+            hint = (
+                ": this node's clock is more than 10 minutes ahead of the collector's "
+                "(check NTP)"
+                if s.reason == "timestamp_future"
+                else ""
+            )
+            log.warning(
+                "collector rejected %d samples of %s as %s%s (logged once per reason; the "
+                "agent's self-metrics count them all)",
+                s.samples,
+                s.device_uuid,
+                s.reason,
+                hint,
+            )
+
+    async def _too_large(self, m: SpooledMessage) -> SpooledMessage:
+        """``m``, or the tombstone that replaces it when it exceeds the collector's limit."""
+        if len(m.payload) <= self._max_message_bytes:
+            return m
+        tombstone = await asyncio.to_thread(self._spool.replace_too_large, m)
+        log.error(
+            "message %d/%d (%s, %d bytes) exceeds the collector's limit of %d bytes; replaced "
+            "by a tombstone (%d samples counted as dropped)",
+            m.epoch,
+            m.sequence,
+            m.kind,
+            len(m.payload),
+            self._max_message_bytes,
+            m.samples,
+        )
+        return tombstone
+
+    async def _stream(
+        self, call: grpc.aio.StreamStreamCall, stop: asyncio.Event, established: list[bool]
+    ) -> None:
         assert self._wakeup is not None
         epochs = [e for e in self._spool.epochs() if e != self._epoch]
         await self._write(
@@ -219,9 +310,9 @@ class Uplink:
                 hello=agent_pb2.StreamHello(
                     agent_id=self._register.node.hostname, epoch=self._epoch, pending_epochs=epochs
                 )
-            ),
+            ).SerializeToString(),
         )
-        self.stats.connected = True
+        hello_at = time.monotonic()
         acked: dict[int, int] = {}
         sent: dict[int, int] = {}
         in_flight: dict[tuple[int, int], float] = {}
@@ -233,6 +324,12 @@ class Uplink:
                 if isinstance(msg, Command):
                     self._on_command(msg)
                     continue
+                if isinstance(msg, Rejection):
+                    self._on_rejection(msg)
+                    continue
+                if not established[0]:
+                    established[0] = True
+                    self.stats.connected = True
                 acked[msg.epoch] = max(acked.get(msg.epoch, 0), msg.committed_through)
                 done = await asyncio.to_thread(self._spool.ack, msg.epoch, msg.committed_through)
                 self.stats.acked_messages += done
@@ -260,11 +357,16 @@ class Uplink:
                         break
                     batch = await asyncio.to_thread(self._spool.pending, epoch, cursor, room)
                     for m in batch:
-                        await self._write(call, agent_pb2.AgentMessage.FromString(m.payload))
+                        m = await self._too_large(m)
+                        await self._write(call, m.payload)
                         sent[epoch] = m.sequence
                         in_flight[(epoch, m.sequence)] = time.monotonic()
                         self.stats.sent_messages += 1
                         progressed = True
+                if not established[0] and time.monotonic() - hello_at > self._ack_timeout_s:
+                    raise AckTimeoutError(
+                        f"the collector did not answer the hello within {self._ack_timeout_s:g} s"
+                    )
                 if in_flight and time.monotonic() - min(in_flight.values()) > self._ack_timeout_s:
                     raise AckTimeoutError(
                         f"no ack for {len(in_flight)} messages within {self._ack_timeout_s:g} s"
@@ -284,3 +386,7 @@ class Uplink:
             if not reader.done():
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
+
+
+def _identity(message: bytes) -> bytes:
+    return message

@@ -14,6 +14,7 @@ import click
 
 from flopwatt.channel import ClientCredentials, TokenFileError, read_token_file
 from flopwatt.commands.collector import setup_logging
+from flopwatt.http_server import HttpServer
 
 log = logging.getLogger("flopwatt.agent")
 
@@ -194,19 +195,26 @@ def agent(
         target,
         config.spool_path,
     )
-    asyncio.run(_run(instance, metrics_listen))
-
-
-async def _run(instance: object, metrics_listen: str | None) -> None:
-    from flopwatt.agent.agent import Agent
     from flopwatt.agent.self_metrics import serve_agent_metrics
+
+    try:
+        server = serve_agent_metrics(instance, metrics_listen) if metrics_listen else None
+    except (OSError, ValueError) as exc:
+        instance.spool.close()
+        instance.backend.close()
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise click.ClickException(f"--metrics-listen {metrics_listen}: {detail}") from None
+    asyncio.run(_run(instance, server))
+
+
+async def _run(instance: object, server: HttpServer | None) -> None:
+    from flopwatt.agent.agent import Agent
 
     assert isinstance(instance, Agent)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = serve_agent_metrics(instance, metrics_listen) if metrics_listen else None
     try:
         await instance.run(stop)
     finally:

@@ -178,6 +178,12 @@ class SimDevice:
             if f.kind == "slow" and f.value is not None:
                 self._slow = f.value
             elif f.kind == "power-cap" and f.value is not None:
+                if spec.tdp_w is not None and f.value > spec.tdp_w:
+                    # NVML refuses a limit above the maximum, which is the TDP here.
+                    raise ValueError(
+                        f"power cap {f.value:g} W is above the {spec.sku}'s maximum power "
+                        f"limit ({spec.tdp_w:g} W)"
+                    )
                 self._limit_w = f.value
             elif f.kind == "lost-after" and f.value is not None:
                 self._lost_after_ns = int(f.value * 1e9)

@@ -20,9 +20,11 @@ default 3600), ``gemm_trials`` / ``gemm_min_trial_s`` / ``gemm_warmup_s`` (GEMM 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import multiprocessing
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -31,8 +33,9 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from flopwatt.agent.devices.base import Backend, Device
-from flopwatt.agent.jobs.runner import JobUnavailableError
+from flopwatt.agent.jobs.runner import JobCancelledError, JobUnavailableError
 from flopwatt.agent.sampler import Sampler
+from flopwatt.children import become_child, start_child
 from flopwatt.records import (
     Conditions,
     DeviceInfo,
@@ -84,6 +87,7 @@ def run(
     sampler: Sampler,
     backend: Backend,
     options: dict[str, Any],
+    cancel: threading.Event | None = None,
 ) -> list[JobResult]:
     """Run a GEMM or model job on real devices, one device after another, each in its own
     spawned child process.
@@ -123,7 +127,9 @@ def run(
             model=spec.model,
             options=dict(options),
         )
-        results += _run_device(job_id, request, sampler, software, reasons)
+        results += _run_device(
+            job_id, request, sampler, software, reasons, cancel or threading.Event()
+        )
     if not results:
         raise JobUnavailableError("; ".join(reasons) or "nothing in the job produced a result")
     for reason in reasons:
@@ -137,6 +143,7 @@ def _run_device(
     sampler: Sampler,
     software: SoftwareVersions,
     reasons: list[str],
+    cancel: threading.Event,
 ) -> list[JobResult]:
     from flopwatt.agent.jobs.gemm import GemmMeasurement, SoftwareInfo, gemm_result
     from flopwatt.agent.jobs.model_bench import ModelFailure, ModelMeasurement, model_result
@@ -159,7 +166,7 @@ def _run_device(
         )
 
     try:
-        for kind, payload in _child_messages(request):
+        for kind, payload in _child_messages(request, cancel):
             if kind == "software":
                 child_sw = payload
             elif kind == "gemm":
@@ -214,18 +221,24 @@ class _ChildDiedError(RuntimeError):
     """The measuring child exited without finishing, or ran past its time limit."""
 
 
-def _child_messages(request: _Request) -> Iterator[tuple[str, Any]]:
-    """Start the child and yield its messages until it says it is done."""
+def _child_messages(request: _Request, cancel: threading.Event) -> Iterator[tuple[str, Any]]:
+    """Start the child and yield its messages until it says it is done.
+
+    Raises:
+        JobCancelledError: ``cancel`` was set (the agent is stopping); the child is killed.
+    """
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(
         target=_child_main, args=(request, send), name="flopwatt-bench", daemon=True
     )
-    child.start()
+    start_child(child)
     send.close()  # the parent keeps only its reading end, so EOF means the child is gone
     deadline = time.monotonic() + float(request.options.get("job_timeout_s", _DEFAULT_TIMEOUT_S))
     try:
         while True:
+            if cancel.is_set():
+                raise JobCancelledError("the agent stopped before the job finished")
             if time.monotonic() > deadline:
                 raise _ChildDiedError(f"benchmark on {request.device} ran past its time limit")
             if not receive.poll(0.5):
@@ -247,7 +260,7 @@ def _child_messages(request: _Request) -> Iterator[tuple[str, Any]]:
     finally:
         receive.close()
         if child.is_alive():
-            child.terminate()
+            child.kill()  # it ignores SIGTERM and SIGINT (flopwatt.children)
         child.join(10)
 
 
@@ -256,6 +269,7 @@ def _child_messages(request: _Request) -> Iterator[tuple[str, Any]]:
 
 def _child_main(request: _Request, conn: Connection) -> None:
     """Entry point of the spawned child: measure, stream records, say done (or why not)."""
+    become_child()
     try:
         from flopwatt.agent.jobs.gemm import software_info
 
@@ -267,7 +281,8 @@ def _child_main(request: _Request, conn: Connection) -> None:
         conn.send(("done", None))
     # Anything the measurement raises goes back to the parent as text; the child then exits.
     except BaseException as exc:
-        conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+        with contextlib.suppress(OSError):  # the parent may be gone: exit quietly
+            conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
     finally:
         conn.close()
 

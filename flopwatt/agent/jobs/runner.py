@@ -27,6 +27,14 @@ class JobUnavailableError(RuntimeError):
     """This agent cannot run the job (the message says why); reported as UNAVAILABLE."""
 
 
+class JobCancelledError(RuntimeError):
+    """The agent is stopping: the job was cut short (its child process killed)."""
+
+
+CLOSE_TIMEOUT_S = 5.0
+"""How long :meth:`JobRunner.close` waits for a cancelled job to wind up (s)."""
+
+
 class JobRunner:
     """A queue of jobs worked by one thread (see module docstring)."""
 
@@ -34,6 +42,7 @@ class JobRunner:
         self._agent = agent
         self._options = options
         self._queue: queue.SimpleQueue[tuple[str, JobSpec] | None] = queue.SimpleQueue()
+        self._cancel = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flopwatt-jobs", daemon=True)
         self._thread.start()
 
@@ -42,8 +51,11 @@ class JobRunner:
         self._queue.put((job_id, spec))
 
     def close(self) -> None:
-        """Stop after the current job."""
+        """Cancel the current job (its child process is killed; it reports FAILED), drop the
+        queued ones, and wait for the worker to finish (bounded)."""
+        self._cancel.set()
         self._queue.put(None)
+        self._thread.join(CLOSE_TIMEOUT_S)
 
     def _status(
         self, job_id: str, state: JobState, message: str = "", progress: float = 0.0
@@ -56,9 +68,14 @@ class JobRunner:
             if item is None:
                 return
             job_id, spec = item
+            if self._cancel.is_set():
+                return
             self._status(job_id, JobState.RUNNING)
             try:
                 results = self._execute(job_id, spec)
+            except JobCancelledError as exc:
+                self._status(job_id, JobState.FAILED, str(exc))
+                return
             except JobUnavailableError as exc:
                 self._status(job_id, JobState.UNAVAILABLE, str(exc))
                 continue
@@ -81,9 +98,11 @@ class JobRunner:
         if agent.backend.name == "sim":
             from flopwatt.agent.jobs import sim_jobs
 
-            return sim_jobs.run(job_id, spec, devices, agent.sampler, self._options)
+            return sim_jobs.run(job_id, spec, devices, agent.sampler, self._options, self._cancel)
         from flopwatt.agent.jobs import real_jobs
 
         if spec.kind is JobKind.GEMM or spec.kind is JobKind.MODEL:
-            return real_jobs.run(job_id, spec, devices, agent.sampler, agent.backend, self._options)
+            return real_jobs.run(
+                job_id, spec, devices, agent.sampler, agent.backend, self._options, self._cancel
+            )
         raise JobUnavailableError(f"unknown job kind {spec.kind}")

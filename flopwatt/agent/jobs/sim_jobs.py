@@ -15,6 +15,7 @@ Simulation assumptions (illustrative — the sim exists to exercise the pipeline
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +24,7 @@ import numpy as np
 
 from flopwatt.agent.devices.base import Device
 from flopwatt.agent.devices.sim import SimDevice
-from flopwatt.agent.jobs.runner import JobUnavailableError
+from flopwatt.agent.jobs.runner import JobCancelledError, JobUnavailableError
 from flopwatt.agent.sampler import Sampler
 from flopwatt.analysis.efficiency import energy_per_operation_j
 from flopwatt.analysis.precision import Precision
@@ -87,18 +88,25 @@ def _sims(devices: Sequence[Device]) -> list[SimDevice]:
 
 
 def run(
-    job_id: str, spec: JobSpec, devices: Sequence[Device], sampler: Sampler, options: dict[str, Any]
+    job_id: str,
+    spec: JobSpec,
+    devices: Sequence[Device],
+    sampler: Sampler,
+    options: dict[str, Any],
+    cancel: threading.Event | None = None,
 ) -> list[JobResult]:
     """Run ``spec`` on simulated ``devices`` (all at once), recording windows with ``sampler``.
 
     Raises:
         JobUnavailableError: nothing in the spec can run on these devices.
+        JobCancelledError: ``cancel`` was set (the agent is stopping).
     """
     sims = _sims(devices)
+    pause = _Pause(cancel or threading.Event())
     if spec.gemm is not None:
-        return _gemm(job_id, spec, sims, sampler, options)
+        return _gemm(job_id, spec, sims, sampler, options, pause)
     if spec.model is not None:
-        return _model(job_id, spec, sims, sampler, options)
+        return _model(job_id, spec, sims, sampler, options, pause)
     raise JobUnavailableError("job names no kind")
 
 
@@ -106,8 +114,24 @@ def _rng(device: SimDevice, job_id: str, salt: str) -> np.random.Generator:
     return np.random.default_rng([abs(hash((device.info.uuid, job_id, salt))) % 2**32])
 
 
+class _Pause:
+    """``time.sleep`` that a cancel cuts short (raising :class:`JobCancelledError`)."""
+
+    def __init__(self, cancel: threading.Event) -> None:
+        self._cancel = cancel
+
+    def __call__(self, seconds: float) -> None:
+        if self._cancel.wait(seconds):
+            raise JobCancelledError("the agent stopped before the job finished")
+
+
 def _gemm(
-    job_id: str, spec: JobSpec, sims: list[SimDevice], sampler: Sampler, options: dict[str, Any]
+    job_id: str,
+    spec: JobSpec,
+    sims: list[SimDevice],
+    sampler: Sampler,
+    options: dict[str, Any],
+    pause: _Pause,
 ) -> list[JobResult]:
     assert spec.gemm is not None
     names = spec.gemm.precisions or DEFAULT_GEMM_PRECISIONS
@@ -126,7 +150,7 @@ def _gemm(
         started = time.time_ns()
         for d in runnable:
             d.set_load(precision, 1.0)
-        time.sleep(min(0.3, sustain_s / 4))  # the power cap engages within moments
+        pause(min(0.3, sustain_s / 4))  # the power cap engages within moments
         bursts = {d.info.uuid: _sweep(d, precision, sizes, job_id) for d in runnable}
         window = sampler.begin_window([d.info.uuid for d in runnable])
         t0 = time.time_ns()
@@ -135,7 +159,7 @@ def _gemm(
         while time.monotonic() < deadline:
             for d in runnable:
                 factors[d.info.uuid].append(d.rate_factor())
-            time.sleep(0.1)
+            pause(0.1)
         t1 = time.time_ns()
         conditions = sampler.end_window(window, t0, t1)
         for d in runnable:
@@ -198,7 +222,12 @@ def _sweep(
 
 
 def _model(
-    job_id: str, spec: JobSpec, sims: list[SimDevice], sampler: Sampler, options: dict[str, Any]
+    job_id: str,
+    spec: JobSpec,
+    sims: list[SimDevice],
+    sampler: Sampler,
+    options: dict[str, Any],
+    pause: _Pause,
 ) -> list[JobResult]:
     assert spec.model is not None
     models = spec.model.models or ("resnet50", "vit_b_16")
@@ -224,7 +253,7 @@ def _model(
                 d.set_load(precision, eff)
             window = sampler.begin_window([d.info.uuid for d in sims])
             t0 = time.time_ns()
-            time.sleep(window_s)
+            pause(window_s)
             t1 = time.time_ns()
             conditions = sampler.end_window(window, t0, t1)
             for d in sims:
