@@ -65,6 +65,7 @@ class StoreHealth:
         self._failed_messages = 0
         self._episode_batches = 0
         self._episode_messages = 0
+        self._stopping = False
 
     @property
     def serving(self) -> bool:
@@ -93,7 +94,7 @@ class StoreHealth:
         with self._lock:
             self._failed_batches += 1
             self._failed_messages += messages
-            if not self._serving:
+            if not self._serving or self._stopping:
                 self._episode_batches += 1
                 self._episode_messages += messages
                 return
@@ -116,7 +117,7 @@ class StoreHealth:
         if self._serving:  # the common case, without the lock
             return
         with self._lock:
-            if self._still_serving():  # another thread got here first
+            if self._still_serving() or self._stopping:  # another thread got here first
                 return
             self._serving = True
             lasted = self._mono() - self._since
@@ -130,6 +131,16 @@ class StoreHealth:
             batches,
             messages,
         )
+        self._notify(view)
+
+    def shutting_down(self) -> None:
+        """The collector is stopping: not serving from now on (no error: a stop that was asked
+        for), and nothing afterwards turns it back."""
+        with self._lock:
+            self._stopping = True
+            self._serving = False
+            self._reason = "shutting down"
+            view = self._view()
         self._notify(view)
 
     def _notify(self, view: HealthView) -> None:

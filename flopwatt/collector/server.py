@@ -205,6 +205,7 @@ class RunningCollector:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.health.shutting_down()  # /healthz 503 from now on, without an error
         await self._health.enter_graceful_shutdown()
         drains = [s.drain() for s in self.sessions.all()]
         if drains:

@@ -91,6 +91,15 @@ _path = click.Path(dir_okay=False, path_type=Path)
     help="Sampling period agents are told to use (s).",
 )
 @click.option(
+    "--store-busy-timeout",
+    "store_busy_timeout_s",
+    type=click.FloatRange(min=0.01),
+    default=10.0,
+    show_default=True,
+    help="Seconds a commit waits for another process's lock on the database before it fails "
+    "(the collector then reports NOT_SERVING until it can commit again).",
+)
+@click.option(
     "--ready-file",
     type=_path,
     default=None,
@@ -114,12 +123,14 @@ def collector(
     allow_unauthenticated_remote: bool,
     staleness_s: float,
     sample_interval_s: float,
+    store_busy_timeout_s: float,
     ready_file: Path | None,
     log_level: str,
 ) -> None:
     """Run the collector: gRPC ingest into SQLite, physics comparison, Prometheus metrics.
 
-    Prints one line 'ready grpc=HOST:PORT http=HOST:PORT' on stdout once serving.
+    Prints one line 'ready grpc=HOST:PORT http=HOST:PORT' on stdout once serving. SIGTERM or
+    Ctrl-C stops it gracefully (exit 0); it exits 1 when its store writer cannot be restarted.
     """
     setup_logging(log_level)
     config = CollectorConfig(
@@ -133,6 +144,7 @@ def collector(
         tls_client_ca=tls_client_ca,
         allow_unauthenticated_remote=allow_unauthenticated_remote,
         staleness_s=staleness_s,
+        store_busy_timeout_s=store_busy_timeout_s,
         settings=AgentSettings(sample_interval_s=sample_interval_s),
     )
     tune_gc()
