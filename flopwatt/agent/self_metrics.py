@@ -49,9 +49,7 @@ def render(agent: Agent) -> bytes:
             continue
         lines += [f"# HELP {m.name} {m.help}", f"# TYPE {m.name} {m.type.value}"]
         for values, value in series[m.name].items():
-            labels = ",".join(
-                f'{k}="{_escape(v)}"' for k, v in zip(m.labels, values, strict=True)
-            )
+            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(m.labels, values, strict=True))
             lines.append(
                 f"{m.name}{{{labels}}} {float(value)!r}" if labels else f"{m.name} {float(value)!r}"
             )

@@ -268,8 +268,7 @@ class Uplink:
                 continue
             self._logged_reasons.add(s.reason)
             hint = (
-                ": this node's clock is more than 10 minutes ahead of the collector's "
-                "(check NTP)"
+                ": this node's clock is more than 10 minutes ahead of the collector's (check NTP)"
                 if s.reason == "timestamp_future"
                 else ""
             )
