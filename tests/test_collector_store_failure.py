@@ -115,9 +115,7 @@ async def test_injected_commit_failures_mid_stream_do_not_wedge_any_agent(
             # The commit holding each agent's next-but-one message fails, while the messages
             # after it are already queued: the shape that wedged agents before (a later
             # commit stored past the failed one).
-            store.fail = {
-                (a.config.hostname, a.uplink.stats.sent_messages + 2) for a in agents[:2]
-            }
+            store.fail = {(a.config.hostname, a.uplink.stats.sent_messages + 2) for a in agents[:2]}
             await wait_for(lambda: not store.fail, 30, "the injected failures")
 
         await _stream_until_drained(c, agents, fail_next_batches)
@@ -137,9 +135,7 @@ async def test_write_lock_held_by_another_process_past_the_busy_timeout(tmp_path
     a 0.3 s busy timeout: NOT_SERVING meanwhile (gRPC health and /healthz), then everything
     commits without anyone restarting anything."""
     db = tmp_path / "c.db"
-    async with collector(
-        tmp_path, db_path=db, writer_process=True, store_busy_timeout_s=0.3
-    ) as c:
+    async with collector(tmp_path, db_path=db, writer_process=True, store_busy_timeout_s=0.3) as c:
         agents = [make_agent(tmp_path, f"node-{i}", c.grpc_address, seed=i) for i in range(3)]
         produced = [Produced(a) for a in agents]
         codes: list[int] = []
