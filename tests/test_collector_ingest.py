@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
-from flopwatt.collector.store import MessageWrite, SQLiteStore, WriteOutcome
+from flopwatt.collector.store import MessageWrite, Registration, SQLiteStore, WriteOutcome
 from flopwatt.v1 import agent_pb2, agent_pb2_grpc, jobs_pb2
 from tests.collector_helpers import (
     AgentStream,
@@ -528,3 +528,34 @@ async def test_undecodable_bytes_lose_nothing_else(
         assert (rows[0]["sequence"], rows[0]["status"]) == (1, "stored")
         if envelope_read:  # the sequence is consumed
             assert rows[1]["status"] == "rejected" and words in rows[1]["detail"]
+
+
+class CountingStore(SQLiteStore):
+    """The real store, counting the transactions registrations take."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.registration_commits = 0
+
+    def register_agents(self, registrations: Sequence[Registration]) -> None:
+        self.registration_commits += 1
+        time.sleep(0.05)  # a slow disk: 100 ms fsync makes each commit take this long and more
+        super().register_agents(registrations)
+
+
+async def test_registrations_that_arrive_together_share_a_commit(tmp_path: Path) -> None:
+    """60 agents register at once: far fewer commits than agents, every one stored. Registering
+    again unchanged (every reconnect does) writes nothing."""
+    store = CountingStore(tmp_path / "c.db")
+    async with (
+        collector(tmp_path, store=store, db_path=tmp_path / "c.db") as c,
+        grpc.aio.insecure_channel(c.grpc_address) as ch,
+    ):
+        hosts = [f"node-{i:02d}" for i in range(60)]
+        await asyncio.gather(*(_register(ch, h, device_pb(f"GPU-{h}")) for h in hosts))
+        assert store.registration_commits < 20
+        stored = {r["agent_id"] for r in c.store.query("SELECT agent_id FROM agents")}
+        assert stored == set(hosts)
+        before = store.registration_commits
+        await asyncio.gather(*(_register(ch, h, device_pb(f"GPU-{h}")) for h in hosts[:10]))
+        assert store.registration_commits == before

@@ -3,7 +3,10 @@ unacked after any reconnect, so nothing is lost across network cuts or collector
 
 * ``grpc.aio`` client with keepalive (``grpc.http2.ping_timeout_ms`` set, so a black-holed
   connection is noticed in seconds, not after TCP's ~65 s) and an application-level ack
-  timeout: if the oldest message in flight is not acked in time, the stream is torn down.
+  timeout: when messages are in flight (or a write waits) and no ack has moved forward for
+  that long, the stream is torn down. Acks that keep coming while writes wait are
+  backpressure from a busy collector, not a dead path: the agent waits rather than resending
+  into the overload.
   Connecting is bounded too (``connect_timeout_s`` for Register), so a path that black-holes
   while the agent reconnects is noticed as fast as one that does so mid-stream.
 * At most ``window`` messages in flight (32: a backlog replays as fast as the collector acks,
@@ -233,22 +236,33 @@ class Uplink:
             finally:
                 call.cancel()
 
-    async def _write(self, call: grpc.aio.StreamStreamCall, message: bytes) -> None:
-        """Write one serialised message, bounded by the ack timeout.
+    async def _write(
+        self, call: grpc.aio.StreamStreamCall, message: bytes, progress: _Progress
+    ) -> None:
+        """Write one serialised message; give up when the collector shows no progress.
+
+        A write that waits on HTTP/2 flow control while acks keep arriving is backpressure
+        (the collector is busy and reads as fast as it commits): it waits. One that waits
+        with no ack for the ack timeout — a collector that stopped reading its stream, or a
+        path that black-holes traffic — ends the connection; the ack timeout would otherwise
+        only be checked between writes.
 
         Raises:
-            AckTimeoutError: the transport did not take the message in time. A collector that
-                stops reading its stream (wedged, or behind a path that black-holes traffic)
-                leaves a write waiting on HTTP/2 flow control for ever, and the ack timeout is
-                only checked between writes.
+            AckTimeoutError: no progress for the ack timeout while the write waited.
         """
-        try:
-            await asyncio.wait_for(call.write(message), self._ack_timeout_s)
-        except TimeoutError:
-            raise AckTimeoutError(
-                f"a message was not accepted for sending within {self._ack_timeout_s:g} s "
-                "(the collector is not reading its stream)"
-            ) from None
+        write = asyncio.ensure_future(call.write(message))
+        while True:
+            remaining = progress.deadline(self._ack_timeout_s) - time.monotonic()
+            if remaining <= 0:
+                write.cancel()
+                raise AckTimeoutError(
+                    f"a message was not accepted for sending within {self._ack_timeout_s:g} s "
+                    "without any ack meanwhile (the collector is not reading its stream)"
+                )
+            done, _ = await asyncio.wait({write}, timeout=remaining)
+            if done:
+                write.result()
+                return
 
     def _on_rejection(self, r: Rejection) -> None:
         if r.message_rejected:
@@ -303,6 +317,7 @@ class Uplink:
     ) -> None:
         assert self._wakeup is not None
         epochs = [e for e in self._spool.epochs() if e != self._epoch]
+        progress = _Progress(time.monotonic())
         await self._write(
             call,
             agent_pb2.AgentMessage(
@@ -310,8 +325,8 @@ class Uplink:
                     agent_id=self._register.node.hostname, epoch=self._epoch, pending_epochs=epochs
                 )
             ).SerializeToString(),
+            progress,
         )
-        hello_at = time.monotonic()
         acked: dict[int, int] = {}
         sent: dict[int, int] = {}
         in_flight: dict[tuple[int, int], float] = {}
@@ -329,6 +344,8 @@ class Uplink:
                 if not established[0]:
                     established[0] = True
                     self.stats.connected = True
+                if msg.committed_through > acked.get(msg.epoch, -1):
+                    progress.at = time.monotonic()
                 acked[msg.epoch] = max(acked.get(msg.epoch, 0), msg.committed_through)
                 done = await asyncio.to_thread(self._spool.ack, msg.epoch, msg.committed_through)
                 self.stats.acked_messages += done
@@ -357,18 +374,21 @@ class Uplink:
                     batch = await asyncio.to_thread(self._spool.pending, epoch, cursor, room)
                     for m in batch:
                         m = await self._too_large(m)
-                        await self._write(call, m.payload)
+                        if not in_flight:  # nothing was waiting for an ack: a fresh start
+                            progress.at = time.monotonic()
+                        await self._write(call, m.payload, progress)
                         sent[epoch] = m.sequence
                         in_flight[(epoch, m.sequence)] = time.monotonic()
                         self.stats.sent_messages += 1
                         progressed = True
-                if not established[0] and time.monotonic() - hello_at > self._ack_timeout_s:
+                if not established[0] and time.monotonic() > progress.deadline(self._ack_timeout_s):
                     raise AckTimeoutError(
                         f"the collector did not answer the hello within {self._ack_timeout_s:g} s"
                     )
-                if in_flight and time.monotonic() - min(in_flight.values()) > self._ack_timeout_s:
+                if in_flight and time.monotonic() > progress.deadline(self._ack_timeout_s):
                     raise AckTimeoutError(
-                        f"no ack for {len(in_flight)} messages within {self._ack_timeout_s:g} s"
+                        f"no ack within {self._ack_timeout_s:g} s with {len(in_flight)} "
+                        "messages in flight"
                     )
                 if not progressed:
                     self._wakeup.clear()
@@ -389,3 +409,15 @@ class Uplink:
 
 def _identity(message: bytes) -> bytes:
     return message
+
+
+class _Progress:
+    """When the collector last showed progress on this stream (monotonic s): the hello, an ack
+    that moved forward, or a first message sent with nothing else awaiting an ack."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def deadline(self, timeout_s: float) -> float:
+        """When waiting without progress becomes a dead connection."""
+        return self.at + timeout_s

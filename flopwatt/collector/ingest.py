@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -21,6 +23,7 @@ from flopwatt.collector.state import Counters, DeviceState, FleetState
 from flopwatt.collector.store import (
     MessageWrite,
     Outcome,
+    Registration,
     Store,
     WriteOutcome,
     epoch_from_db,
@@ -72,6 +75,74 @@ def limits_of(d: DeviceState) -> DeviceLimits:
     return device_limits(d.info, d.spec.tdp_w if d.spec is not None else None)
 
 
+class RegistrationWriter:
+    """Commits the registrations that arrived while the previous commit ran in one transaction,
+    on a thread of its own (registrations never wait behind other blocking work).
+
+    Args:
+        store: where registrations are recorded.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._queue: queue.SimpleQueue[
+            tuple[Registration, asyncio.Future[None], asyncio.AbstractEventLoop] | None
+        ] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._run, name="flopwatt-registrations", daemon=True
+        )
+        self._thread.start()
+
+    async def write(self, registration: Registration) -> None:
+        """Record ``registration``; returns once it is committed.
+
+        Raises:
+            sqlite3.Error: the commit failed (the store cannot commit now).
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._queue.put((registration, fut, loop))
+        await fut
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            error: BaseException | None = None
+            try:
+                self._store.register_agents([r for r, _, _ in batch])
+            except Exception as exc:
+                error = exc
+            for _, fut, loop in batch:
+                loop.call_soon_threadsafe(_settle, fut, error)
+
+
+def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(error)
+        fut.exception()  # a caller that went away must not make asyncio log it
+
+
 class Ingest:
     """Per-message ingest logic shared by every stream.
 
@@ -99,6 +170,7 @@ class Ingest:
         self.registry = registry
         self.settings = settings or AgentSettings()
         self.max_message_bytes = max_message_bytes
+        self._registrations = RegistrationWriter(store)
         self.clock_ns = clock_ns
         self.on_devices: Callable[[str, dict[str, DeviceLimits]], None] | None = None
         """Told each agent's devices and power limits (the writer validates telemetry)."""
@@ -115,10 +187,11 @@ class Ingest:
             matches[d.uuid] = (spec.sku if spec else None, how)
             states.append(DeviceState(info=d, agent_id=req.node.hostname, spec=spec, sku_match=how))
         if not self._unchanged(req):
-            # An agent registers again at every reconnect; only a change is written (a
-            # thousand agents reconnecting at once must not queue a thousand commits).
-            await asyncio.to_thread(
-                self.store.register_agent, req.node, req.devices, req.epoch, matches, now
+            # An agent registers again at every reconnect; only a change is written, and
+            # changes that arrive together are committed together (a thousand agents starting
+            # at once must not queue a thousand commits, each a few fsyncs).
+            await self._registrations.write(
+                Registration(req.node, req.devices, req.epoch, matches, now)
             )
         self.state.register(req.node, req.epoch, states, now)
         self._announce(req.node.hostname, states)
@@ -146,6 +219,10 @@ class Ingest:
         snap = self.state.snapshot()
         for agent_id, a in snap.agents.items():
             self._announce(agent_id, [snap.devices[u] for u in a.device_uuids if u in snap.devices])
+
+    def close(self) -> None:
+        """Stop the registration writer (after the last registration)."""
+        self._registrations.close()
 
     # --- messages ------------------------------------------------------------------------
 

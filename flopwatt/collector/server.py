@@ -220,6 +220,7 @@ class RunningCollector:
             await asyncio.to_thread(self.exporter.stop)
         if self._http is not None:
             self._http.stop()
+        await asyncio.to_thread(self.ingest.close)
         self.store.close()
         log.info("collector stopped in %.2f s", time.monotonic() - t0)
 
@@ -323,6 +324,7 @@ async def _start(
         max_message_bytes=config.max_message_bytes,
         clock_ns=clock_ns,
     )
+    undo.append(ingest.close)
     await asyncio.to_thread(ingest.rebuild)
     grpc_health = HealthServicer()
     exporter_box: list[ExporterProcess | None] = [None]

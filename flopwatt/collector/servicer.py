@@ -156,7 +156,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             )
             return
         session = Session(
-            hello.agent_id, hello, self._ingest, self._writer, clock_ns=self._ingest.clock_ns
+            hello.agent_id,
+            hello,
+            self._ingest,
+            self._writer,
+            intake=self._sessions.intake,
+            clock_ns=self._ingest.clock_ns,
         )
         self._sessions.open(session)
         state = self._ingest.state

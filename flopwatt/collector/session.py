@@ -46,8 +46,16 @@ from flopwatt.wire import WireError, agent_message_from_proto
 
 log = logging.getLogger(__name__)
 
-MAX_IN_FLIGHT = 512
-"""Messages a session may have submitted but not yet committed (backpressure on the agent)."""
+MAX_IN_FLIGHT = 64
+"""Messages one stream may have submitted but not yet committed (backpressure on its agent)."""
+
+MAX_QUEUED = 2000
+"""Messages all streams together may have submitted but not yet committed: about two seconds
+of the writer's capacity on a small machine. Beyond it the collector stops reading streams, so
+HTTP/2 flow control holds the data in the agents' spools and every accepted message is acked
+within seconds, however far the offered load exceeds the capacity. (Unbounded, a 2× overload
+queued tens of thousands of messages in the collector, and the acks of the last ones came too
+late for the agents' ack timeouts.)"""
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,7 @@ class Session:
         ingest: Ingest,
         writer: BatchWriter,
         *,
+        intake: asyncio.Semaphore | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.agent_id = agent_id
@@ -105,6 +114,8 @@ class Session:
         self._outbound: asyncio.Queue[Outbound] = asyncio.Queue()
         self._pending: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._intake = intake or asyncio.Semaphore(MAX_QUEUED)
+        """Shared by every stream of the collector (see :data:`MAX_QUEUED`)."""
         self._expected: dict[int, int] = {}
         self._acked: dict[int, int] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -271,9 +282,22 @@ class Session:
 
     async def _submit(self, write: MessageWrite) -> asyncio.Future[WriteOutcome]:
         await self._slots.acquire()
-        fut = self._writer.submit(write)
+        await self._intake.acquire()
+        try:
+            fut = self._writer.submit(write)
+        except BaseException:
+            self._slots.release()
+            self._intake.release()
+            raise
+        # Released when the commit resolves, whether or not this stream is still there to
+        # read the outcome (a stream that ended must not keep the collector's intake).
+        fut.add_done_callback(self._release)
         await self._pending.put((write, fut))
         return fut
+
+    def _release(self, _fut: object) -> None:
+        self._slots.release()
+        self._intake.release()
 
     # --- acking --------------------------------------------------------------------------
 
@@ -300,8 +324,6 @@ class Session:
                 if self._reader is not None:
                     self._reader.cancel()
                 return
-            finally:
-                self._slots.release()
             if outcome.outcome is Outcome.OUT_OF_ORDER:
                 # An earlier message of this epoch did not commit (that failure ended this
                 # stream already, or another stream's did): resend from the last ack.
@@ -362,10 +384,12 @@ def _rejection(write: MessageWrite, outcome: WriteOutcome) -> Rejection | None:
 
 
 class SessionRegistry:
-    """Open sessions by agent id; a new stream from an agent replaces its old one."""
+    """Open sessions by agent id; a new stream from an agent replaces its old one. Holds the
+    intake limit all of them share (:data:`MAX_QUEUED`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_queued: int = MAX_QUEUED) -> None:
         self._sessions: dict[str, Session] = {}
+        self.intake = asyncio.Semaphore(max_queued)
 
     def open(self, session: Session) -> None:
         """Register ``session``, ending any previous stream of the same agent."""

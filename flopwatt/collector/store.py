@@ -155,6 +155,18 @@ _WRITE_OUTCOME_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields
 
 
 @dataclass(frozen=True)
+class Registration:
+    """One agent's registration as the store records it."""
+
+    node: NodeInfo
+    devices: Sequence[DeviceInfo]
+    epoch: int
+    matches: Mapping[str, tuple[str | None, str]]
+    """uuid → (matched SKU or None, how it matched)."""
+    now_unix_ns: int
+
+
+@dataclass(frozen=True)
 class JobTargetRow:
     """One agent's part of a job."""
 
@@ -200,6 +212,10 @@ class Store(Protocol):
         now_unix_ns: int,
     ) -> None:
         """Record (or refresh) an agent and its devices; ``matches`` maps uuid → (sku, how)."""
+        ...
+
+    def register_agents(self, registrations: Sequence[Registration]) -> None:
+        """Record several registrations in one transaction (a reconnect storm)."""
         ...
 
     def create_job(
@@ -1077,49 +1093,64 @@ class SQLiteStore:
         matches: Mapping[str, tuple[str | None, str]],
         now_unix_ns: int,
     ) -> None:
+        self.register_agents([Registration(node, devices, epoch, matches, now_unix_ns)])
+
+    def register_agents(self, registrations: Sequence[Registration]) -> None:
         with self._transaction() as c:
+            for r in registrations:
+                self._register(c, r.node, r.devices, r.epoch, r.matches, r.now_unix_ns)
+
+    @staticmethod
+    def _register(
+        c: sqlite3.Connection,
+        node: NodeInfo,
+        devices: Sequence[DeviceInfo],
+        epoch: int,
+        matches: Mapping[str, tuple[str | None, str]],
+        now_unix_ns: int,
+    ) -> None:
+        c.execute(
+            "INSERT INTO agents VALUES (?,?,?,?,?,?,?) ON CONFLICT (agent_id) DO UPDATE SET "
+            "agent_version=excluded.agent_version, device_backend=excluded.device_backend, "
+            "node_json=excluded.node_json, epoch=excluded.epoch, "
+            "registered_unix_ns=excluded.registered_unix_ns",
+            (
+                node.hostname,
+                node.hostname,
+                node.agent_version,
+                node.device_backend,
+                dumps(node),
+                epoch_to_db(epoch),
+                now_unix_ns,
+            ),
+        )
+        for d in devices:
+            sku, how = matches.get(d.uuid, (None, "unknown"))
             c.execute(
-                "INSERT INTO agents VALUES (?,?,?,?,?,?,?) ON CONFLICT (agent_id) DO UPDATE SET "
-                "agent_version=excluded.agent_version, device_backend=excluded.device_backend, "
-                "node_json=excluded.node_json, epoch=excluded.epoch, "
-                "registered_unix_ns=excluded.registered_unix_ns",
+                "INSERT INTO devices VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT (device_uuid) DO UPDATE SET agent_id=excluded.agent_id, "
+                "device_index=excluded.device_index, name=excluded.name, "
+                "kind=excluded.kind, pci_bus_id=excluded.pci_bus_id, "
+                "pci_device_id=excluded.pci_device_id, sku=excluded.sku, "
+                "sku_match=excluded.sku_match, simulated=excluded.simulated, "
+                "power_limit_enforced_w=excluded.power_limit_enforced_w, "
+                "info_json=excluded.info_json, registered_unix_ns=excluded.registered_unix_ns",
                 (
+                    d.uuid,
                     node.hostname,
-                    node.hostname,
-                    node.agent_version,
-                    node.device_backend,
-                    dumps(node),
-                    epoch_to_db(epoch),
+                    d.index,
+                    d.name,
+                    d.kind.value,
+                    d.pci_bus_id,
+                    d.pci_device_id,
+                    sku,
+                    how,
+                    int(d.simulated),
+                    d.power_limit_enforced_w,
+                    dumps(d),
                     now_unix_ns,
                 ),
             )
-            for d in devices:
-                sku, how = matches.get(d.uuid, (None, "unknown"))
-                c.execute(
-                    "INSERT INTO devices VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
-                    "ON CONFLICT (device_uuid) DO UPDATE SET agent_id=excluded.agent_id, "
-                    "device_index=excluded.device_index, name=excluded.name, "
-                    "kind=excluded.kind, pci_bus_id=excluded.pci_bus_id, "
-                    "pci_device_id=excluded.pci_device_id, sku=excluded.sku, "
-                    "sku_match=excluded.sku_match, simulated=excluded.simulated, "
-                    "power_limit_enforced_w=excluded.power_limit_enforced_w, "
-                    "info_json=excluded.info_json, registered_unix_ns=excluded.registered_unix_ns",
-                    (
-                        d.uuid,
-                        node.hostname,
-                        d.index,
-                        d.name,
-                        d.kind.value,
-                        d.pci_bus_id,
-                        d.pci_device_id,
-                        sku,
-                        how,
-                        int(d.simulated),
-                        d.power_limit_enforced_w,
-                        dumps(d),
-                        now_unix_ns,
-                    ),
-                )
 
     def create_job(
         self,
