@@ -384,6 +384,8 @@ async def main():
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.server.max_pending_requests", 20_000),
+        ("grpc.server.max_pending_requests_hard_limit", 20_000),
     ])
     handler = grpc.method_handlers_generic_handler("flopwatt.v1.AgentService", {
         "Stream": grpc.stream_stream_rpc_method_handler(stream),

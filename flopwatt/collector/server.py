@@ -54,6 +54,10 @@ from flopwatt.v1 import admin_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+MAX_PENDING_CALLS = 20_000
+"""Calls gRPC holds for the event loop to take up before it refuses new ones (see
+:func:`server_options`)."""
+
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 """Largest agent message accepted; larger gets RESOURCE_EXHAUSTED from gRPC itself."""
 
@@ -154,6 +158,13 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.so_reuseport", 0),
+        # Calls that arrived and are not yet taken up by the event loop. Past the default soft
+        # limit of 1,000, gRPC cancels new calls at random (CANCELLED, before any handler
+        # runs): with the event loop busy, a thousand agents reconnecting at once lost a
+        # third of their Register and Stream calls that way, and a bare echo server with a
+        # busy loop does the same. A call still waits at most 30 s to be taken up.
+        ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
     ]
 
 
