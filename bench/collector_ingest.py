@@ -434,6 +434,12 @@ class RunReport:
     errors: int
     live_scrapes_s: list[float]
     """Durations of the /metrics scrapes made during the load."""
+    exporter_cpu_pct_of_one_core: float | None = None
+    """CPU of the collector's HTTP exporter child (the one listening on the /metrics port)."""
+    ack_p99_during_scrapes_s: float | None = None
+    """Ack p99 of the messages sent while a scrape was in progress (or within 1 s after)."""
+    ack_p99_outside_scrapes_s: float | None = None
+    """Ack p99 of the other messages of the same run."""
 
     @property
     def passed(self) -> bool:
@@ -452,9 +458,23 @@ def _pct(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+def _listener(procs: list[psutil.Process], addr: str | None) -> psutil.Process | None:
+    """The process among ``procs`` listening on ``addr`` ("host:port"), if any."""
+    if addr is None:
+        return None
+    port = int(addr.rsplit(":", 1)[1])
+    for p in procs:
+        try:
+            conns = p.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in conns):
+            return p
+    return None
+
+
 def _cpu(p: psutil.Process) -> float:
-    """CPU seconds of ``p`` and of its children that have ended (the collector's /metrics
-    renders run in short-lived forked children)."""
+    """CPU seconds of ``p`` and of its children that have ended."""
     try:
         t = p.cpu_times()
     except psutil.Error:
@@ -481,6 +501,7 @@ def measure(
     res_holder: dict[str, Any] = {}
     cpu0: list[float] = []
     live_scrapes: list[float] = []
+    scrape_windows: list[tuple[float, float]] = []  # (start, end), time.monotonic()
 
     started = threading.Event()
     load_done = threading.Event()
@@ -505,9 +526,15 @@ def measure(
         next_at = time.monotonic() + 5.0
         while not load_done.wait(max(0.0, next_at - time.monotonic())):
             t0 = time.perf_counter()
-            with urllib.request.urlopen(f"http://{http}/metrics", timeout=60) as r:
+            m0 = time.monotonic()
+            request = urllib.request.Request(
+                f"http://{http}/metrics",
+                headers={"Accept-Encoding": "gzip"},  # as Prometheus
+            )
+            with urllib.request.urlopen(request, timeout=60) as r:
                 r.read()
             live_scrapes.append(time.perf_counter() - t0)
+            scrape_windows.append((m0, time.monotonic()))
             next_at += scrape_interval_s
 
     t = threading.Thread(target=load)
@@ -524,6 +551,8 @@ def measure(
     w0 = time.monotonic()
     cpu0.append(sum(_cpu(p) for p in servers))
     main0 = _cpu(server)
+    exporter = _listener(servers[1:], http)
+    exporter0 = _cpu(exporter) if exporter is not None else 0.0
     steal0 = getattr(psutil.cpu_times(), "steal", 0.0)
     me = psutil.Process()
     gens = [p for p in me.children(recursive=True) if p.pid not in {s.pid for s in servers}]
@@ -536,6 +565,7 @@ def measure(
     cpu_pct = 100 * (sum(_cpu(p) for p in servers) - cpu0[0]) / (w1 - w0)
     gen_pct = 100 * (sum(_cpu(p) for p in gens) - g0) / (w1 - w0)
     main_pct = 100 * (_cpu(server) - main0) / (w1 - w0)
+    exporter_pct = 100 * (_cpu(exporter) - exporter0) / (w1 - w0) if exporter is not None else None
     steal_pct = 100 * (getattr(psutil.cpu_times(), "steal", 0.0) - steal0) / (w1 - w0)
     t.join()
     load_done.set()
@@ -553,6 +583,13 @@ def measure(
             windows.setdefault(int((sent - t0) // 5), []).append(lat)
         cells = [f"{5 * k}s:{_pct(v, 0.99):.2f}" for k, v in sorted(windows.items())]
         print("    ack p99 per 5 s of send time: " + " ".join(cells))
+    during: list[float] = []
+    outside: list[float] = []
+    if scrape_windows:
+        # time.monotonic() is one clock for every process of the machine (CLOCK_MONOTONIC).
+        for sent, lat in zip(res.sent_s, res.latencies_s, strict=True):
+            hit = any(a <= sent <= b + 1.0 for a, b in scrape_windows)
+            (during if hit else outside).append(lat)
     acked_samples = res.acked_messages * gpus * max(1, round(hz))
     lost = None
     committed_rate = None
@@ -584,11 +621,14 @@ def measure(
         cpu_pct_of_one_core=cpu_pct,
         loadgen_cpu_pct_of_one_core=gen_pct,
         main_cpu_pct_of_one_core=main_pct,
+        exporter_cpu_pct_of_one_core=exporter_pct,
         steal_pct_of_one_core=steal_pct,
         rss_mb=rss_peak,
         lost_messages=lost,
         errors=len(res.errors),
         live_scrapes_s=live_scrapes,
+        ack_p99_during_scrapes_s=_pct(during, 0.99),
+        ack_p99_outside_scrapes_s=_pct(outside, 0.99),
     )
 
 
@@ -651,10 +691,11 @@ def print_report(r: RunReport) -> None:
         f"stolen by the hypervisor {r.steal_pct_of_one_core:.0f} %)"
     )
     if r.cpu_pct_of_one_core - r.main_cpu_pct_of_one_core >= 1:
+        exporter = r.exporter_cpu_pct_of_one_core or 0.0
+        writer = r.cpu_pct_of_one_core - r.main_cpu_pct_of_one_core - exporter
         print(
-            f"      of which main process (and its /metrics render children) "
-            f"{r.main_cpu_pct_of_one_core:.0f} %, "
-            f"store writer process {r.cpu_pct_of_one_core - r.main_cpu_pct_of_one_core:.0f} %"
+            f"      of which gRPC process {r.main_cpu_pct_of_one_core:.0f} %, "
+            f"store writer process {writer:.0f} %, /metrics exporter process {exporter:.0f} %"
         )
     print(
         f"    lost messages {fmt(r.lost_messages, 'd')}   stream errors {r.errors}   "
@@ -687,8 +728,14 @@ def run_collector(args: argparse.Namespace, tmp: Path, streams: int, label: str)
                 f"    /metrics scraped every {args.scrape_interval:g} s during the load: "
                 f"{len(report.live_scrapes_s)} scrapes, median "
                 f"{statistics.median(report.live_scrapes_s):.3f} s, "
-                f"max {max(report.live_scrapes_s):.3f} s"
+                f"max {max(report.live_scrapes_s):.3f} s (gzip)"
             )
+            inside, outside = report.ack_p99_during_scrapes_s, report.ack_p99_outside_scrapes_s
+            if inside is not None and outside:
+                print(
+                    f"    ack p99 of messages sent during a scrape {inside:.3f} s, otherwise "
+                    f"{outside:.3f} s: ratio {inside / outside:.2f} (target ≤ 1.5)"
+                )
         if report.errors:
             lines = (tmp / "collector.log").read_text(errors="replace").splitlines()
             for line in lines[-10:]:
@@ -699,10 +746,29 @@ def run_collector(args: argparse.Namespace, tmp: Path, streams: int, label: str)
             f"    /metrics after the load, {gpus:,} GPUs: median {med:.3f} s, max {worst:.3f} s, "
             f"{size / 2**20:.1f} MiB"
         )
+        print(f"    {child_restarts_text(body)}")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     return report
+
+
+def child_restarts_text(body: bytes) -> str:
+    """The collector's child-process restarts (a crashed exporter or writer) and the scrapes
+    each process served, from its self-metrics."""
+    restarts: dict[str, float] = {}
+    scrapes: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        for name, into in (
+            ("flopwatt_collector_child_restarts_total{", restarts),
+            ("flopwatt_collector_metrics_scrapes_total{", scrapes),
+        ):
+            if line.startswith(name):
+                labels, value = line[len(name) :].rsplit("} ", 1)
+                into[labels.split('"')[1]] = float(value)
+    crashed = ", ".join(f"{k} {v:.0f}" for k, v in sorted(restarts.items())) or "none"
+    served = ", ".join(f"{k} {v:.0f}" for k, v in sorted(scrapes.items())) or "—"
+    return f"child process restarts (crashes): {crashed}; /metrics scrapes served by: {served}"
 
 
 def run_echo(args: argparse.Namespace, streams: int) -> RunReport:
