@@ -353,6 +353,14 @@ class CaseContext:
                 for kind, n in st.get("error_kinds", {}).items():
                     kinds[kind] = kinds.get(kind, 0) + int(n)
             r.extra["raw_error_kinds"] = dict(sorted(kinds.items(), key=lambda kv: -kv[1])[:5])
+            gaps = sorted(g for st in statuses for g in st.get("max_ack_gaps_s", []))
+            if gaps:
+                # Per raw agent, the longest wait for ack progress with messages in flight.
+                r.extra["raw_max_ack_gap_s_p50_p99_max"] = [
+                    gaps[len(gaps) // 2],
+                    gaps[min(len(gaps) - 1, int(0.99 * len(gaps)))],
+                    gaps[-1],
+                ]
         self.check_ledger()
 
     def salvage(self) -> None:

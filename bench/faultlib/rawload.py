@@ -141,6 +141,8 @@ class Client:
     acked: int = 0
     errors: int = 0
     register_errors: int = 0
+    max_ack_gap_s: float = 0.0
+    """Longest time with messages in flight and no ack progress (any connection)."""
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     _template: bytes = b""
     _ts_template: bytes = b""
@@ -252,16 +254,18 @@ async def _session(c: Client, run: Run) -> None:
                         last_progress[0] = time.monotonic()
                     await _write(call, c.message(sent + 1), run.ack_timeout_s)
                     sent += 1
+                if sent > c.acked:
+                    c.max_ack_gap_s = max(c.max_ack_gap_s, time.monotonic() - last_progress[0])
                 if sent > c.acked and time.monotonic() - last_progress[0] > run.ack_timeout_s:
                     phase = "after the load ended" if run.over.is_set() else "during the load"
                     raise AckTimeoutError(
                         f"no ack for {run.ack_timeout_s:g} s {phase} ({sent - c.acked} in flight)"
                     )
                 c.wake.clear()
-                waiters = [
-                    asyncio.ensure_future(c.wake.wait()),
-                    asyncio.ensure_future(run.over.wait()),
-                ]
+                # Once production is over its event is set for good: waiting on it again would
+                # spin every client hot and starve the process's gRPC reads of CPU.
+                events = [c.wake] if run.over.is_set() else [c.wake, run.over]
+                waiters = [asyncio.ensure_future(e.wait()) for e in events]
                 await asyncio.wait([*waiters, reader], timeout=1.0, return_when="FIRST_COMPLETED")
                 for w in waiters:
                     w.cancel()
@@ -300,6 +304,7 @@ def status(clients: list[Client], run: Run, *, final: bool) -> dict[str, Any]:
         "production_over": run.over.is_set(),
         "clients": {c.name: [c.epoch, c.produced, c.acked, c.errors] for c in clients},
         "register_errors": sum(c.register_errors for c in clients),
+        "max_ack_gaps_s": sorted(round(c.max_ack_gap_s, 2) for c in clients),
         "error_kinds": dict(run.error_kinds),
         "errors": list(run.error_texts),
     }
