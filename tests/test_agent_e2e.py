@@ -24,7 +24,6 @@ import pytest
 from flopwatt.agent.agent import Agent, AgentConfig
 from flopwatt.agent.devices.sim import SimBackend
 from flopwatt.channel import ClientCredentials
-from flopwatt.collector.store import epoch_to_db
 from flopwatt.records import (
     Conditions,
     GemmResult,
@@ -32,6 +31,7 @@ from flopwatt.records import (
     JobResult,
     TelemetryBatch,
 )
+from flopwatt.store.schema import epoch_to_db
 from tests.collector_helpers import collector, find, http_get, samples
 
 pytestmark = pytest.mark.slow

@@ -91,7 +91,7 @@ async def test_duplicate_and_conflicting_resends(tmp_path: Path) -> None:
         powers = c.store.query("SELECT data FROM telemetry_chunks WHERE sequence = 2")
         assert len(powers) == 1  # the first copy is kept, not the conflicting one
 
-        from flopwatt.collector.store import unpack_chunk
+        from flopwatt.store.chunks import unpack_chunk
 
         assert set(unpack_chunk(powers[0]["data"])[1]["power_instant_w"]) == {300.0}
         _, text = await http_get(c.http_url + "/metrics")

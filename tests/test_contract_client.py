@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flopwatt.collector.store import unpack_chunk
+from flopwatt.store.chunks import unpack_chunk
 from tests.collector_helpers import collector
 
 REPO = Path(__file__).resolve().parent.parent

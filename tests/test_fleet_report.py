@@ -18,7 +18,14 @@ import pytest
 from click.testing import CliRunner
 from pandas.testing import assert_frame_equal
 
-from flopwatt.analysis.fleet_report import (
+from flopwatt.analysis.registry import Registry
+from flopwatt.cli import cli
+from flopwatt.collector.store import SQLiteStore
+from flopwatt.report.columns import ReportFormatError
+from flopwatt.report.files import FORMATS, as_report, parse_formats, write_report
+from flopwatt.report.html import report_from_html
+from flopwatt.report.loading import ReportSourceError, load_report_inputs
+from flopwatt.report.tables import (
     GPU_COLUMNS,
     SKU_COLUMNS,
     TABLE_NAMES,
@@ -29,18 +36,6 @@ from flopwatt.analysis.fleet_report import (
     build_report,
     robust_z,
     typed_frame,
-)
-from flopwatt.analysis.registry import Registry
-from flopwatt.cli import cli
-from flopwatt.collector.report_data import ReportSourceError, load_report_inputs
-from flopwatt.collector.store import SQLiteStore
-from flopwatt.reporting import (
-    FORMATS,
-    ReportFormatError,
-    as_report,
-    parse_formats,
-    report_from_html,
-    write_report,
 )
 from tests.collector_helpers import collector, http_get
 from tests.report_fleet import NOW, Fleet, S, build_fleet
@@ -405,9 +400,15 @@ def invoke(*args: str) -> Any:
 
 def test_cli_tables_json_and_files(fleet: Fleet, tmp_path: Path) -> None:
     db = str(fleet.db_path)
-    tables = invoke("report", "--db", db)
-    assert tables.exit_code == 0, tables.output
-    for text in ("Spec-achievability verdict", "Outliers", "power cap", "slow, hungry", "sim"):
+    summary = invoke("report", "--db", db)
+    assert summary.exit_code == 0, summary.output
+    for text in ("Fleet: 16 devices", "Spec achievability", "Top outliers", "power cap", "sim"):
+        assert text in summary.stdout, text
+    assert "slow, hungry" in summary.stdout  # the kinds in the report's order
+    assert "new-node" in summary.stdout  # suspect: registered, never measured
+    assert "Per-GPU table" not in summary.stdout  # the full tables only on request
+    tables = invoke("report", "--db", db, "--verbose")
+    for text in ("Fleet: 16 devices", "Spec-achievability verdict", "Outliers", "Per-GPU table"):
         assert text in tables.stdout, text
 
     doc = json.loads(invoke("report", "--db", db, "--json").stdout)
@@ -468,7 +469,7 @@ async def test_collector_serves_the_report(fleet: Fleet, tmp_path: Path) -> None
 
 
 def test_small_throughputs_are_not_printed_as_zero() -> None:
-    from flopwatt.reporting import tflops_text
+    from flopwatt.report.columns import tflops_text
 
     assert tflops_text(989.5e12) == "989.5"
     assert tflops_text(12.64e12) == "12.6"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from flopwatt.analysis.registry import Registry
-from flopwatt.reporting import write_report
+from flopwatt.report.files import write_report
 from tests.browser_helpers import (
     PNG_MAGIC,
     find_chromium,

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flopwatt.collector.report_data import load_report_inputs
-from flopwatt.collector.store import MIGRATIONS, SCHEMA_VERSION, MessageWrite, SQLiteStore
+from flopwatt.collector.store import MessageWrite, SQLiteStore
 from flopwatt.records import DeviceInfo, DeviceSeries, NodeInfo, SeriesBlock
+from flopwatt.report.loading import load_report_inputs
+from flopwatt.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 NOW = 1_800_000_000 * 10**9
 S = 10**9

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from flopwatt.collector.store import MessageWrite, Outcome, SQLiteStore, epoch_to_db
+from flopwatt.collector.store import MessageWrite, Outcome, SQLiteStore
+from flopwatt.store.schema import epoch_to_db
 
 AGENT, EPOCH = "node-a", 2**64 - 5  # an epoch that does not fit a signed 64-bit integer
 

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from flopwatt.agent.spool import Spool
-from flopwatt.collector.store import epoch_from_db, unpack_chunk
+from flopwatt.store.chunks import unpack_chunk
+from flopwatt.store.schema import epoch_from_db
 from flopwatt.v1 import agent_pb2
 
 MAX_EXAMPLES = 10

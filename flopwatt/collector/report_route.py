@@ -27,7 +27,8 @@ def report_route(
     lock = threading.Lock()
 
     def route() -> tuple[int, str, bytes]:
-        from flopwatt.reporting import as_report, render_html
+        from flopwatt.report.files import as_report
+        from flopwatt.report.html import render_html
 
         with lock:
             report = as_report(db_path, now_unix_ns=clock_ns())

@@ -30,7 +30,6 @@ import logging
 import operator
 import os
 import sqlite3
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,13 +39,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-
 from flopwatt.analysis.comparison import SpecComparison
 from flopwatt.collector.latest import LatestBlock
 from flopwatt.jsonable import dumps
 from flopwatt.records import (
-    TELEMETRY_COLUMNS,
     DeviceInfo,
     JobResult,
     JobState,
@@ -54,6 +50,8 @@ from flopwatt.records import (
     NodeInfo,
     SeriesBlock,
 )
+from flopwatt.store.chunks import ChunkRow, pack_block_chunks
+from flopwatt.store.schema import MIGRATIONS, SCHEMA_VERSION, epoch_from_db, epoch_to_db
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +66,6 @@ class Outcome(StrEnum):
     OUT_OF_ORDER = "out_of_order"
     """Not stored: an earlier sequence of the epoch is not stored yet (its commit failed); the
     agent resends this one after it."""
-
-
-ChunkRow = tuple[str, int, int, int, bytes]
-"""One device's stored chunk: (device uuid, first and last timestamp ns, samples, blob)."""
 
 
 @dataclass(frozen=True)
@@ -259,156 +253,6 @@ class Store(Protocol):
         ...
 
 
-#: Schema migrations: (version, statements). Never edit a released entry; append a new one.
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
-    (
-        1,
-        (
-            """CREATE TABLE agents (
-                agent_id TEXT PRIMARY KEY,
-                hostname TEXT NOT NULL,
-                agent_version TEXT NOT NULL,
-                device_backend TEXT NOT NULL,
-                node_json TEXT NOT NULL,
-                epoch INTEGER NOT NULL,
-                registered_unix_ns INTEGER NOT NULL
-            )""",
-            """CREATE TABLE devices (
-                device_uuid TEXT PRIMARY KEY,
-                agent_id TEXT NOT NULL,
-                device_index INTEGER NOT NULL,
-                name TEXT NOT NULL,
-                kind TEXT NOT NULL,
-                pci_bus_id TEXT NOT NULL,
-                pci_device_id INTEGER,
-                sku TEXT,
-                sku_match TEXT NOT NULL,
-                simulated INTEGER NOT NULL,
-                power_limit_enforced_w REAL,
-                info_json TEXT NOT NULL,
-                registered_unix_ns INTEGER NOT NULL
-            )""",
-            """CREATE TABLE messages (
-                agent_id TEXT NOT NULL,
-                epoch INTEGER NOT NULL,
-                sequence INTEGER NOT NULL,
-                kind TEXT NOT NULL,
-                digest BLOB NOT NULL,
-                received_unix_ns INTEGER NOT NULL,
-                status TEXT NOT NULL,
-                detail TEXT NOT NULL,
-                samples INTEGER NOT NULL,
-                PRIMARY KEY (agent_id, epoch, sequence)
-            )""",
-            """CREATE TABLE stream_progress (
-                agent_id TEXT NOT NULL,
-                epoch INTEGER NOT NULL,
-                committed_through INTEGER NOT NULL,
-                PRIMARY KEY (agent_id, epoch)
-            )""",
-            """CREATE TABLE telemetry_chunks (
-                agent_id TEXT NOT NULL,
-                epoch INTEGER NOT NULL,
-                sequence INTEGER NOT NULL,
-                chunk_index INTEGER NOT NULL,
-                device_uuid TEXT NOT NULL,
-                t_first_unix_ns INTEGER NOT NULL,
-                t_last_unix_ns INTEGER NOT NULL,
-                n_samples INTEGER NOT NULL,
-                data BLOB NOT NULL,
-                PRIMARY KEY (agent_id, epoch, sequence, chunk_index)
-            )""",
-            "CREATE INDEX telemetry_by_device ON telemetry_chunks (device_uuid, t_first_unix_ns)",
-            """CREATE TABLE rejected_samples (
-                agent_id TEXT NOT NULL,
-                epoch INTEGER NOT NULL,
-                sequence INTEGER NOT NULL,
-                device_uuid TEXT NOT NULL,
-                reason TEXT NOT NULL,
-                samples INTEGER NOT NULL,
-                PRIMARY KEY (agent_id, epoch, sequence, device_uuid, reason)
-            )""",
-            """CREATE TABLE job_results (
-                agent_id TEXT NOT NULL,
-                epoch INTEGER NOT NULL,
-                sequence INTEGER NOT NULL,
-                job_id TEXT NOT NULL,
-                device_uuid TEXT NOT NULL,
-                kind TEXT NOT NULL,
-                precision TEXT NOT NULL,
-                model TEXT,
-                batch INTEGER,
-                started_unix_ns INTEGER NOT NULL,
-                finished_unix_ns INTEGER NOT NULL,
-                simulated INTEGER NOT NULL,
-                burst_flops_per_s REAL,
-                sustained_flops_per_s REAL,
-                energy_per_flop_j REAL,
-                mean_power_w REAL,
-                delivered_flops_per_s REAL,
-                latency_p50_s REAL,
-                efficiency_ratio REAL,
-                spec_efficiency_ratio REAL,
-                throttle_reasons_seen INTEGER NOT NULL,
-                power_limit_w REAL,
-                sm_clock_mean_mhz REAL,
-                temperature_max_c REAL,
-                result_json TEXT NOT NULL,
-                PRIMARY KEY (agent_id, epoch, sequence)
-            )""",
-            "CREATE INDEX job_results_by_device ON job_results (device_uuid, finished_unix_ns)",
-            """CREATE TABLE comparisons (
-                agent_id TEXT NOT NULL,
-                epoch INTEGER NOT NULL,
-                sequence INTEGER NOT NULL,
-                sku TEXT,
-                precision TEXT NOT NULL,
-                datapath TEXT,
-                spec_peak_flops_per_s REAL,
-                spec_tdp_w REAL,
-                burst_over_spec_ratio REAL,
-                sustained_over_spec_ratio REAL,
-                mean_power_over_tdp_ratio REAL,
-                mean_power_over_limit_ratio REAL,
-                measured_energy_per_flop_j REAL,
-                physics_energy_per_flop_j REAL,
-                ceiling_energy_per_flop_j REAL,
-                measured_over_physics_ratio REAL,
-                measured_over_ceiling_ratio REAL,
-                physics_tdp_w REAL,
-                physics_power_at_measured_w REAL,
-                PRIMARY KEY (agent_id, epoch, sequence)
-            )""",
-            """CREATE TABLE jobs (
-                job_id TEXT PRIMARY KEY,
-                kind TEXT NOT NULL,
-                spec_json TEXT NOT NULL,
-                selector_json TEXT NOT NULL,
-                requested_unix_ns INTEGER NOT NULL
-            )""",
-            """CREATE TABLE job_targets (
-                job_id TEXT NOT NULL,
-                agent_id TEXT NOT NULL,
-                state INTEGER NOT NULL,
-                message TEXT NOT NULL,
-                updated_unix_ns INTEGER NOT NULL,
-                delivered_epoch INTEGER NOT NULL,
-                PRIMARY KEY (job_id, agent_id)
-            )""",
-        ),
-    ),
-    (
-        2,
-        (
-            # Each commit holds chunks of many devices, so an index keyed by device took a random
-            # insert per chunk: thousands of pages written per commit at fleet scale. The report's
-            # newest-chunk lookup walks the primary key (agent, epoch, sequence) instead.
-            "DROP INDEX IF EXISTS telemetry_by_device",
-        ),
-    ),
-)
-SCHEMA_VERSION = MIGRATIONS[-1][0]
-
 _COMPARISON_FIELDS = (
     "sku",
     "precision",
@@ -427,20 +271,6 @@ _COMPARISON_FIELDS = (
     "physics_tdp_w",
     "physics_power_at_measured_w",
 )
-_LE_DTYPES = {c.name: np.dtype(c.dtype).newbyteorder("<") for c in TELEMETRY_COLUMNS}
-
-
-def epoch_to_db(epoch: int) -> int:
-    """An unsigned 64-bit epoch as the signed 64-bit integer SQLite stores (two's complement).
-
-    Epochs are random ``fixed64`` values; half of them do not fit SQLite's signed INTEGER.
-    """
-    return epoch - (1 << 64) if epoch >= 1 << 63 else epoch
-
-
-def epoch_from_db(value: int) -> int:
-    """Inverse of :func:`epoch_to_db`."""
-    return value + (1 << 64) if value < 0 else value
 
 
 PAGE_SIZE_BYTES = 8192
@@ -457,132 +287,6 @@ PROBE_BYTES = 1024 * 1024
 """What a health probe writes (and removes) to find out whether the store can commit."""
 PROBE_FREE_BYTES = 4 * 1024 * 1024
 """Free space a health probe waits for on the database's file system before it writes."""
-
-CHUNK_MAGIC = b"FWT1"
-_CHUNK_HEADER = struct.Struct("<4sII")
-
-
-def pack_chunk(
-    timestamps: np.ndarray[Any, Any], columns: Mapping[str, np.ndarray[Any, Any]]
-) -> bytes:
-    """One device's samples as a telemetry chunk blob (the ``data`` column).
-
-    Layout, little-endian: magic ``FWT1``; uint32 sample count n; uint32 bitmap of the columns
-    present (bit i ⇔ ``TELEMETRY_COLUMNS[i]``); int64[n] timestamps (ns since the Unix epoch);
-    then each present column's n values in ``TELEMETRY_COLUMNS`` order, in its own dtype.
-    One blob per row keeps inserts several times cheaper than a column per array.
-    """
-    n = int(timestamps.shape[0])
-    bitmap = 0
-    parts = [b"", timestamps.astype("<i8", copy=False).tobytes()]
-    for i, spec in enumerate(TELEMETRY_COLUMNS):
-        col = columns.get(spec.name)
-        if col is not None:
-            bitmap |= 1 << i
-            parts.append(col.astype(_LE_DTYPES[spec.name], copy=False).tobytes())
-    parts[0] = _CHUNK_HEADER.pack(CHUNK_MAGIC, n, bitmap)
-    return b"".join(parts)
-
-
-def pack_raw_chunk_rows(
-    bitmap: int,
-    series: Sequence[tuple[Any, ...]],
-    samples: Sequence[int],
-    firsts_unix_ns: Sequence[int],
-    lasts_unix_ns: Sequence[int],
-) -> list[ChunkRow]:
-    """Chunk rows (see :func:`pack_chunk`) from bytes already in the chunk's layout.
-
-    Each series is (device uuid, packed little-endian int64 timestamps, then each column's
-    packed values in ``TELEMETRY_COLUMNS`` order, ``b""`` where absent); ``bitmap`` has the
-    bits of the present columns. The wire's packed arrays have exactly this layout, so the
-    writer stores them without decoding. The caller has checked every length against
-    ``samples`` and supplies each series' first and last timestamp (ns).
-    """
-    header = _CHUNK_HEADER.pack
-    return [
-        (s[0], a, b, n, b"".join((header(CHUNK_MAGIC, n, bitmap), *s[1:])))
-        for s, n, a, b in zip(series, samples, firsts_unix_ns, lasts_unix_ns, strict=True)
-    ]
-
-
-def pack_block_chunks(block: SeriesBlock) -> list[ChunkRow | None]:
-    """Every device's chunk of ``block`` (see :func:`pack_chunk`), in device order; None for a
-    device without samples. Each column is packed once for the whole block and cut per device,
-    so a block joining many messages is packed in one pass."""
-    bounds = block.offsets.tolist()
-    nonempty = [d for d in range(len(block.device_uuids)) if bounds[d + 1] > bounds[d]]
-    out: list[ChunkRow | None] = [None] * len(block.device_uuids)
-    if not nonempty:
-        return out
-    ts_all = np.ascontiguousarray(block.timestamp_unix_ns.astype("<i8", copy=False))
-    present = [
-        (
-            i,
-            np.ascontiguousarray(
-                block.columns[spec.name].astype(_LE_DTYPES[spec.name], copy=False)
-            ),
-        )
-        for i, spec in enumerate(TELEMETRY_COLUMNS)
-        if spec.name in block.columns
-    ]
-    bitmap = sum(1 << i for i, _ in present)
-    n_dev = len(block.device_uuids)
-    per_device = bounds[1] - bounds[0]
-    if len(nonempty) == n_dev and bounds[-1] == per_device * n_dev:
-        # Every device has the same number of samples (the usual batch): lay all blobs out as
-        # the rows of one byte matrix, a few array copies for the whole block.
-        n = per_device
-        widths = [8 * n] + [col.dtype.itemsize * n for _, col in present]
-        matrix = np.empty((n_dev, _CHUNK_HEADER.size + sum(widths)), dtype=np.uint8)
-        matrix[:, : _CHUNK_HEADER.size] = np.frombuffer(
-            _CHUNK_HEADER.pack(CHUNK_MAGIC, n, bitmap), np.uint8
-        )
-        pos = _CHUNK_HEADER.size
-        for arr, width in zip([ts_all] + [col for _, col in present], widths, strict=True):
-            matrix[:, pos : pos + width] = arr.view(np.uint8).reshape(n_dev, width)
-            pos += width
-        stamps = ts_all.reshape(n_dev, n)
-        firsts = stamps.min(axis=1).tolist()
-        lasts = stamps.max(axis=1).tolist()
-        for d, (uuid, row) in enumerate(zip(block.device_uuids, matrix, strict=True)):
-            out[d] = (uuid, firsts[d], lasts[d], n, row.tobytes())
-        return out
-    ts_bytes = ts_all.tobytes()
-    packed = [(col.tobytes(), col.dtype.itemsize) for _, col in present]
-    starts = np.array([bounds[d] for d in nonempty], dtype=np.int64)
-    firsts = np.minimum.reduceat(ts_all, starts).tolist()
-    lasts = np.maximum.reduceat(ts_all, starts).tolist()
-    header = _CHUNK_HEADER.pack
-    for k, d in enumerate(nonempty):
-        a, b = bounds[d], bounds[d + 1]
-        parts = [header(CHUNK_MAGIC, b - a, bitmap), ts_bytes[8 * a : 8 * b]]
-        parts += [raw[a * size : b * size] for raw, size in packed]
-        out[d] = (block.device_uuids[d], firsts[k], lasts[k], b - a, b"".join(parts))
-    return out
-
-
-def unpack_chunk(blob: bytes) -> tuple[np.ndarray[Any, Any], dict[str, np.ndarray[Any, Any]]]:
-    """Inverse of :func:`pack_chunk`: (timestamps, {column: values}); absent columns absent.
-
-    Raises:
-        ValueError: not a telemetry chunk, or truncated.
-    """
-    magic, n, bitmap = _CHUNK_HEADER.unpack_from(blob)
-    if magic != CHUNK_MAGIC:
-        raise ValueError("not a flopwatt telemetry chunk")
-    offset = _CHUNK_HEADER.size
-    ts = np.frombuffer(blob, dtype="<i8", count=n, offset=offset)
-    offset += 8 * n
-    columns = {}
-    for i, spec in enumerate(TELEMETRY_COLUMNS):
-        if bitmap & (1 << i):
-            dtype = _LE_DTYPES[spec.name]
-            columns[spec.name] = np.frombuffer(blob, dtype=dtype, count=n, offset=offset)
-            offset += dtype.itemsize * n
-    if offset != len(blob):
-        raise ValueError("telemetry chunk has trailing or missing bytes")
-    return ts, columns
 
 
 class SQLiteStore:

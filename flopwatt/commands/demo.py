@@ -1,4 +1,4 @@
-"""``flopwatt demo``: the whole pipeline on one machine (see :mod:`flopwatt.demo`)."""
+"""``flopwatt demo``: the whole pipeline on one machine (see :mod:`flopwatt.commands.demo_run`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from flopwatt.commands.output import parse_csv_option, stderr_console, stdout_console
 
@@ -56,6 +55,12 @@ from flopwatt.commands.output import parse_csv_option, stderr_console, stdout_co
     help="Lighter jobs (resnet18 at batch 1, 1-s GEMM runs) for CI and smoke tests.",
 )
 @click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="After the one-screen summary, print the report's full tables.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="warning",
@@ -72,6 +77,7 @@ def demo(
     http_listen: str,
     seed: int,
     quick: bool,
+    verbose: bool,
     log_level: str,
 ) -> None:
     """Start a collector (SQLite), a real agent for this machine, simulated agents for a mixed
@@ -82,8 +88,15 @@ def demo(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from flopwatt.analysis.registry import load_registry
-    from flopwatt.demo import DEFAULT_SKUS, DemoConfig, DemoResult, default_fleet, run_demo_sync
-    from flopwatt.reporting import as_report, terminal_tables
+    from flopwatt.commands.demo_run import (
+        DEFAULT_SKUS,
+        DemoConfig,
+        DemoResult,
+        default_fleet,
+        run_demo_sync,
+    )
+    from flopwatt.commands.report import print_report
+    from flopwatt.report.files import as_report
 
     skus = tuple(parse_csv_option((sim_skus,))) if sim_skus else DEFAULT_SKUS
     registry = load_registry()
@@ -122,39 +135,42 @@ def demo(
         console=err,
         transient=True,
     )
-    task = progress.add_task("GEMM and model jobs on every agent", total=None)
+    agents_total = len(config.nodes) + (1 if config.local_agent else 0)
+    tasks = {
+        "agents": progress.add_task("agents registered", total=agents_total),
+        "jobs": progress.add_task("GEMM and model jobs done", total=2 * agents_total),
+    }
 
     def on_progress(stage: str, done: int, total: int) -> None:
-        progress.update(task, completed=done, total=total)
+        if stage in tasks:
+            progress.update(tasks[stage], completed=done, total=total)
 
     def on_report(result: DemoResult) -> None:
         progress.stop()
         report = as_report(result.db_path)
         out = stdout_console()
-        for title, headers, rows, styles in terminal_tables(report):
-            table = Table(title=title)
-            for h in headers:
-                table.add_column(h)
-            for row, style in zip(rows, styles, strict=True):
-                table.add_row(*row, style=style or None)
-            out.print(table)
-        failed = {
-            n: s
-            for n, t in result.jobs.items()
-            for a, s in t.items()
-            if s.name not in ("SUCCEEDED",)
-        }
+        failed = [
+            (agent, f"{name} job {state.name.lower()}")
+            for name, targets in result.jobs.items()
+            for agent, state in targets.items()
+            if state.name != "SUCCEEDED"
+        ]
+        print_report(report, verbose=verbose, failed_jobs=failed, console=out)
         html = next((p for p in result.report_paths if p.suffix == ".html"), None)
-        out.print(f"\nreport:   {html}" if html else "")
+        out.print()
+        if html:
+            out.print(f"report:     {html}  (every table, figures; --verbose prints them here)")
+        csvs = [p for p in result.report_paths if p.suffix == ".csv"]
+        if csvs:
+            out.print(f"csv:        {csvs[0].parent}/report*.csv ({len(csvs)} files)")
+        out.print(f"metrics:    {result.metrics_url}")
+        out.print(f"report now: {result.metrics_url.removesuffix('/metrics')}/report")
         out.print(
-            f"csv:      {', '.join(str(p) for p in result.report_paths if p.suffix == '.csv')}"
+            "dashboards: deploy/grafana/dashboards/ (Grafana + Prometheus: docker compose up)"
         )
-        out.print(f"metrics:  {result.metrics_url}")
-        out.print(f"database: {result.db_path}")
+        out.print(f"database:   {result.db_path}")
         if result.local_device:
             out.print(f"this machine: {result.local_device}")
-        if failed:
-            out.print(f"[yellow]jobs not succeeded: {failed}[/yellow]")
         if not once:
             out.print("serving /metrics and /report; Ctrl-C to stop")
 

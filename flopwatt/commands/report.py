@@ -1,8 +1,9 @@
 """``flopwatt report``: the fleet comparison report from a store or a running collector.
 
-Without ``--format`` it prints the verdicts, outliers, per-SKU summary and per-GPU tables for
-people; ``--json`` prints the whole report as one JSON document; ``--format`` writes files
-(``--out DIR``, or ``--out -`` for one text format on stdout).
+Without ``--format`` it prints a one-screen summary for people (``--verbose``: the verdicts,
+outliers, per-SKU and per-GPU tables after it); ``--json`` prints the whole report as one JSON
+document; ``--format`` writes files (``--out DIR``, or ``--out -`` for one text format on
+stdout).
 """
 
 from __future__ import annotations
@@ -11,24 +12,20 @@ import sys
 from pathlib import Path
 
 import click
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from flopwatt.analysis.fleet_report import FleetReport, ReportParameters
-from flopwatt.collector.report_data import ReportSourceError, fetch_report_html
 from flopwatt.commands.output import emit_json, parse_csv_option, stderr_console, stdout_console
-from flopwatt.reporting import (
-    ReportFormatError,
-    as_report,
-    parse_formats,
-    render_html,
-    render_json,
-    render_markdown,
-    report_from_html,
-    report_to_jsonable,
-    terminal_sections,
-    write_report,
-)
+from flopwatt.report.columns import ReportFormatError
+from flopwatt.report.files import as_report, parse_formats, write_report
+from flopwatt.report.html import render_html, report_from_html
+from flopwatt.report.json_doc import render_json, report_to_jsonable
+from flopwatt.report.loading import ReportSourceError, fetch_report_html
+from flopwatt.report.markdown import render_markdown
+from flopwatt.report.summary import fleet_summary
+from flopwatt.report.tables import FleetReport, ReportParameters
+from flopwatt.report.terminal import TerminalTable, summary_tables, terminal_sections
 
 DEFAULT_DB = Path("flopwatt-data/flopwatt.db")
 _STDOUT_FORMATS = ("html", "md", "json", "csv")
@@ -47,14 +44,12 @@ def _load(
         raise click.ClickException(str(exc)) from None
 
 
-def _print_tables(report: FleetReport) -> None:
-    console = stdout_console()
-    sims = int((report.gpus.drop_duplicates("device_uuid")["source"] == "sim").sum())
-    console.print(
-        Text(f"flopwatt fleet report from {report.source or 'unknown'}"),
-        Text(f"({sims} simulated devices, shown in magenta)" if sims else ""),
-    )
-    for section in terminal_sections(report):
+def print_sections(console: Console, sections: list[TerminalTable]) -> None:
+    """Print terminal tables (an empty one as "TITLE: none")."""
+    for section in sections:
+        if not section.rows:
+            console.print(Text(f"{section.title}: none", style="italic"))
+            continue
         table = Table(title=section.title, title_justify="left")
         for i, c in enumerate(section.columns):
             # Names and verdicts keep their width; numeric columns wrap their headers instead.
@@ -66,10 +61,26 @@ def _print_tables(report: FleetReport) -> None:
             )
         for row, style in zip(section.rows, section.styles, strict=True):
             table.add_row(*(Text(cell) for cell in row), style=style or None)
-        if not section.rows:
-            console.print(Text(f"{section.title}: none", style="italic"))
-        else:
-            console.print(table)
+        console.print(table)
+
+
+def print_report(
+    report: FleetReport,
+    *,
+    verbose: bool,
+    failed_jobs: list[tuple[str, str]] | None = None,
+    console: Console | None = None,
+) -> None:
+    """The one-screen fleet summary; with ``verbose`` the full tables after it."""
+    console = console or stdout_console()
+    sims = int((report.gpus.drop_duplicates("device_uuid")["source"] == "sim").sum())
+    console.print(
+        Text(f"flopwatt fleet report from {report.source or 'unknown'}"),
+        Text(f"({sims} simulated devices, shown in magenta)" if sims else ""),
+    )
+    print_sections(console, summary_tables(fleet_summary(report, failed_jobs=failed_jobs or ())))
+    if verbose:
+        print_sections(console, terminal_sections(report))
 
 
 def _to_stdout(report: FleetReport, fmt: str, collector_page: str | None) -> None:
@@ -122,6 +133,13 @@ def _to_stdout(report: FleetReport, fmt: str, collector_page: str | None) -> Non
     help="|robust z| at which a GPU is an outlier within its cohort (with --db).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="After the one-screen summary, print the full tables (verdicts, outliers, per SKU, "
+    "per GPU).",
+)
 def report(
     db_path: Path | None,
     collector_url: str | None,
@@ -130,11 +148,13 @@ def report(
     stem: str,
     outlier_z: float,
     as_json: bool,
+    verbose: bool,
 ) -> None:
     """Fleet comparison report: per GPU, per SKU, outliers and the spec-achievability verdict.
 
-    Reads a collector store (--db) or asks a running collector (--collector). Simulated
-    devices are marked as such in every format.
+    Reads a collector store (--db) or asks a running collector (--collector). On a terminal
+    it prints a one-screen summary (fleet by SKU, verdicts, top outliers, suspect agents);
+    --verbose adds the full tables. Simulated devices are marked as such in every format.
     """
     if db_path is not None and collector_url is not None:
         raise click.UsageError("give --db or --collector, not both")
@@ -149,7 +169,7 @@ def report(
         if as_json:
             emit_json(report_to_jsonable(fleet_report))
         else:
-            _print_tables(fleet_report)
+            print_report(fleet_report, verbose=verbose)
         return
     if out == "-":
         if len(wanted) != 1 or wanted[0] not in _STDOUT_FORMATS:

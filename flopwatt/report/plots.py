@@ -1,4 +1,4 @@
-"""The fleet report's figures, built from its per-GPU table (:func:`fleet_report.gpu_table`).
+"""The fleet report's figures, built from its per-GPU table (:func:`.tables.gpu_table`).
 
 Each ``plot_*`` function returns a matplotlib Figure; :func:`report_figures` renders all four to
 PNG bytes for embedding. matplotlib is imported inside the functions (Agg backend, through
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from flopwatt.analysis.fleet_report import MIN_COHORT, OUTLIER_Z, SIM
 from flopwatt.analysis.plots import figure_png_bytes
+from flopwatt.report.tables import MIN_COHORT, OUTLIER_Z, SIM
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -1,6 +1,6 @@
 """The fleet comparison report, as tables (pure: DataFrames in, DataFrames out).
 
-Input is three frames a loader fills from the store (``flopwatt.collector.report_data``):
+Input is three frames a loader fills from the store (``flopwatt.report.loading``):
 devices (:data:`DEVICE_INPUT_COLUMNS`), the latest result per device and job key with its
 spec comparison (:data:`RESULT_INPUT_COLUMNS`) and the latest telemetry per device
 (:data:`TELEMETRY_INPUT_COLUMNS`). :func:`build_report` turns them into a :class:`FleetReport`:

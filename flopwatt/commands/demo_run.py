@@ -119,7 +119,7 @@ async def run_demo(
     """Run the demo; return after the report is written, or — when ``keep_serving`` is given —
     after that event is set (Ctrl-C in the CLI). ``on_report`` is called as soon as the report
     exists (before serving on)."""
-    from flopwatt.reporting import write_report
+    from flopwatt.report.files import write_report
 
     data = config.data_dir
     data.mkdir(parents=True, exist_ok=True)
@@ -133,7 +133,7 @@ async def run_demo(
         stop = asyncio.Event()
         tasks = [asyncio.create_task(a.run(stop)) for a in agents]
         try:
-            await _wait_registered(collector, [a.config.hostname for a in agents], 60.0)
+            await _wait_registered(collector, [a.config.hostname for a in agents], 60.0, progress)
             jobs = await _run_jobs(config, collector, agents, progress)
             # Let the last results and a few telemetry batches land before reporting.
             await asyncio.sleep(2.0)
@@ -203,11 +203,16 @@ def _make_agents(config: DemoConfig, collector: RunningCollector, data: Path) ->
     return agents
 
 
-async def _wait_registered(collector: RunningCollector, hosts: list[str], timeout: float) -> None:
+async def _wait_registered(
+    collector: RunningCollector, hosts: list[str], timeout: float, progress: ProgressFn | None
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         snap = collector.state.snapshot()
-        if all(h in snap.agents and snap.agents[h].connected for h in hosts):
+        connected = sum(1 for h in hosts if h in snap.agents and snap.agents[h].connected)
+        if progress is not None:
+            progress("agents", connected, len(hosts))
+        if connected == len(hosts):
             return
         if time.monotonic() > deadline:
             missing = [h for h in hosts if h not in snap.agents]

@@ -27,15 +27,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flopwatt.analysis.fleet_report import (
+from flopwatt.jsonable import from_jsonable
+from flopwatt.records import DeviceInfo, JobResult, NodeInfo
+from flopwatt.report.tables import (
     DEVICE_INPUT_COLUMNS,
     RESULT_INPUT_COLUMNS,
     TELEMETRY_INPUT_COLUMNS,
     ReportInputs,
 )
-from flopwatt.collector.store import SCHEMA_VERSION, unpack_chunk
-from flopwatt.jsonable import from_jsonable
-from flopwatt.records import DeviceInfo, JobResult, NodeInfo
+from flopwatt.store.chunks import unpack_chunk
+from flopwatt.store.schema import SCHEMA_VERSION
 
 
 class ReportSourceError(RuntimeError):

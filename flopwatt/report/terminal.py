@@ -1,0 +1,144 @@
+"""The report on a terminal: narrow tables with row styles (see also :mod:`.summary`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flopwatt.report.columns import (
+    DISPLAY,
+    SECTION_ORDER,
+    TERMINAL_COLUMNS,
+    TITLES,
+    DisplayColumn,
+    display_rows,
+)
+from flopwatt.report.summary import FleetSummary
+from flopwatt.report.tables import SIM, FleetReport
+
+
+@dataclass(frozen=True)
+class TerminalTable:
+    """One table for a terminal: formatted cells, and a style per row (outliers bold red,
+    simulated rows magenta)."""
+
+    title: str
+    columns: tuple[DisplayColumn, ...]
+    rows: tuple[tuple[str, ...], ...]
+    styles: tuple[str, ...]
+
+
+def terminal_sections(report: FleetReport) -> list[TerminalTable]:
+    """The narrow terminal views (:data:`TERMINAL_COLUMNS`), in :data:`SECTION_ORDER`."""
+    out = []
+    for name in SECTION_ORDER:
+        if name not in TERMINAL_COLUMNS:
+            continue
+        df = report.tables()[name]
+        cols = DISPLAY[name]
+        keep = [i for i, c in enumerate(cols) if c.name in TERMINAL_COLUMNS[name]]
+        rows, styles = [], []
+        for rec, cells in zip(df.to_dict("records"), display_rows(name, df), strict=True):
+            rows.append(tuple(cells[i] for i in keep))
+            if rec.get("outlier") is True or name == "outliers":
+                styles.append("bold red")
+            else:
+                styles.append("magenta" if rec.get("source") == SIM else "")
+        out.append(
+            TerminalTable(TITLES[name], tuple(cols[i] for i in keep), tuple(rows), tuple(styles))
+        )
+    return out
+
+
+def terminal_tables(report: FleetReport) -> list[tuple[str, list[str], list[list[str]], list[str]]]:
+    """:func:`terminal_sections` as plain (title, headers, rows, row styles) tuples."""
+    return [
+        (t.title, [c.header for c in t.columns], [list(r) for r in t.rows], list(t.styles))
+        for t in terminal_sections(report)
+    ]
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.0f} %"
+
+
+def _span(lo: float | None, hi: float | None) -> str:
+    if lo is None or hi is None:
+        return "—"
+    return _pct(lo) if round(100 * lo) == round(100 * hi) else f"{_pct(lo)[:-2]}–{_pct(hi)}"
+
+
+def summary_tables(summary: FleetSummary) -> list[TerminalTable]:
+    """The one-screen summary (:func:`~flopwatt.report.summary.fleet_summary`) as terminal
+    tables: fleet by SKU, verdicts (precisions that agree on one line), top outliers and
+    suspect agents. Empty sections are returned with no rows (say "none")."""
+    text = DisplayColumn
+    fleet = TerminalTable(
+        f"Fleet: {summary.devices} devices on {summary.hosts} hosts "
+        f"({summary.simulated_devices} simulated, "
+        f"{summary.devices - summary.simulated_devices} hardware)",
+        (
+            text("sku", "SKU", str, numeric=False),
+            text("source", "source", str, numeric=False),
+            text("devices", "devices", str),
+            text("hosts", "hosts", str),
+        ),
+        tuple((s.sku, s.source, str(s.devices), str(s.hosts)) for s in summary.skus),
+        tuple("magenta" if s.source == SIM else "" for s in summary.skus),
+    )
+    verdicts = TerminalTable(
+        "Spec achievability: median sustained GEMM ÷ dense spec peak, per SKU",
+        (
+            text("sku", "SKU", str, numeric=False),
+            text("source", "source", str, numeric=False),
+            text("verdict", "verdict", str, numeric=False),
+            text("precisions", "precisions", str, numeric=False),
+            text("ratio", "sustained ÷ spec", str),
+        ),
+        tuple(
+            (
+                v.sku,
+                v.source,
+                v.verdict,
+                ", ".join(v.precisions),
+                _span(v.sustained_over_spec_min_ratio, v.sustained_over_spec_max_ratio),
+            )
+            for v in summary.verdicts
+        ),
+        tuple("yellow" if v.verdict == "power-limited" else "" for v in summary.verdicts),
+    )
+    more = f" (and {summary.more_outliers} more in the report)" if summary.more_outliers else ""
+    outliers = TerminalTable(
+        f"Top outliers within their cohorts{more}",
+        (
+            text("hostname", "host", str, numeric=False),
+            text("device_index", "GPU", str),
+            text("sku", "SKU", str, numeric=False),
+            text("kinds", "kind", str, numeric=False),
+            text("z", "worst robust z", str),
+            text("precisions", "precisions", str, numeric=False),
+            text("limiter", "likely limiter", str, numeric=False),
+        ),
+        tuple(
+            (
+                o.hostname,
+                str(o.device_index),
+                o.sku,
+                ", ".join(o.kinds),
+                f"{o.worst_robust_z:+.1f}",
+                ", ".join(o.precisions),
+                o.limiter,
+            )
+            for o in summary.outliers
+        ),
+        tuple("bold red" for _ in summary.outliers),
+    )
+    suspects = TerminalTable(
+        "Suspect agents",
+        (
+            text("hostname", "host", str, numeric=False),
+            text("reason", "why", str, numeric=False),
+        ),
+        tuple((s.hostname, s.reason) for s in summary.suspects),
+        tuple("yellow" for _ in summary.suspects),
+    )
+    return [fleet, verdicts, outliers, suspects]

@@ -1,0 +1,167 @@
+"""The store's schema: versioned migrations, and how values outside SQL's types are stored.
+Shared by the store engine and by readers that open a database directly (the report)."""
+
+from __future__ import annotations
+
+#: Schema migrations: (version, statements). Never edit a released entry; append a new one.
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,
+        (
+            """CREATE TABLE agents (
+                agent_id TEXT PRIMARY KEY,
+                hostname TEXT NOT NULL,
+                agent_version TEXT NOT NULL,
+                device_backend TEXT NOT NULL,
+                node_json TEXT NOT NULL,
+                epoch INTEGER NOT NULL,
+                registered_unix_ns INTEGER NOT NULL
+            )""",
+            """CREATE TABLE devices (
+                device_uuid TEXT PRIMARY KEY,
+                agent_id TEXT NOT NULL,
+                device_index INTEGER NOT NULL,
+                name TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                pci_bus_id TEXT NOT NULL,
+                pci_device_id INTEGER,
+                sku TEXT,
+                sku_match TEXT NOT NULL,
+                simulated INTEGER NOT NULL,
+                power_limit_enforced_w REAL,
+                info_json TEXT NOT NULL,
+                registered_unix_ns INTEGER NOT NULL
+            )""",
+            """CREATE TABLE messages (
+                agent_id TEXT NOT NULL,
+                epoch INTEGER NOT NULL,
+                sequence INTEGER NOT NULL,
+                kind TEXT NOT NULL,
+                digest BLOB NOT NULL,
+                received_unix_ns INTEGER NOT NULL,
+                status TEXT NOT NULL,
+                detail TEXT NOT NULL,
+                samples INTEGER NOT NULL,
+                PRIMARY KEY (agent_id, epoch, sequence)
+            )""",
+            """CREATE TABLE stream_progress (
+                agent_id TEXT NOT NULL,
+                epoch INTEGER NOT NULL,
+                committed_through INTEGER NOT NULL,
+                PRIMARY KEY (agent_id, epoch)
+            )""",
+            """CREATE TABLE telemetry_chunks (
+                agent_id TEXT NOT NULL,
+                epoch INTEGER NOT NULL,
+                sequence INTEGER NOT NULL,
+                chunk_index INTEGER NOT NULL,
+                device_uuid TEXT NOT NULL,
+                t_first_unix_ns INTEGER NOT NULL,
+                t_last_unix_ns INTEGER NOT NULL,
+                n_samples INTEGER NOT NULL,
+                data BLOB NOT NULL,
+                PRIMARY KEY (agent_id, epoch, sequence, chunk_index)
+            )""",
+            "CREATE INDEX telemetry_by_device ON telemetry_chunks (device_uuid, t_first_unix_ns)",
+            """CREATE TABLE rejected_samples (
+                agent_id TEXT NOT NULL,
+                epoch INTEGER NOT NULL,
+                sequence INTEGER NOT NULL,
+                device_uuid TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                samples INTEGER NOT NULL,
+                PRIMARY KEY (agent_id, epoch, sequence, device_uuid, reason)
+            )""",
+            """CREATE TABLE job_results (
+                agent_id TEXT NOT NULL,
+                epoch INTEGER NOT NULL,
+                sequence INTEGER NOT NULL,
+                job_id TEXT NOT NULL,
+                device_uuid TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                precision TEXT NOT NULL,
+                model TEXT,
+                batch INTEGER,
+                started_unix_ns INTEGER NOT NULL,
+                finished_unix_ns INTEGER NOT NULL,
+                simulated INTEGER NOT NULL,
+                burst_flops_per_s REAL,
+                sustained_flops_per_s REAL,
+                energy_per_flop_j REAL,
+                mean_power_w REAL,
+                delivered_flops_per_s REAL,
+                latency_p50_s REAL,
+                efficiency_ratio REAL,
+                spec_efficiency_ratio REAL,
+                throttle_reasons_seen INTEGER NOT NULL,
+                power_limit_w REAL,
+                sm_clock_mean_mhz REAL,
+                temperature_max_c REAL,
+                result_json TEXT NOT NULL,
+                PRIMARY KEY (agent_id, epoch, sequence)
+            )""",
+            "CREATE INDEX job_results_by_device ON job_results (device_uuid, finished_unix_ns)",
+            """CREATE TABLE comparisons (
+                agent_id TEXT NOT NULL,
+                epoch INTEGER NOT NULL,
+                sequence INTEGER NOT NULL,
+                sku TEXT,
+                precision TEXT NOT NULL,
+                datapath TEXT,
+                spec_peak_flops_per_s REAL,
+                spec_tdp_w REAL,
+                burst_over_spec_ratio REAL,
+                sustained_over_spec_ratio REAL,
+                mean_power_over_tdp_ratio REAL,
+                mean_power_over_limit_ratio REAL,
+                measured_energy_per_flop_j REAL,
+                physics_energy_per_flop_j REAL,
+                ceiling_energy_per_flop_j REAL,
+                measured_over_physics_ratio REAL,
+                measured_over_ceiling_ratio REAL,
+                physics_tdp_w REAL,
+                physics_power_at_measured_w REAL,
+                PRIMARY KEY (agent_id, epoch, sequence)
+            )""",
+            """CREATE TABLE jobs (
+                job_id TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                spec_json TEXT NOT NULL,
+                selector_json TEXT NOT NULL,
+                requested_unix_ns INTEGER NOT NULL
+            )""",
+            """CREATE TABLE job_targets (
+                job_id TEXT NOT NULL,
+                agent_id TEXT NOT NULL,
+                state INTEGER NOT NULL,
+                message TEXT NOT NULL,
+                updated_unix_ns INTEGER NOT NULL,
+                delivered_epoch INTEGER NOT NULL,
+                PRIMARY KEY (job_id, agent_id)
+            )""",
+        ),
+    ),
+    (
+        2,
+        (
+            # Each commit holds chunks of many devices, so an index keyed by device took a random
+            # insert per chunk: thousands of pages written per commit at fleet scale. The report's
+            # newest-chunk lookup walks the primary key (agent, epoch, sequence) instead.
+            "DROP INDEX IF EXISTS telemetry_by_device",
+        ),
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def epoch_to_db(epoch: int) -> int:
+    """An unsigned 64-bit epoch as the signed 64-bit integer SQLite stores (two's complement).
+
+    Epochs are random ``fixed64`` values; half of them do not fit SQLite's signed INTEGER.
+    """
+    return epoch - (1 << 64) if epoch >= 1 << 63 else epoch
+
+
+def epoch_from_db(value: int) -> int:
+    """Inverse of :func:`epoch_to_db`."""
+    return value + (1 << 64) if value < 0 else value
