@@ -122,7 +122,7 @@ def _model(model: str, batch: int, delivered: float) -> ModelResult:
         throughput_samples_per_s=100.0,
         delivered_flops_per_s=delivered,
         efficiency_ratio=0.4,
-        energy_j_per_inference=0.5,
+        energy_per_inference_j=0.5,
     )
 
 

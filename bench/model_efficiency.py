@@ -74,7 +74,7 @@ def main() -> None:
         if r.get("error"):
             print(f"{r['model']:<10} {r['batch']:>5} failed ({r['stage']}): {r['error']}")
             continue
-        energy = r["energy_j_per_inference"]
+        energy = r["energy_per_inference_j"]
         print(
             f"{r['model']:<10} {r['batch']:>5} {r['flops'] / 1e9:>8.2f} "
             f"{r['latency_ms_p50']:>9.1f} {r['latency_ms_p90']:>9.1f} "

@@ -21,9 +21,19 @@ class MetricType(StrEnum):
     HISTOGRAM = "histogram"
 
 
-#: Labels on every per-GPU series. Devices are keyed by UUID; the index is for display.
+#: Labels on every per-device series. Devices are keyed by UUID; the index is for display.
 #: ``source`` is "hardware" or "sim" (simulated devices are labelled as such everywhere).
-GPU_LABELS: tuple[str, ...] = ("hostname", "gpu_uuid", "gpu_index", "gpu_model", "sku", "source")
+#: ``device_kind`` is what the device is: "gpu", or "cpu" for the CPU backend, which measures
+#: the host's CPU through the same families (select ``device_kind="gpu"`` for GPUs only).
+GPU_LABELS: tuple[str, ...] = (
+    "hostname",
+    "gpu_uuid",
+    "gpu_index",
+    "gpu_model",
+    "sku",
+    "source",
+    "device_kind",
+)
 
 
 @dataclass(frozen=True)
@@ -54,11 +64,18 @@ METRICS: tuple[MetricSpec, ...] = (
         _gpu("sku_match", "pci_bus_id"),
     ),
     MetricSpec(
-        "flopwatt_gpu_power_watts",
+        "flopwatt_gpu_power_instant_watts",
         MetricType.GAUGE,
         "watts",
-        'Board power: kind="instant" (instantaneous) or "average_1s" (1-s average).',
-        _gpu("kind"),
+        "Board power, instantaneous reading (NVML's instant sensor).",
+        _gpu(),
+    ),
+    MetricSpec(
+        "flopwatt_gpu_power_average_1s_watts",
+        MetricType.GAUGE,
+        "watts",
+        "Board power averaged by the hardware over the last second.",
+        _gpu(),
     ),
     MetricSpec(
         "flopwatt_gpu_energy_joules_total",
@@ -106,19 +123,33 @@ METRICS: tuple[MetricSpec, ...] = (
     ),
     # --- benchmark results ------------------------------------------------------------------
     MetricSpec(
-        "flopwatt_gemm_flops_per_second",
+        "flopwatt_gemm_burst_flops_per_second",
         MetricType.GAUGE,
         "flops_per_second",
-        'Latest GEMM throughput (2·m·n·k FLOP/s; OP/s for int8): kind="burst" (best of '
-        'the sweep) or "sustained" (one long run).',
-        _gpu("precision", "kind"),
+        "Latest burst GEMM throughput: best of the size sweep (2·m·n·k FLOP/s; OP/s for int8).",
+        _gpu("precision"),
     ),
     MetricSpec(
-        "flopwatt_gemm_spec_ratio",
+        "flopwatt_gemm_sustained_flops_per_second",
+        MetricType.GAUGE,
+        "flops_per_second",
+        "Latest sustained GEMM throughput: one long run at the enforced power limit "
+        "(2·m·n·k FLOP/s; OP/s for int8).",
+        _gpu("precision"),
+    ),
+    MetricSpec(
+        "flopwatt_gemm_burst_spec_ratio",
         MetricType.GAUGE,
         "ratio",
-        "Latest GEMM throughput ÷ the SKU's dense spec peak at that precision.",
-        _gpu("precision", "kind"),
+        "Latest burst GEMM throughput ÷ the SKU's dense spec peak at that precision.",
+        _gpu("precision"),
+    ),
+    MetricSpec(
+        "flopwatt_gemm_sustained_spec_ratio",
+        MetricType.GAUGE,
+        "ratio",
+        "Latest sustained GEMM throughput ÷ the SKU's dense spec peak at that precision.",
+        _gpu("precision"),
     ),
     MetricSpec(
         "flopwatt_gemm_mean_power_watts",
@@ -305,19 +336,37 @@ METRICS: tuple[MetricSpec, ...] = (
         ("process",),
     ),
     # --- agent self-metrics (the agent's optional local /metrics) ---------------------------
+    # The standard process metrics (the names prometheus_client's ProcessCollector and every
+    # Go/Java exporter use), so generic process dashboards and alerts work on the agent.
     MetricSpec(
-        "flopwatt_agent_cpu_seconds_total",
+        "process_cpu_seconds_total",
         MetricType.COUNTER,
         "seconds",
-        "CPU time used by the agent process.",
+        "Total user and system CPU time spent in seconds (the agent process).",
         (),
         "agent",
     ),
     MetricSpec(
-        "flopwatt_agent_resident_memory_bytes",
+        "process_resident_memory_bytes",
         MetricType.GAUGE,
         "bytes",
-        "Resident set size of the agent process.",
+        "Resident memory size in bytes (the agent process).",
+        (),
+        "agent",
+    ),
+    MetricSpec(
+        "process_start_time_seconds",
+        MetricType.GAUGE,
+        "seconds",
+        "Start time of the process since unix epoch in seconds (the agent process).",
+        (),
+        "agent",
+    ),
+    MetricSpec(
+        "process_open_fds",
+        MetricType.GAUGE,
+        "",
+        "Number of open file descriptors (the agent process; absent where /proc is not).",
         (),
         "agent",
     ),

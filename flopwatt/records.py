@@ -453,7 +453,7 @@ class ModelResult:
     peak_source: str = ""
     efficiency_ratio: float | None = None
     spec_efficiency_ratio: float | None = None
-    energy_j_per_inference: float | None = None
+    energy_per_inference_j: float | None = None
     mean_power_w: float | None = None
     arithmetic_intensity_flops_per_byte: float | None = None
 

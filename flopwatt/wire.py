@@ -522,7 +522,7 @@ _MODEL_OPTIONALS = (
     "peak_flops_per_s",
     "efficiency_ratio",
     "spec_efficiency_ratio",
-    "energy_j_per_inference",
+    "energy_per_inference_j",
     "mean_power_w",
     "arithmetic_intensity_flops_per_byte",
 )

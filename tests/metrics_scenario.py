@@ -158,7 +158,7 @@ def _model(
         delivered_flops_per_s=delivered,
         efficiency_ratio=eff,
         spec_efficiency_ratio=spec_eff,
-        energy_j_per_inference=energy,
+        energy_per_inference_j=energy,
     )
 
 

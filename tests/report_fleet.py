@@ -210,7 +210,7 @@ def _model_result(g: Gpu, peak: float, efficiency: float, finished: int) -> JobR
             peak_source="measured",
             efficiency_ratio=efficiency,
             spec_efficiency_ratio=delivered / peak,
-            energy_j_per_inference=0.5,
+            energy_per_inference_j=0.5,
             mean_power_w=500.0,
         ),
         conditions=Conditions(
@@ -236,8 +236,8 @@ def _comparison(spec: GpuSpec | None, r: JobResult) -> SpecComparison | None:
     if r.model is not None:
         m = r.model
         per_flop = (
-            m.energy_j_per_inference * m.batch / m.flops
-            if m.energy_j_per_inference is not None
+            m.energy_per_inference_j * m.batch / m.flops
+            if m.energy_per_inference_j is not None
             else None
         )
         return compare_to_spec(

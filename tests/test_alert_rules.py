@@ -51,17 +51,6 @@ requires_promtool = pytest.mark.skipif(
 SEVERITIES = {"critical", "warning", "info"}
 ANNOTATIONS = ("summary", "description", "runbook")
 
-#: Metric renames that are being made in flopwatt/metrics_spec.py: new name → old name. While
-#: the old name is still in the spec the new one may be used before it appears; once the old
-#: name is gone the new one must be in the spec (a rename that landed under another name fails).
-#: Remove an entry once its new name is in the spec.
-PENDING_RENAMES: dict[str, str] = {
-    "flopwatt_gpu_power_instant_watts": "flopwatt_gpu_power_watts",
-    "flopwatt_gpu_power_average_1s_watts": "flopwatt_gpu_power_watts",
-    "flopwatt_gemm_burst_flops_per_second": "flopwatt_gemm_flops_per_second",
-    "flopwatt_gemm_sustained_flops_per_second": "flopwatt_gemm_flops_per_second",
-}
-
 _METRIC_SELECTOR = re.compile(r"\b(flopwatt_[a-z0-9_]+)\b(\s*\{[^}]*\})?")
 
 
@@ -194,18 +183,12 @@ def _metric_uses() -> list[tuple[str, str, str]]:
 
 
 def test_rules_use_only_metrics_in_the_spec() -> None:
-    for new, old in PENDING_RENAMES.items():
-        assert new in BY_NAME or old in BY_NAME, (
-            f"{old} left the spec but {new} is not in it: the rename landed under another "
-            "name; update the rules and PENDING_RENAMES"
-        )
     for rule, metric, _ in _metric_uses():
-        assert metric in BY_NAME or metric in PENDING_RENAMES, f"{rule}: unknown metric {metric}"
+        assert metric in BY_NAME, f"{rule}: unknown metric {metric}"
 
 
 def _per_device(metric: str) -> bool:
-    spec = BY_NAME.get(metric) or BY_NAME[PENDING_RENAMES[metric]]
-    return spec.labels[: len(GPU_LABELS)] == GPU_LABELS
+    return BY_NAME[metric].labels[: len(GPU_LABELS)] == GPU_LABELS
 
 
 def test_per_device_series_are_selected_as_gpus() -> None:

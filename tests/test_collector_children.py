@@ -99,7 +99,7 @@ async def test_every_scrape_under_load_comes_from_the_exporter_process(tmp_path:
         assert find(m, "flopwatt_collector_metrics_scrapes_total", process="main") == []
         assert find(m, "flopwatt_collector_child_restarts_total", process="exporter") == [0.0]
         assert find(m, "flopwatt_collector_store_up") == [1.0]
-        assert len(find(m, "flopwatt_gpu_power_watts", kind="instant")) == 4 * 2
+        assert len(find(m, "flopwatt_gpu_power_instant_watts")) == 4 * 2
         assert c.exporter.pid == exporter_pid
 
 

@@ -128,7 +128,7 @@ async def test_bad_samples_are_rejected_per_sample_and_never_reach_metrics(tmp_p
         }
         _, text = await http_get(c.http_url + "/metrics")
         m = samples(text)
-        assert find(m, "flopwatt_gpu_power_watts", kind="instant") == [303.0]
+        assert find(m, "flopwatt_gpu_power_instant_watts") == [303.0]
         for reason, n in rejected.items():
             assert find(m, "flopwatt_collector_samples_rejected_total", reason=reason) == [n]
 
@@ -310,10 +310,8 @@ async def test_job_result_is_compared_with_registry_and_physics(tmp_path: Path) 
         assert comp["measured_energy_per_flop_j"] == pytest.approx(650 / 700e12, rel=1e-6, abs=0)
         _, text = await http_get(c.http_url + "/metrics")
         m = samples(text)
-        assert find(m, "flopwatt_gemm_flops_per_second", precision="bf16", kind="sustained") == [
-            700e12
-        ]
-        assert find(m, "flopwatt_gemm_spec_ratio", precision="bf16", kind="burst") == [
+        assert find(m, "flopwatt_gemm_sustained_flops_per_second", precision="bf16") == [700e12]
+        assert find(m, "flopwatt_gemm_burst_spec_ratio", precision="bf16") == [
             pytest.approx(790 / 989.5)
         ]
         assert find(m, "flopwatt_energy_per_flop_joules", precision="bf16") == [
@@ -335,7 +333,7 @@ async def test_restart_rebuilds_state_from_the_store(tmp_path: Path) -> None:
     async with collector(tmp_path) as c2:
         _, text = await http_get(c2.http_url + "/metrics")
         m = samples(text)
-        assert find(m, "flopwatt_gemm_flops_per_second", kind="burst") == [790e12]
+        assert find(m, "flopwatt_gemm_burst_flops_per_second") == [790e12]
         assert c2.store.committed_through("node-a", EPOCH) == 1
 
 
@@ -354,10 +352,10 @@ async def test_stale_agents_series_disappear(tmp_path: Path) -> None:
 
         exporter = FleetMetrics(c.state, staleness_s=60, clock_ns=lambda: now[0])
         names = {name for name, _ in samples(exporter.render_text())}
-        assert "flopwatt_gpu_power_watts" in names
+        assert "flopwatt_gpu_power_instant_watts" in names
         now[0] += 61 * 10**9
         names = {name for name, _ in samples(exporter.render_text())}
-        assert "flopwatt_gpu_power_watts" not in names
+        assert "flopwatt_gpu_power_instant_watts" not in names
         assert "flopwatt_agent_last_seen_timestamp_seconds" in names  # how long ago stays visible
 
 

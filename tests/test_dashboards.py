@@ -260,9 +260,9 @@ def test_fleet_overview_and_drill_down_cover_what_operators_need() -> None:
 
     fleet = metrics_used("flopwatt-fleet")
     for needed in (
-        "flopwatt_gpu_power_watts",  # power by SKU and node
+        "flopwatt_gpu_power_average_1s_watts",  # power by SKU and node
         "flopwatt_gpu_energy_joules_total",  # energy
-        "flopwatt_gemm_spec_ratio",  # GEMM delivered vs spec
+        "flopwatt_gemm_sustained_spec_ratio",  # GEMM delivered vs spec
         "flopwatt_spec_peak_flops_per_second",
         "flopwatt_model_efficiency_ratio",  # model efficiency
         "flopwatt_physics_tdp_watts",  # physics TDP vs measured power
@@ -285,7 +285,7 @@ def test_fleet_overview_and_drill_down_cover_what_operators_need() -> None:
             break
         first_row += [t["expr"] for t in p["targets"]]
     lead = " ".join(first_row)
-    for needed in ("flopwatt_gemm_spec_ratio", "energy_joules_total", "throttle_active"):
+    for needed in ("flopwatt_gemm_sustained_spec_ratio", "energy_joules_total", "throttle_active"):
         assert needed in lead, needed
 
     _, gpu = boards["flopwatt-gpu"]
@@ -297,11 +297,13 @@ def test_fleet_overview_and_drill_down_cover_what_operators_need() -> None:
 
 def test_the_name_checker_catches_mistakes() -> None:
     """The checker itself: a typo in a metric, a label, a grouping, a legend or a reason."""
-    assert label_problems('sum by (sku) (flopwatt_gpu_power_watts{kind="instant"})') == []
-    assert label_problems("flopwatt_gpu_powr_watts")
-    assert label_problems('flopwatt_gpu_power_watts{gpu_id="x"}')
-    assert label_problems("sum by (gpu) (flopwatt_gpu_power_watts)")
-    assert label_problems("flopwatt_gpu_power_watts", "{{node}}")
+    power = "flopwatt_gpu_power_instant_watts"
+    assert label_problems(f'sum by (sku) ({power}{{device_kind="gpu"}})') == []
+    assert label_problems("flopwatt_gpu_power_watts")  # the old name, split in two
+    assert label_problems(f'{power}{{kind="instant"}}')  # its old label
+    assert label_problems(f'{power}{{gpu_id="x"}}')
+    assert label_problems(f"sum by (gpu) ({power})")
+    assert label_problems(power, "{{node}}")
     assert label_problems('flopwatt_gpu_throttle_active{reason=~"sw_power_cap|powercap"}')
     assert label_problems("flopwatt_agent_spool_bytes")  # agent-local, not scraped
     assert label_problems("rate(flopwatt_collector_commit_latency_seconds_bucket[1m])") == []

@@ -193,7 +193,7 @@ def test_latest_result_wins(report: FleetReport) -> None:
 def test_absent_values_stay_absent(report: FleetReport) -> None:
     no_energy = row(report.gpus, "a100-hw", 3)
     for col in (
-        "measured_j_per_flop",
+        "measured_energy_per_flop_j",
         "mean_power_w",
         "energy_robust_z",
         "mean_power_over_tdp_ratio",
@@ -203,7 +203,7 @@ def test_absent_values_stay_absent(report: FleetReport) -> None:
     cpu = row(report.gpus, "local", 0)
     assert cpu["sku"] is None and cpu["source"] == "hardware"
     for col in ("spec_peak_flops_per_s", "sustained_over_spec_ratio", "power_limit_w",
-                "physics_j_per_flop", "sustained_robust_z"):  # fmt: skip
+                "physics_energy_per_flop_j", "sustained_robust_z"):  # fmt: skip
         assert missing(cpu[col]), col
     assert cpu["sustained_flops_per_s"] == pytest.approx(1.2e12)
     never = row(report.gpus, "new-node", 0)
@@ -212,7 +212,7 @@ def test_absent_values_stay_absent(report: FleetReport) -> None:
     # Two T4s are too few to score: not assessed, not "not an outlier".
     t4 = row(report.gpus, "t4-sim", 0)
     assert missing(t4["sustained_robust_z"]) and missing(t4["outlier"])
-    assert (report.gpus["measured_j_per_flop"] != 0).all()
+    assert (report.gpus["measured_energy_per_flop_j"] != 0).all()
 
 
 def test_model_efficiency_and_model_table(report: FleetReport) -> None:
@@ -320,7 +320,7 @@ def test_every_format_is_written_and_parses(written: list[Path], report: FleetRe
     capped = csv[(csv["hostname"] == "a100-hw") & (csv["device_index"] == 2)].iloc[0]
     assert capped["limiter"] == "power cap"
     no_energy = csv[(csv["hostname"] == "a100-hw") & (csv["device_index"] == 3)].iloc[0]
-    assert math.isnan(no_energy["measured_j_per_flop"])  # an empty cell, not 0
+    assert math.isnan(no_energy["measured_energy_per_flop_j"])  # an empty cell, not 0
     assert pd.read_csv(out / "report-verdicts.csv")["verdict"].notna().all()
 
     for name in TABLE_NAMES:
@@ -333,7 +333,7 @@ def test_every_format_is_written_and_parses(written: list[Path], report: FleetRe
     assert doc["flopwatt_report"] == 1 and doc["source"] == report.source
     assert doc["parameters"]["outlier_z"] == 3.5
     gpus = {(g["hostname"], g["device_index"]): g for g in doc["tables"]["gpus"]}
-    assert gpus[("a100-hw", 3)]["measured_j_per_flop"] is None
+    assert gpus[("a100-hw", 3)]["measured_energy_per_flop_j"] is None
     assert gpus[("t4-sim", 0)]["outlier"] is None
     assert gpus[("h100-sim", 4)]["outlier"] is True
 

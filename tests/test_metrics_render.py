@@ -32,7 +32,7 @@ from flopwatt.collector.state import (
     FleetState,
 )
 from flopwatt.metrics_spec import METRICS, MetricType
-from flopwatt.records import DeviceInfo, NodeInfo
+from flopwatt.records import DeviceInfo, DeviceKind, NodeInfo
 from tests.metrics_scenario import (
     GOLDEN,
     NOW,
@@ -190,16 +190,16 @@ def test_label_values_are_escaped() -> None:
     # Quotes, backslashes and a line feed in hostname, uuid, model name and agent info.
     assert (
         'flopwatt_gpu_info{hostname="rack\\"7\\\\x",gpu_uuid="GPU-odd\\n0",gpu_index="0",'
-        'gpu_model="odd \\"name\\"\\\\ \\n",sku="unknown",source="hardware",sku_match="none",'
+        'gpu_model="odd \\"name\\"\\\\ \\n",sku="unknown",source="hardware",device_kind="gpu",'
+        'sku_match="none",'
         'pci_bus_id="0000:\\\\:00.0"} 1.0' in text.split("\n")
     )
     assert _find(
         text,
-        "flopwatt_gpu_power_watts",
+        "flopwatt_gpu_power_instant_watts",
         hostname='rack"7\\x',
         gpu_uuid="GPU-odd\n0",
         gpu_model='odd "name"\\ \n',
-        kind="instant",
     ) == [55.5]
     assert _find(text, "flopwatt_agent_info", agent_version='v"1"\\', driver_version="a\nb") == [
         1.0
@@ -253,13 +253,13 @@ def test_absent_columns_have_no_series() -> None:
     # GPU-b0: what two blocks with different columns gave, nothing else.
     assert families_of("GPU-b0") == {
         "flopwatt_gpu_info",
-        "flopwatt_gpu_power_watts",
+        "flopwatt_gpu_power_instant_watts",
         "flopwatt_gpu_temperature_celsius",
         "flopwatt_gpu_energy_joules_total",
         "flopwatt_gpu_throttle_active",
         "flopwatt_gpu_power_limit_watts",
     }
-    assert _find(text, "flopwatt_gpu_power_watts", gpu_uuid="GPU-b0", kind="average_1s") == []
+    assert _find(text, "flopwatt_gpu_power_average_1s_watts", gpu_uuid="GPU-b0") == []
     assert _find(text, "flopwatt_gpu_temperature_celsius", gpu_uuid="GPU-b0", sensor="memory") == []
     # The power limit falls back to the registered one: GPU-b0 registered 400 W.
     assert _find(text, "flopwatt_gpu_power_limit_watts", gpu_uuid="GPU-b0") == [400.0]
@@ -269,7 +269,7 @@ def test_newest_values_win() -> None:
     text = _render(build_state())
     # Several rows of GPU-b1 in one block, out of order: the newest (272 W, 0.625) wins; a
     # resent older block (1 W) changes nothing; an unknown device's row is ignored.
-    assert _find(text, "flopwatt_gpu_power_watts", gpu_uuid="GPU-b1") == [272.0]
+    assert _find(text, "flopwatt_gpu_power_instant_watts", gpu_uuid="GPU-b1") == [272.0]
     assert _find(text, "flopwatt_gpu_utilization_ratio", gpu_uuid="GPU-b1") == [0.625]
     assert _find(text, "flopwatt_gpu_energy_joules_total", gpu_uuid="GPU-b1") == [3.5e6]
     assert _find(text, "flopwatt_gpu_info", gpu_uuid="GPU-zz") == []
@@ -283,7 +283,7 @@ def test_stale_agents_keep_only_their_last_seen() -> None:
     ]
     assert not [k for k in _samples(text) if ("hostname", "node-stale") in k[1] and "gpu" in k[0]]
     assert _find(text, "flopwatt_agent_connected", hostname="node-stale") == []
-    assert _find(text, "flopwatt_gemm_flops_per_second", gpu_uuid="GPU-s0") == []
+    assert _find(text, "flopwatt_gemm_burst_flops_per_second", gpu_uuid="GPU-s0") == []
     # Later, every agent is stale: no GPU or SKU series at all; last-seen of every agent stays.
     later = _render(state, NOW + 3600 * _S)
     names = {n for n, _ in _samples(later)}
@@ -296,7 +296,7 @@ def test_a_moved_device_is_written_once_under_its_new_agent() -> None:
     text = _render(build_state())
     lines = [x for x in _sample_lines(text) if 'gpu_uuid="GPU-move"' in x]
     assert lines and all('hostname="node-f"' in x for x in lines)
-    assert _find(text, "flopwatt_gpu_power_watts", gpu_uuid="GPU-move") == [123.0]  # kept
+    assert _find(text, "flopwatt_gpu_power_instant_watts", gpu_uuid="GPU-move") == [123.0]
     # node-g dropped GPU-g2 when it registered again.
     assert _find(text, "flopwatt_gpu_info", gpu_uuid="GPU-g2") == []
 
@@ -318,7 +318,7 @@ def test_counters_and_histogram() -> None:
 
 def test_results_and_sku_series() -> None:
     text = _render(build_state())
-    assert _find(text, "flopwatt_gemm_flops_per_second", gpu_uuid="GPU-a0", kind="burst") == [
+    assert _find(text, "flopwatt_gemm_burst_flops_per_second", gpu_uuid="GPU-a0") == [
         790e12,
         1.6e15,
     ]
@@ -349,7 +349,7 @@ def test_non_finite_values_are_written_as_the_format_spells_them() -> None:
         "+Inf",
     ]
     assert [x.rsplit(" ", 1)[1] for x in lines if x.startswith("flopwatt_gpu_energy")] == ["-Inf"]
-    assert math.isnan(_find(_render(state), "flopwatt_gpu_power_watts", kind="instant")[0])
+    assert math.isnan(_find(_render(state), "flopwatt_gpu_power_instant_watts")[0])
 
 
 def test_an_empty_state_renders_every_family_header() -> None:
@@ -379,18 +379,19 @@ def test_relabelled_device_is_rendered_with_its_new_labels_only() -> None:
     state.apply_latest([block])
     exporter.warm()
     first = exporter.render_text()
-    assert [x for x in _sample_lines(first) if x.startswith("flopwatt_gpu_power_watts{")] == [
-        'flopwatt_gpu_power_watts{hostname="node-a",gpu_uuid="GPU-1",gpu_index="0",'
+    power = "flopwatt_gpu_power_instant_watts{"
+    assert [x for x in _sample_lines(first) if x.startswith(power)] == [
+        'flopwatt_gpu_power_instant_watts{hostname="node-a",gpu_uuid="GPU-1",gpu_index="0",'
         'gpu_model="NVIDIA H100 80GB HBM3",sku="H100-SXM5-80GB",source="hardware",'
-        'kind="instant"} 600.0'
+        'device_kind="gpu"} 600.0'
     ]
     # The same GPU re-registered from another host under another name (and no registry match):
     # one series under its new labels, carrying its last value until the new host reports.
     register("node-b", 'odd "name"\\', False)
     second = exporter.render_text()
-    assert [x for x in _sample_lines(second) if x.startswith("flopwatt_gpu_power_watts{")] == [
-        'flopwatt_gpu_power_watts{hostname="node-b",gpu_uuid="GPU-1",gpu_index="0",'
-        'gpu_model="odd \\"name\\"\\\\",sku="unknown",source="hardware",kind="instant"} 600.0'
+    assert [x for x in _sample_lines(second) if x.startswith(power)] == [
+        'flopwatt_gpu_power_instant_watts{hostname="node-b",gpu_uuid="GPU-1",gpu_index="0",'
+        'gpu_model="odd \\"name\\"\\\\",sku="unknown",source="hardware",device_kind="gpu"} 600.0'
     ]
     throttle = [x for x in _sample_lines(second) if x.startswith("flopwatt_gpu_throttle_active{")]
     assert len(throttle) == 9 and all('hostname="node-b"' in x for x in throttle)
@@ -399,8 +400,8 @@ def test_relabelled_device_is_rendered_with_its_new_labels_only() -> None:
 # --- against a plain reference, on random fleets ---------------------------------------------
 
 _REFERENCE = (  # (column, family, extra label, scale) as the previous renderer wrote them
-    ("power_instant_w", "flopwatt_gpu_power_watts", "instant", 1.0),
-    ("power_average_1s_w", "flopwatt_gpu_power_watts", "average_1s", 1.0),
+    ("power_instant_w", "flopwatt_gpu_power_instant_watts", None, 1.0),
+    ("power_average_1s_w", "flopwatt_gpu_power_average_1s_watts", None, 1.0),
     ("gpu_temperature_c", "flopwatt_gpu_temperature_celsius", "gpu", 1.0),
     ("memory_temperature_c", "flopwatt_gpu_temperature_celsius", "memory", 1.0),
     ("gpu_utilization_ratio", "flopwatt_gpu_utilization_ratio", "gpu", 1.0),
@@ -411,7 +412,6 @@ _REFERENCE = (  # (column, family, extra label, scale) as the previous renderer 
     ("memory_used_bytes", "flopwatt_gpu_memory_used_bytes", None, 1.0),
 )
 _EXTRA_NAME = {
-    "flopwatt_gpu_power_watts": "kind",
     "flopwatt_gpu_temperature_celsius": "sensor",
     "flopwatt_gpu_utilization_ratio": "resource",
 }
@@ -435,6 +435,7 @@ def _reference(snap: FleetSnapshot, now: int) -> set[Sample]:
                 ("gpu_model", d.info.name),
                 ("sku", d.sku or "unknown"),
                 ("source", "sim" if d.info.simulated else "hardware"),
+                ("device_kind", "cpu" if d.info.kind == DeviceKind.CPU else "gpu"),
             )
             v = d.latest
             for column, family, extra, scale in _REFERENCE:
@@ -572,7 +573,7 @@ def test_a_copy_fed_resync_and_the_journal_renders_the_same() -> None:
     copy_.apply_liveness(pickle.loads(pickle.dumps(original.liveness())))
     text = _render(copy_)
     assert text == _render(original)
-    assert _find(text, "flopwatt_gpu_power_watts", gpu_uuid="GPU-a0", kind="instant") == [1.0]
+    assert _find(text, "flopwatt_gpu_power_instant_watts", gpu_uuid="GPU-a0") == [1.0]
     assert _find(text, "flopwatt_gpu_energy_joules_total", gpu_uuid="GPU-new") == [42.0]
     assert all('hostname="node-e"' in x for x in _sample_lines(text) if "GPU-move" in x)
 
@@ -665,14 +666,14 @@ def test_a_large_fleet_matches_the_reference() -> None:
         )
         state.apply_latest([block])
     text = _render(state)
-    assert _find(text, "flopwatt_gpu_power_watts", gpu_uuid="G-0-1") == [0.125]
-    assert _find(text, "flopwatt_gpu_power_watts", gpu_uuid="G-39-7") == [39.875]
-    assert len(_find(text, "flopwatt_gpu_power_watts")) == 320
+    assert _find(text, "flopwatt_gpu_power_instant_watts", gpu_uuid="G-0-1") == [0.125]
+    assert _find(text, "flopwatt_gpu_power_instant_watts", gpu_uuid="G-39-7") == [39.875]
+    assert len(_find(text, "flopwatt_gpu_power_instant_watts")) == 320
     assert _find(text, "flopwatt_gpu_sm_clock_hertz", gpu_uuid="G-5-4") == [1965e6]
     assert math.isnan(_find(text, "flopwatt_gpu_temperature_celsius", gpu_uuid="G-3-3")[0])
     assert (
         'gpu_uuid="G-3-3",gpu_index="3",gpu_model="x",sku="unknown",source="hardware",'
-        'sensor="gpu"} NaN' in text
+        'device_kind="gpu",sensor="gpu"} NaN' in text
     )
     rendered = {x for x in _rendered(text) if not (x[0].endswith("celsius") and math.isnan(x[2]))}
     reference = {
@@ -718,4 +719,4 @@ def test_renders_while_the_state_changes_stay_whole() -> None:
         writer.join()
     assert not errors
     for body in bodies:
-        assert len(_find(body, "flopwatt_gpu_power_watts", gpu_uuid="GPU-a0", kind="instant")) == 1
+        assert len(_find(body, "flopwatt_gpu_power_instant_watts", gpu_uuid="GPU-a0")) == 1

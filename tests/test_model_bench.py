@@ -57,7 +57,7 @@ MODEL_JSON_KEYS = {
     "peak_flops_per_s",
     "peak_source",
     "efficiency",
-    "energy_j_per_inference",
+    "energy_per_inference_j",
 }
 
 
@@ -95,7 +95,7 @@ def test_efficiency_and_energy_by_hand() -> None:
     assert r.flops == 2 * r.macs
     # 3 runs × 4 samples in a 1 s window; 9 J cover 0.9 s of it, i.e. 10.8 samples:
     # 9 / 10.8 = 0.8333 J per sample.
-    assert r.energy_j_per_inference == pytest.approx(9.0 / 10.8)
+    assert r.energy_per_inference_j == pytest.approx(9.0 / 10.8)
     assert r.mean_power_w == 10.0
     # Roofline: 8e9 / 2e8 = 40 FLOP/byte; ridge 1e11 / 2e10 = 5 → compute-bound.
     assert r.arithmetic_intensity_flops_per_byte == pytest.approx(40.0)
@@ -104,7 +104,7 @@ def test_efficiency_and_energy_by_hand() -> None:
     assert placement.ridge_flops_per_byte == pytest.approx(5.0)
     # No energy reading: absent, not zero. No peak: efficiency absent, source says none.
     bare = model_result(m, None)
-    assert bare.energy_j_per_inference is None and bare.mean_power_w is None
+    assert bare.energy_per_inference_j is None and bare.mean_power_w is None
     no_peak = model_result(_measurement(peaks=DevicePeaks(peak=None, peak_note="x")), None)
     assert no_peak.efficiency_ratio is None and no_peak.peak_source == "none"
     assert no_peak.peak_flops_per_s is None
@@ -217,7 +217,7 @@ def test_bench_model_json_contract(tmp_path: Path) -> None:
     assert ok["latency_ms_p90"] >= ok["latency_ms_p50"]
     assert ok["roofline_bound"] in ("memory", "compute")
     if ok["mean_power_w"] is None:  # no RAPL here: null, never 0
-        assert ok["energy_j_per_inference"] is None
+        assert ok["energy_per_inference_j"] is None
     assert failed["model"] == "not_a_model" and failed["error"] and failed["stage"] == "lookup"
     assert failed["efficiency"] is None and failed["flops"] is None
 
@@ -288,4 +288,4 @@ def test_real_model_job_on_the_cpu_backend(tmp_path: Path) -> None:
     cond = results[0].conditions
     assert cond.window_s is not None and cond.window_s > 0
     if not backend.devices()[0].info.capabilities.energy_counter:
-        assert model.energy_j_per_inference is None
+        assert model.energy_per_inference_j is None

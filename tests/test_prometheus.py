@@ -149,7 +149,7 @@ def _model(seq: int) -> agent_pb2.AgentMessage:
                 peak_flops_per_s=700e12,
                 peak_source="measured:cublas",
                 efficiency_ratio=MODEL_DELIVERED / 700e12,
-                energy_j_per_inference=0.3,
+                energy_per_inference_j=0.3,
                 mean_power_w=600.0,
             ),
         ),
@@ -204,11 +204,13 @@ async def test_promtool_lints_a_real_scrape_clean(tmp_path: Path) -> None:
     assert status == 200
     # The scrape holds the families this test means to lint (not an empty exposition).
     for family in (
-        "flopwatt_gpu_power_watts",
+        "flopwatt_gpu_power_instant_watts",
+        "flopwatt_gpu_power_average_1s_watts",
         "flopwatt_gpu_energy_joules_total",
         "flopwatt_gpu_temperature_celsius",
         "flopwatt_gpu_throttle_active",
-        "flopwatt_gemm_flops_per_second",
+        "flopwatt_gemm_burst_flops_per_second",
+        "flopwatt_gemm_sustained_flops_per_second",
         "flopwatt_model_delivered_flops_per_second",
         "flopwatt_collector_samples_rejected_total",
         "flopwatt_collector_commit_latency_seconds_bucket",
@@ -233,8 +235,10 @@ def _scrape_with_prometheus(tmp_path: Path, target: str) -> dict[str, Any]:
     with run_prometheus(tmp_path, [target], interval_s=1) as prom:
         out["targets"] = wait_for_targets_up(prom, 1)
         for name in (
-            "flopwatt_gpu_power_watts",
-            "flopwatt_gemm_flops_per_second",
+            "flopwatt_gpu_power_instant_watts",
+            "flopwatt_gpu_power_average_1s_watts",
+            "flopwatt_gemm_burst_flops_per_second",
+            "flopwatt_gemm_sustained_flops_per_second",
             "flopwatt_gpu_throttle_active",
             "flopwatt_agent_last_seen_timestamp_seconds",
             "flopwatt_model_delivered_flops_per_second",
@@ -272,34 +276,28 @@ async def test_prometheus_scrapes_gpu_series_with_the_label_scheme(
             "gpu_model": H100,
             "sku": SKU,
             "source": "sim" if sim else "hardware",
+            "device_kind": "gpu",
             "job": "flopwatt",
             "instance": target,
         }
 
-    # Power: exactly the frozen GPU labels + kind (+ Prometheus' job/instance), both devices.
-    power = got["flopwatt_gpu_power_watts"]
-    assert len(power) == 4, power
+    # Power: one family per reading, exactly the frozen GPU labels (+ Prometheus'
+    # job/instance), both devices.
     for uuid in (GPU0, SIM1):
         for kind, want in LAST_POWER[uuid].items():
-            (s,) = _by(power, gpu_uuid=uuid, kind=kind)
-            assert s["metric"] == {"__name__": "flopwatt_gpu_power_watts", **gpu_labels(uuid),
-                                   "kind": kind}  # fmt: skip
+            family = f"flopwatt_gpu_power_{kind}_watts"
+            assert len(got[family]) == 2, got[family]
+            (s,) = _by(got[family], gpu_uuid=uuid)
+            assert s["metric"] == {"__name__": family, **gpu_labels(uuid)}
             assert _value(s) == want
-    assert set(GPU_LABELS) <= set(power[0]["metric"])
+            assert set(GPU_LABELS) <= set(s["metric"])
 
-    # GEMM: burst and sustained for the one device that ran it.
-    gemm = got["flopwatt_gemm_flops_per_second"]
-    assert {(s["metric"]["kind"], _value(s)) for s in gemm} == {
-        ("burst", 790e12),
-        ("sustained", 700e12),
-    }
-    for s in gemm:
-        assert s["metric"] == {
-            "__name__": "flopwatt_gemm_flops_per_second",
-            **gpu_labels(GPU0),
-            "precision": "bf16",
-            "kind": s["metric"]["kind"],
-        }
+    # GEMM: burst and sustained (one family each) for the one device that ran it.
+    for kind, want in (("burst", 790e12), ("sustained", 700e12)):
+        family = f"flopwatt_gemm_{kind}_flops_per_second"
+        (s,) = got[family]
+        assert _value(s) == want
+        assert s["metric"] == {"__name__": family, **gpu_labels(GPU0), "precision": "bf16"}
 
     # Throttle: one series per known reason per device; 1 exactly where the last sample's bit is.
     throttle = got["flopwatt_gpu_throttle_active"]

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from flopwatt.analysis.registry import Registry
-from flopwatt.report.summary import fleet_summary
 from flopwatt.report.files import as_report
+from flopwatt.report.summary import fleet_summary
 from flopwatt.report.tables import FleetReport
 from flopwatt.report.terminal import summary_tables
 from tests.report_fleet import NOW, build_fleet

@@ -246,7 +246,7 @@ MODEL_FULL = ModelResult(
     peak_source="measured:cublas",
     efficiency_ratio=0.031,
     spec_efficiency_ratio=0.025,
-    energy_j_per_inference=0.21,
+    energy_per_inference_j=0.21,
     mean_power_w=640.0,
     arithmetic_intensity_flops_per_byte=120.0,
 )

@@ -1,10 +1,12 @@
-"""The agent's own ``/metrics`` (optional): CPU seconds, RSS, spool size, dropped samples,
-reconnects and missed ticks, rendered at scrape time from the agent's state."""
+"""The agent's own ``/metrics`` (optional): the standard ``process_*`` metrics, spool size,
+dropped and rejected samples, reconnects and missed ticks, rendered at scrape time from the
+agent's state."""
 
 from __future__ import annotations
 
 import os
 import resource
+import time
 
 from flopwatt.agent.agent import Agent
 from flopwatt.http_server import HttpServer
@@ -19,6 +21,29 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _start_time_s() -> float:
+    """The process's start time (s since the Unix epoch), from /proc where it exists."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _STARTED_S
+
+
+def _open_fds() -> int | None:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+
+
+_STARTED_S = time.time()
+"""Fallback start time: when this module was imported (early in the agent's start-up)."""
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
@@ -28,8 +53,10 @@ def render(agent: Agent) -> bytes:
     t = os.times()
     stats = agent.spool.stats()
     series: dict[str, dict[tuple[str, ...], float]] = {
-        "flopwatt_agent_cpu_seconds_total": {(): t.user + t.system},
-        "flopwatt_agent_resident_memory_bytes": {(): _rss_bytes()},
+        "process_cpu_seconds_total": {(): t.user + t.system},
+        "process_resident_memory_bytes": {(): _rss_bytes()},
+        "process_start_time_seconds": {(): _start_time_s()},
+        "process_open_fds": {} if (fds := _open_fds()) is None else {(): fds},
         "flopwatt_agent_spool_bytes": {(): stats.payload_bytes},
         "flopwatt_agent_spool_messages": {(): stats.messages},
         "flopwatt_agent_dropped_samples_total": {

@@ -267,8 +267,8 @@ class Ingest:
         if r.model is not None:
             m = r.model
             per_flop = None
-            if m.energy_j_per_inference is not None and m.flops > 0:
-                per_flop = m.energy_j_per_inference * m.batch / m.flops
+            if m.energy_per_inference_j is not None and m.flops > 0:
+                per_flop = m.energy_per_inference_j * m.batch / m.flops
             return compare_to_spec(
                 device.spec,
                 m.precision,

@@ -11,13 +11,13 @@ GPUs, where a scrape is hundreds of thousands of lines and tens of megabytes:
   hold of the state's lock (:meth:`~flopwatt.collector.state.FleetState.scrape_view`);
 * each series' text up to its value (``name{labels} ``) is built once per device, when the
   device is first seen or its labels change, and kept in arrays aligned with the table's rows;
-* each telemetry series kind (say ``flopwatt_gpu_power_watts{kind="instant"}``) is written for
+* each telemetry series (say ``flopwatt_gpu_temperature_celsius{sensor="gpu"}``) is written for
   all the devices that have its column at once: their kept text and their values' ``repr``
   interleaved, and the whole body joined once, so a scrape costs little more than formatting
   the numbers (for 8,000 GPUs, less than a bare format-and-join of as many lines: see
   ``bench/metrics_render.py``).
 
-Within a GPU family, lines are grouped by the series' own label (``kind``, ``sensor``,
+Within a GPU family, lines are grouped by the series' own label (``sensor``,
 ``resource``, ``reason``) in the order the code lists them, and within a group follow the agents
 (sorted by hostname) and each agent's registered device order; result families follow the
 devices in the same order. Nothing else depends on the order.
@@ -63,13 +63,11 @@ from flopwatt.collector.state import (
     ScrapeView,
 )
 from flopwatt.metrics_spec import BY_NAME, GPU_LABELS, METRICS, MetricType
-from flopwatt.records import NodeInfo
+from flopwatt.records import DeviceKind, NodeInfo
 
 _MHZ = 1e6
 # (column, family, value of the family's own label); the column is in the family's unit.
 _KIND_SERIES = (
-    ("power_instant_w", "flopwatt_gpu_power_watts", "instant"),
-    ("power_average_1s_w", "flopwatt_gpu_power_watts", "average_1s"),
     ("gpu_temperature_c", "flopwatt_gpu_temperature_celsius", "gpu"),
     ("memory_temperature_c", "flopwatt_gpu_temperature_celsius", "memory"),
     ("gpu_utilization_ratio", "flopwatt_gpu_utilization_ratio", "gpu"),
@@ -77,6 +75,8 @@ _KIND_SERIES = (
 )
 # (column, family, scale from the column's unit to the family's base unit).
 _SIMPLE_SERIES = (
+    ("power_instant_w", "flopwatt_gpu_power_instant_watts", 1.0),
+    ("power_average_1s_w", "flopwatt_gpu_power_average_1s_watts", 1.0),
     ("energy_j", "flopwatt_gpu_energy_joules_total", 1.0),
     ("sm_clock_mhz", "flopwatt_gpu_sm_clock_hertz", _MHZ),
     ("mem_clock_mhz", "flopwatt_gpu_memory_clock_hertz", _MHZ),
@@ -187,6 +187,7 @@ def _labels(d: DeviceState) -> tuple[str, ...]:
         d.info.name,
         d.sku or "unknown",
         "sim" if d.info.simulated else "hardware",
+        "cpu" if d.info.kind == DeviceKind.CPU else "gpu",
     )
 
 
@@ -603,14 +604,14 @@ def _result_series(
     add = rows.append
     for precision, g in sorted(gemm.items()):
         r, comp = g.result, g.comparison
-        burst, sustained = (precision, "burst"), (precision, "sustained")
-        add(("flopwatt_gemm_flops_per_second", burst, r.burst_flops_per_s))
+        at = (precision,)
+        add(("flopwatt_gemm_burst_flops_per_second", at, r.burst_flops_per_s))
         if comp is not None and comp.burst_over_spec_ratio is not None:
-            add(("flopwatt_gemm_spec_ratio", burst, comp.burst_over_spec_ratio))
+            add(("flopwatt_gemm_burst_spec_ratio", at, comp.burst_over_spec_ratio))
         if r.sustained_flops_per_s is not None:
-            add(("flopwatt_gemm_flops_per_second", sustained, r.sustained_flops_per_s))
+            add(("flopwatt_gemm_sustained_flops_per_second", at, r.sustained_flops_per_s))
             if comp is not None and comp.sustained_over_spec_ratio is not None:
-                add(("flopwatt_gemm_spec_ratio", sustained, comp.sustained_over_spec_ratio))
+                add(("flopwatt_gemm_sustained_spec_ratio", at, comp.sustained_over_spec_ratio))
         if r.mean_power_w is not None:
             add(("flopwatt_gemm_mean_power_watts", (precision,), r.mean_power_w))
         if r.energy_per_flop_j is not None:
@@ -627,8 +628,8 @@ def _result_series(
             spec_eff = _spec_efficiency(d.spec, precision, mr.delivered_flops_per_s)
         if spec_eff is not None:
             add(("flopwatt_model_spec_efficiency_ratio", extra, spec_eff))
-        if mr.energy_j_per_inference is not None:
-            add(("flopwatt_model_energy_per_inference_joules", extra, mr.energy_j_per_inference))
+        if mr.energy_per_inference_j is not None:
+            add(("flopwatt_model_energy_per_inference_joules", extra, mr.energy_per_inference_j))
     return rows
 
 

@@ -496,7 +496,7 @@ def _model_row(
             "peak_flops_per_s": None,
             "peak_source": None,
             "efficiency": None,
-            "energy_j_per_inference": None,
+            "energy_per_inference_j": None,
             "error": item.error,
             "stage": item.stage,
         }
@@ -529,7 +529,7 @@ def _model_row(
         "spec_peak_flops_per_s": item.peaks.spec_peak_flops_per_s,
         "spec_sku": item.peaks.spec_sku or None,
         "spec_efficiency": r.spec_efficiency_ratio,
-        "energy_j_per_inference": r.energy_j_per_inference,
+        "energy_per_inference_j": r.energy_per_inference_j,
         "mean_power_w": r.mean_power_w,
         "energy_from_counter": c.energy_from_counter if c.energy_j is not None else None,
         "bytes_moved_estimate": item.bytes_moved_estimate,
@@ -590,7 +590,7 @@ def _model_table(rows: Sequence[dict[str, Any]], target: _Target, precision: Pre
             cells.append(fmt(r["spec_efficiency"], ".1%"))
         cells += [
             f"{r['latency_ms_p90']:.2f}",
-            fmt(r["energy_j_per_inference"], ".3g"),
+            fmt(r["energy_per_inference_j"], ".3g"),
             fmt(r["arithmetic_intensity_flops_per_byte"], ".0f"),
             r["roofline_bound"] or "—",
         ]
@@ -673,7 +673,7 @@ def model(
 
     JSON: a list with one object per (model, batch): at least model, batch, precision, device,
     flops, macs, latency_ms_p50, delivered_flops_per_s, peak_flops_per_s, peak_source,
-    efficiency and energy_j_per_inference (null when unavailable); a model that failed has
+    efficiency and energy_per_inference_j (null when unavailable); a model that failed has
     "error" and "stage" and nulls elsewhere.
     """
     if list_models:

@@ -163,7 +163,7 @@ def _results(conn: sqlite3.Connection) -> pd.DataFrame:
                 "efficiency_ratio": r["efficiency_ratio"],
                 "spec_efficiency_ratio": r["spec_efficiency_ratio"],
                 "energy_per_inference_j": (
-                    result.model.energy_j_per_inference if result.model is not None else None
+                    result.model.energy_per_inference_j if result.model is not None else None
                 ),
                 "throttle_reasons_seen": r["throttle_reasons_seen"],
                 "power_limit_w": r["power_limit_w"],
@@ -173,9 +173,9 @@ def _results(conn: sqlite3.Connection) -> pd.DataFrame:
                 "datapath": r["datapath"],
                 "spec_peak_flops_per_s": r["spec_peak_flops_per_s"],
                 "spec_tdp_w": r["spec_tdp_w"],
-                "measured_j_per_flop": measured,
-                "physics_j_per_flop": r["physics_energy_per_flop_j"],
-                "ceiling_j_per_flop": r["ceiling_energy_per_flop_j"],
+                "measured_energy_per_flop_j": measured,
+                "physics_energy_per_flop_j": r["physics_energy_per_flop_j"],
+                "ceiling_energy_per_flop_j": r["ceiling_energy_per_flop_j"],
             }
         )
     return pd.DataFrame.from_records(records, columns=list(RESULT_INPUT_COLUMNS))

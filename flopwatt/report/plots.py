@@ -203,13 +203,15 @@ def plot_energy_vs_physics(gpus: pd.DataFrame) -> Figure:
     inverse-view ceiling (TDP ÷ spec peak) of each SKU as a short grey bar."""
     fig = _figure()
     ax = fig.add_subplot()
-    df = gpus[gpus["measured_j_per_flop"].notna() & gpus["physics_j_per_flop"].notna()]
+    df = gpus[
+        gpus["measured_energy_per_flop_j"].notna() & gpus["physics_energy_per_flop_j"].notna()
+    ]
     if df.empty:
         _no_data(ax, "energy readings against a physics estimate")
         return fig
-    x = _values(df, "physics_j_per_flop") * 1e12
-    y = _values(df, "measured_j_per_flop") * 1e12
-    ceiling = _values(df, "ceiling_j_per_flop") * 1e12
+    x = _values(df, "physics_energy_per_flop_j") * 1e12
+    y = _values(df, "measured_energy_per_flop_j") * 1e12
+    ceiling = _values(df, "ceiling_energy_per_flop_j") * 1e12
     has_ceiling = np.isfinite(ceiling)
     ax.scatter(
         x[has_ceiling],

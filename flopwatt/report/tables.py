@@ -17,7 +17,7 @@ spec comparison (:data:`RESULT_INPUT_COLUMNS`) and the latest telemetry per devi
   the measured energy per FLOP (the seed's hypothesis, measured);
 * **models** — the latest model results, one row each.
 
-Every column name carries its unit (``_flops_per_s``, ``_w``, ``_j_per_flop``, ``_ratio``,
+Every column name carries its unit (``_flops_per_s``, ``_w``, ``_j``, ``_ratio``,
 ``_unix_ns``, ``_s``, ``_mhz``, ``_c``); energy per FLOP is in joules (1 pJ = 1e-12 J). A value
 not known stays NaN / None — never 0. ``source`` is ``"sim"`` for simulated devices and
 ``"hardware"`` otherwise; simulated and hardware GPUs never share a cohort, a SKU summary row or
@@ -115,12 +115,12 @@ RESULT_INPUT_COLUMNS: tuple[str, ...] = (
     "datapath",
     "spec_peak_flops_per_s",
     "spec_tdp_w",
-    "measured_j_per_flop",
-    "physics_j_per_flop",
-    "ceiling_j_per_flop",
+    "measured_energy_per_flop_j",
+    "physics_energy_per_flop_j",
+    "ceiling_energy_per_flop_j",
 )
 """One row per result (``kind`` "gemm" or "model"); the spec columns come from the stored
-comparison (``ceiling_j_per_flop`` is the inverse view at TDP: TDP ÷ spec peak). Several rows
+comparison (``ceiling_energy_per_flop_j`` is the inverse view at TDP: TDP ÷ spec peak). Several rows
 for the same (device, kind, precision, model, batch) are allowed: the latest wins."""
 
 TELEMETRY_INPUT_COLUMNS: tuple[str, ...] = (
@@ -201,10 +201,10 @@ GPU_COLUMNS: tuple[str, ...] = (
     "power_limit_w",
     "mean_power_over_tdp_ratio",
     "mean_power_over_limit_ratio",
-    "measured_j_per_flop",
-    "physics_j_per_flop",
-    "ceiling_j_per_flop",
-    "ceiling_at_limit_j_per_flop",
+    "measured_energy_per_flop_j",
+    "physics_energy_per_flop_j",
+    "ceiling_energy_per_flop_j",
+    "ceiling_at_limit_energy_per_flop_j",
     "measured_over_physics_ratio",
     "measured_over_ceiling_ratio",
     "measured_over_ceiling_at_limit_ratio",
@@ -247,7 +247,7 @@ OUTLIER_COLUMNS: tuple[str, ...] = (
     "sustained_flops_per_s",
     "sustained_over_cohort_ratio",
     "sustained_robust_z",
-    "measured_j_per_flop",
+    "measured_energy_per_flop_j",
     "energy_over_cohort_ratio",
     "energy_robust_z",
     "limiter",
@@ -262,7 +262,7 @@ SKU_METRICS: tuple[tuple[str, str], ...] = (
     ("burst_over_spec", "ratio"),
     ("model_efficiency", "ratio"),
     ("mean_power_over_limit", "ratio"),
-    ("measured", "j_per_flop"),
+    ("measured_energy_per_flop", "j"),
     ("measured_over_physics", "ratio"),
 )
 SKU_STATS: tuple[str, ...] = ("median", "mad", "min", "max")
@@ -296,8 +296,8 @@ VERDICT_COLUMNS: tuple[str, ...] = (
     "sustained_over_spec_max_ratio",
     "mean_power_over_limit_median_ratio",
     "power_bound_gpus",
-    "measured_median_j_per_flop",
-    "ceiling_at_limit_j_per_flop",
+    "measured_energy_per_flop_median_j",
+    "ceiling_at_limit_energy_per_flop_j",
     "measured_over_ceiling_at_limit_median_ratio",
     "feedable_at_limit_over_spec_ratio",
     "spec_reached",
@@ -321,7 +321,7 @@ MODEL_COLUMNS: tuple[str, ...] = (
     "spec_efficiency_ratio",
     "latency_p50_s",
     "energy_per_inference_j",
-    "measured_j_per_flop",
+    "measured_energy_per_flop_j",
     "mean_power_w",
     "limiter",
     "job_id",
@@ -536,8 +536,8 @@ def gpu_table(
             model_finished_unix_ns=("finished_unix_ns", "max"),
             model_spec_peak=("spec_peak_flops_per_s", "first"),
             model_spec_tdp=("spec_tdp_w", "first"),
-            model_physics=("physics_j_per_flop", "first"),
-            model_ceiling=("ceiling_j_per_flop", "first"),
+            model_physics=("physics_energy_per_flop_j", "first"),
+            model_ceiling=("ceiling_energy_per_flop_j", "first"),
             model_datapath=("datapath", "first"),
             model_limit=("power_limit_w", "first"),
             model_driver=("driver_version", "first"),
@@ -555,8 +555,8 @@ def gpu_table(
     for col, alt in (
         ("spec_peak_flops_per_s", "model_spec_peak"),
         ("spec_tdp_w", "model_spec_tdp"),
-        ("physics_j_per_flop", "model_physics"),
-        ("ceiling_j_per_flop", "model_ceiling"),
+        ("physics_energy_per_flop_j", "model_physics"),
+        ("ceiling_energy_per_flop_j", "model_ceiling"),
         ("datapath", "model_datapath"),
         ("power_limit_w", "model_limit"),
         ("driver_version", "model_driver"),
@@ -601,15 +601,15 @@ def gpu_table(
     power = _num(df, "mean_power_w")
     tdp = _num(df, "spec_tdp_w")
     limit = _num(df, "power_limit_w")
-    measured = _num(df, "measured_j_per_flop")
-    physics = _num(df, "physics_j_per_flop")
-    ceiling = _num(df, "ceiling_j_per_flop")
+    measured = _num(df, "measured_energy_per_flop_j")
+    physics = _num(df, "physics_energy_per_flop_j")
+    ceiling = _num(df, "ceiling_energy_per_flop_j")
     ceiling_at_limit = _ratio(limit, peak)
     df["burst_over_spec_ratio"] = _ratio(burst, peak)
     df["sustained_over_spec_ratio"] = _ratio(sustained, peak)
     df["mean_power_over_tdp_ratio"] = _ratio(power, tdp)
     df["mean_power_over_limit_ratio"] = _ratio(power, limit)
-    df["ceiling_at_limit_j_per_flop"] = ceiling_at_limit
+    df["ceiling_at_limit_energy_per_flop_j"] = ceiling_at_limit
     df["measured_over_physics_ratio"] = _ratio(measured, physics)
     df["measured_over_ceiling_ratio"] = _ratio(measured, ceiling)
     df["measured_over_ceiling_at_limit_ratio"] = _ratio(measured, ceiling_at_limit)
@@ -665,7 +665,7 @@ def _score_outliers(df: pd.DataFrame, params: ReportParameters) -> pd.DataFrame:
     size = np.full(n, np.nan)
     rank = np.full(n, np.nan)
     sustained = _num(df, "sustained_flops_per_s").to_numpy()
-    energy = _num(df, "measured_j_per_flop").to_numpy()
+    energy = _num(df, "measured_energy_per_flop_j").to_numpy()
     positions = np.arange(n)
     for _, idx in df.groupby("cohort", dropna=True).indices.items():
         rows = positions[idx]
@@ -729,7 +729,7 @@ _INT_COLUMNS = frozenset(
     }
 )
 _BOOL_COLUMNS = frozenset({"outlier", "spec_reached", "spec_within_limit"})
-_FLOAT_SUFFIXES = ("_ratio", "_w", "_j", "_j_per_flop", "_flops_per_s", "_s", "_mhz", "_c", "_z")
+_FLOAT_SUFFIXES = ("_ratio", "_w", "_j", "_flops_per_s", "_s", "_mhz", "_c", "_z")
 
 
 def column_kind(name: str) -> str:
@@ -903,8 +903,8 @@ def verdict_table(gpus: pd.DataFrame, *, params: ReportParameters | None = None)
                 "sustained_over_spec_max_ratio": float(ratio.max()) if len(ratio) else None,
                 "mean_power_over_limit_median_ratio": _num_median(over_limit),
                 "power_bound_gpus": int(bound.sum()),
-                "measured_median_j_per_flop": _num_median(g["measured_j_per_flop"]),
-                "ceiling_at_limit_j_per_flop": (
+                "measured_energy_per_flop_median_j": _num_median(g["measured_energy_per_flop_j"]),
+                "ceiling_at_limit_energy_per_flop_j": (
                     limit_median / peak if peak > 0 and math.isfinite(limit_median) else None
                 ),
                 "measured_over_ceiling_at_limit_median_ratio": median_energy,

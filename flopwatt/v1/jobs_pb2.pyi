@@ -116,7 +116,7 @@ class GemmResult(_message.Message):
     def __init__(self, precision: _Optional[str] = ..., backend: _Optional[str] = ..., sweep: _Optional[_Iterable[_Union[GemmPoint, _Mapping]]] = ..., burst_flops_per_s: _Optional[float] = ..., best_shape: _Optional[_Union[GemmShape, _Mapping]] = ..., sustained_flops_per_s: _Optional[float] = ..., sustained_s: _Optional[float] = ..., sustained_flops: _Optional[float] = ..., energy_j: _Optional[float] = ..., energy_per_flop_j: _Optional[float] = ..., mean_power_w: _Optional[float] = ..., burst_spread_ratio: _Optional[float] = ..., from_cache: _Optional[bool] = ..., measured_unix_ns: _Optional[int] = ...) -> None: ...
 
 class ModelResult(_message.Message):
-    __slots__ = ("model", "batch", "precision", "input_size", "flops", "macs", "latency_p50_s", "latency_p90_s", "latency_p99_s", "latency_mean_s", "latency_std_s", "runs", "throughput_samples_per_s", "delivered_flops_per_s", "peak_flops_per_s", "peak_source", "efficiency_ratio", "spec_efficiency_ratio", "energy_j_per_inference", "mean_power_w", "arithmetic_intensity_flops_per_byte")
+    __slots__ = ("model", "batch", "precision", "input_size", "flops", "macs", "latency_p50_s", "latency_p90_s", "latency_p99_s", "latency_mean_s", "latency_std_s", "runs", "throughput_samples_per_s", "delivered_flops_per_s", "peak_flops_per_s", "peak_source", "efficiency_ratio", "spec_efficiency_ratio", "energy_per_inference_j", "mean_power_w", "arithmetic_intensity_flops_per_byte")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
@@ -135,7 +135,7 @@ class ModelResult(_message.Message):
     PEAK_SOURCE_FIELD_NUMBER: _ClassVar[int]
     EFFICIENCY_RATIO_FIELD_NUMBER: _ClassVar[int]
     SPEC_EFFICIENCY_RATIO_FIELD_NUMBER: _ClassVar[int]
-    ENERGY_J_PER_INFERENCE_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_PER_INFERENCE_J_FIELD_NUMBER: _ClassVar[int]
     MEAN_POWER_W_FIELD_NUMBER: _ClassVar[int]
     ARITHMETIC_INTENSITY_FLOPS_PER_BYTE_FIELD_NUMBER: _ClassVar[int]
     model: str
@@ -156,10 +156,10 @@ class ModelResult(_message.Message):
     peak_source: str
     efficiency_ratio: float
     spec_efficiency_ratio: float
-    energy_j_per_inference: float
+    energy_per_inference_j: float
     mean_power_w: float
     arithmetic_intensity_flops_per_byte: float
-    def __init__(self, model: _Optional[str] = ..., batch: _Optional[int] = ..., precision: _Optional[str] = ..., input_size: _Optional[int] = ..., flops: _Optional[float] = ..., macs: _Optional[float] = ..., latency_p50_s: _Optional[float] = ..., latency_p90_s: _Optional[float] = ..., latency_p99_s: _Optional[float] = ..., latency_mean_s: _Optional[float] = ..., latency_std_s: _Optional[float] = ..., runs: _Optional[int] = ..., throughput_samples_per_s: _Optional[float] = ..., delivered_flops_per_s: _Optional[float] = ..., peak_flops_per_s: _Optional[float] = ..., peak_source: _Optional[str] = ..., efficiency_ratio: _Optional[float] = ..., spec_efficiency_ratio: _Optional[float] = ..., energy_j_per_inference: _Optional[float] = ..., mean_power_w: _Optional[float] = ..., arithmetic_intensity_flops_per_byte: _Optional[float] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., batch: _Optional[int] = ..., precision: _Optional[str] = ..., input_size: _Optional[int] = ..., flops: _Optional[float] = ..., macs: _Optional[float] = ..., latency_p50_s: _Optional[float] = ..., latency_p90_s: _Optional[float] = ..., latency_p99_s: _Optional[float] = ..., latency_mean_s: _Optional[float] = ..., latency_std_s: _Optional[float] = ..., runs: _Optional[int] = ..., throughput_samples_per_s: _Optional[float] = ..., delivered_flops_per_s: _Optional[float] = ..., peak_flops_per_s: _Optional[float] = ..., peak_source: _Optional[str] = ..., efficiency_ratio: _Optional[float] = ..., spec_efficiency_ratio: _Optional[float] = ..., energy_per_inference_j: _Optional[float] = ..., mean_power_w: _Optional[float] = ..., arithmetic_intensity_flops_per_byte: _Optional[float] = ...) -> None: ...
 
 class JobResult(_message.Message):
     __slots__ = ("job_id", "device_uuid", "gemm", "model", "conditions", "started_unix_ns", "finished_unix_ns")

@@ -540,7 +540,7 @@ def bench_models(
 def model_result(m: ModelMeasurement, conditions: Conditions | None) -> ModelResult:
     """The wire record of a measurement, with energy from its timed window's conditions.
 
-    ``energy_j_per_inference`` is joules per sample (one image): the window's energy ÷ the
+    ``energy_per_inference_j`` is joules per sample (one image): the window's energy ÷ the
     samples classified over the same span (see
     :func:`~flopwatt.analysis.efficiency.energy_per_operation_j`); None without energy.
     """
@@ -571,7 +571,7 @@ def model_result(m: ModelMeasurement, conditions: Conditions | None) -> ModelRes
         peak_source=m.peaks.peak.source if m.peaks.peak else "none",
         efficiency_ratio=m.efficiency_ratio,
         spec_efficiency_ratio=m.spec_efficiency_ratio,
-        energy_j_per_inference=energy,
+        energy_per_inference_j=energy,
         mean_power_w=cond.mean_power_w,
         arithmetic_intensity_flops_per_byte=(
             None if placement is None else placement.intensity_flops_per_byte

@@ -322,7 +322,7 @@ def _model_result(
             peak_source="sim:gemm-achievable",
             efficiency_ratio=(flops / p50) / achievable if achievable else None,
             spec_efficiency_ratio=(flops / p50) / peak.flops_per_s if peak else None,
-            energy_j_per_inference=energy_per_inference,
+            energy_per_inference_j=energy_per_inference,
             mean_power_w=cond.mean_power_w,
         ),
         conditions=_simulated(cond),
