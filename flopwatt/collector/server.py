@@ -66,6 +66,11 @@ class ConfigError(ValueError):
     """The collector configuration is unsafe or invalid (message says what to change)."""
 
 
+class StartError(RuntimeError):
+    """The collector could not start a part it needs (a taken port, a child process that
+    exited at start-up); the message says which and why."""
+
+
 @dataclass(frozen=True)
 class CollectorConfig:
     """Everything ``run_server`` needs. Addresses are ``HOST:PORT``; port 0 picks a free one."""
@@ -442,7 +447,7 @@ async def _start(
             undo.append(http.stop)
             bound_http = http.port
     except (ExporterStartError, OSError) as exc:
-        raise ConfigError(str(exc)) from None
+        raise StartError(str(exc)) from None
     ingest.announce_all()
 
     server = grpc.aio.server(

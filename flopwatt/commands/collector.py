@@ -13,7 +13,7 @@ import click
 
 from flopwatt.channel import TokenFileError
 from flopwatt.collector.gc_policy import tune_gc
-from flopwatt.collector.server import CollectorConfig, ConfigError, run_server
+from flopwatt.collector.server import CollectorConfig, ConfigError, StartError, run_server
 from flopwatt.records import AgentSettings
 
 log = logging.getLogger("flopwatt.collector")
@@ -152,7 +152,7 @@ def collector(
         fatal = asyncio.run(_serve(config, ready_file))
     except (ConfigError, TokenFileError) as exc:
         raise click.UsageError(str(exc)) from None
-    except OSError as exc:
+    except (StartError, OSError) as exc:
         raise click.ClickException(f"cannot start the collector: {exc}") from None
     if fatal:
         log.error("collector stopped: %s", fatal)
