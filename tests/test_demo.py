@@ -53,3 +53,10 @@ def test_demo_once_writes_the_fleet_report(tmp_path: Path) -> None:
     capped = outliers[(outliers["hostname"] == "h100-node-1") & (outliers["device_index"] == 5)]
     assert not capped.empty and (capped["limiter"] == "power cap").all()
     assert "report:" in proc.stdout and "metrics:" in proc.stdout
+    # A summary for a person (the full tables are in the report and behind --verbose) …
+    assert "Fleet: " in proc.stdout and "Top outliers" in proc.stdout
+    assert "Per-GPU table" not in proc.stdout
+    assert len(proc.stdout.splitlines()) < 80
+    # … and no library or log noise on a normal run.
+    for noise in ("WARNING", "ERROR", "Traceback", "fork_posix", "Other threads"):
+        assert noise not in proc.stderr, proc.stderr[-2000:]

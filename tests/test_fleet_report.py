@@ -402,7 +402,13 @@ def test_cli_tables_json_and_files(fleet: Fleet, tmp_path: Path) -> None:
     db = str(fleet.db_path)
     summary = invoke("report", "--db", db)
     assert summary.exit_code == 0, summary.output
-    for text in ("Fleet: 16 devices", "Spec achievability", "Top outliers", "power cap", "sim"):
+    for text in (
+        "Fleet: 16 devices on 6 hosts",
+        "Devices by SKU",
+        "Spec achievability",
+        "Top outliers",
+        "power cap",
+    ):
         assert text in summary.stdout, text
     assert "slow, hungry" in summary.stdout  # the kinds in the report's order
     assert "new-node" in summary.stdout  # suspect: registered, never measured

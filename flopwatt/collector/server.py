@@ -504,7 +504,11 @@ async def _start(
         _tasks=tasks,
     )
     if not auth.enabled:
-        log.warning(
+        # Only a loopback listener (or an explicit --allow-unauthenticated-remote) gets here:
+        # on loopback, nothing beyond this machine can connect, so it is a note, not a warning.
+        remote = not is_loopback(split_host_port(config.grpc_listen)[0])
+        log.log(
+            logging.WARNING if remote else logging.INFO,
             "no credentials configured: agents and admins are not authenticated (listening on %s)",
             config.grpc_listen,
         )

@@ -25,7 +25,12 @@ from flopwatt.report.loading import ReportSourceError, fetch_report_html
 from flopwatt.report.markdown import render_markdown
 from flopwatt.report.summary import fleet_summary
 from flopwatt.report.tables import FleetReport, ReportParameters
-from flopwatt.report.terminal import TerminalTable, summary_tables, terminal_sections
+from flopwatt.report.terminal import (
+    TerminalTable,
+    fleet_line,
+    summary_tables,
+    terminal_sections,
+)
 
 DEFAULT_DB = Path("flopwatt-data/flopwatt.db")
 _STDOUT_FORMATS = ("html", "md", "json", "csv")
@@ -73,12 +78,11 @@ def print_report(
 ) -> None:
     """The one-screen fleet summary; with ``verbose`` the full tables after it."""
     console = console or stdout_console()
-    sims = int((report.gpus.drop_duplicates("device_uuid")["source"] == "sim").sum())
-    console.print(
-        Text(f"flopwatt fleet report from {report.source or 'unknown'}"),
-        Text(f"({sims} simulated devices, shown in magenta)" if sims else ""),
-    )
-    print_sections(console, summary_tables(fleet_summary(report, failed_jobs=failed_jobs or ())))
+    summary = fleet_summary(report, failed_jobs=failed_jobs or ())
+    console.print(Text(f"flopwatt fleet report from {report.source or 'unknown'}"))
+    note = " — simulated devices shown in magenta" if summary.simulated_devices else ""
+    console.print(Text(fleet_line(summary) + note, style="bold"))
+    print_sections(console, summary_tables(summary))
     if verbose:
         print_sections(console, terminal_sections(report))
 

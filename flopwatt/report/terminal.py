@@ -67,15 +67,22 @@ def _span(lo: float | None, hi: float | None) -> str:
     return _pct(lo) if round(100 * lo) == round(100 * hi) else f"{_pct(lo)[:-2]}–{_pct(hi)}"
 
 
+def fleet_line(summary: FleetSummary) -> str:
+    """One line: how many devices on how many hosts, simulated and hardware."""
+    hardware = summary.devices - summary.simulated_devices
+    return (
+        f"Fleet: {summary.devices} devices on {summary.hosts} hosts "
+        f"({summary.simulated_devices} simulated, {hardware} hardware)"
+    )
+
+
 def summary_tables(summary: FleetSummary) -> list[TerminalTable]:
     """The one-screen summary (:func:`~flopwatt.report.summary.fleet_summary`) as terminal
     tables: fleet by SKU, verdicts (precisions that agree on one line), top outliers and
     suspect agents. Empty sections are returned with no rows (say "none")."""
     text = DisplayColumn
     fleet = TerminalTable(
-        f"Fleet: {summary.devices} devices on {summary.hosts} hosts "
-        f"({summary.simulated_devices} simulated, "
-        f"{summary.devices - summary.simulated_devices} hardware)",
+        "Devices by SKU",
         (
             text("sku", "SKU", str, numeric=False),
             text("source", "source", str, numeric=False),
