@@ -392,7 +392,9 @@ async def test_collector_requested_gemm_job_runs_on_sim_gpus_with_conditions(
         for r in rows:
             assert r["simulated"] == 1 and r["precision"] == "bf16"
             assert r["energy_per_flop_j"] is not None and r["mean_power_w"] > 100
-            assert 0.75 < r["sustained_over_spec_ratio"] < 0.85  # 0.8 of spec, measured-based
+            # The sim's cited A100 bf16 fraction (0.824), within its device spread (2σ = 5 %)
+            # and the power limit's clock trim.
+            assert 0.824 * 0.92 < r["sustained_over_spec_ratio"] < 0.824 * 1.08
             assert 0 < r["mean_power_over_tdp_ratio"] <= 1.05
 
 
