@@ -52,9 +52,17 @@ def test_demo_once_writes_the_fleet_report(tmp_path: Path) -> None:
     assert not slowed.empty and slowed["outlier_kind"].str.contains("slow").all()
     capped = outliers[(outliers["hostname"] == "h100-node-1") & (outliers["device_index"] == 5)]
     assert not capped.empty and (capped["limiter"] == "power cap").all()
+    # The simulated fleet has realistic spread, and the ordinary robust z finds exactly the two
+    # injected faults (seeded: deterministic).
+    flagged = set(zip(outliers["hostname"], outliers["device_index"], strict=True))
+    assert flagged == {("a100-node-1", 3), ("h100-node-1", 5)}
+    skus = pd.read_csv(out / "report-skus.csv")
+    sim_cohorts = skus[(skus["source"] == "sim") & (skus["gpus"] >= 3)]
+    assert (sim_cohorts["sustained_over_spec_mad_ratio"] > 0).all()
     assert "report:" in proc.stdout and "metrics:" in proc.stdout
     # A summary for a person (the full tables are in the report and behind --verbose) …
     assert "Fleet: " in proc.stdout and "Top outliers" in proc.stdout
+    assert "a100-node-1" in proc.stdout and "h100-node-1" in proc.stdout  # the two outliers
     assert "Per-GPU table" not in proc.stdout
     assert len(proc.stdout.splitlines()) < 80
     # … and no library or log noise on a normal run.
