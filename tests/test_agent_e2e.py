@@ -108,8 +108,9 @@ async def wait_for(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            # Where every task is waiting, for a rare flake (an agent that did not notice its
-            # collector was SIGKILLed within 30 s, seen twice in ~60 runs): pytest shows stderr.
+            # Where every task is waiting, should an agent ever again not notice its collector
+            # was SIGKILLed (seen twice in ~60 runs before the uplink survived grpc.aio's
+            # InvalidStateError: tests/test_uplink_survives.py): pytest shows stderr.
             for task in asyncio.all_tasks():
                 with contextlib.suppress(Exception):  # frames of gRPC's Cython code have no
                     task.print_stack(file=sys.stderr)  # line numbers and make this raise

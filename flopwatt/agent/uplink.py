@@ -197,6 +197,14 @@ class Uplink:
                 self.stats.last_error = str(exc)
                 log.warning("uplink: %s", exc)
                 delay = self._backoff(0 if established[0] else attempt)
+            except Exception as exc:
+                # grpc.aio raises asyncio.InvalidStateError for a write to a call that ended a
+                # moment before (a collector killed mid-stream). Whatever one connection
+                # throws, ending this task would leave the agent spooling for ever without
+                # reconnecting: count it as a failed connection and try again.
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("uplink: connection failed (%s); reconnecting", self.stats.last_error)
+                delay = self._backoff(0 if established[0] else attempt)
             self.stats.connected = False
             if stop.is_set():
                 break
