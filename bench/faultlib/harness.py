@@ -353,6 +353,16 @@ class CaseContext:
                 for kind, n in st.get("error_kinds", {}).items():
                     kinds[kind] = kinds.get(kind, 0) + int(n)
             r.extra["raw_error_kinds"] = dict(sorted(kinds.items(), key=lambda kv: -kv[1])[:5])
+            per_second: dict[int, int] = {}
+            for st in statuses:
+                for second, n in st.get("acks_per_second", []):
+                    per_second[int(second)] = per_second.get(int(second), 0) + int(n)
+            if per_second:
+                # Acks the raw agents got per second, first to last: stalls show as zeros.
+                first, last = min(per_second), max(per_second)
+                r.extra["raw_acks_per_second"] = [
+                    per_second.get(s, 0) for s in range(first, last + 1)
+                ]
             gaps = sorted(g for st in statuses for g in st.get("max_ack_gaps_s", []))
             if gaps:
                 # Per raw agent, the longest wait for ack progress with messages in flight.

@@ -174,6 +174,13 @@ class Run:
     drain_deadline: float = float("inf")
     error_texts: list[str] = field(default_factory=list)
     error_kinds: dict[str, int] = field(default_factory=dict)
+    acks_per_second: dict[int, int] = field(default_factory=dict)
+    """Messages acked per whole second of ``time.monotonic()`` (all clients of the process)."""
+
+    def note_acks(self, n: int) -> None:
+        """Count ``n`` messages acked now."""
+        second = int(time.monotonic())
+        self.acks_per_second[second] = self.acks_per_second.get(second, 0) + n
 
     def error(self, client: Client, text: str, *, register: bool = False) -> None:
         """Count an error of ``client`` by kind (the first few are kept as text)."""
@@ -231,6 +238,7 @@ async def _session(c: Client, run: Run) -> None:
             async for msg in call:
                 if msg.HasField("ack") and msg.ack.epoch == c.epoch:
                     if msg.ack.committed_through > c.acked:
+                        run.note_acks(msg.ack.committed_through - c.acked)
                         c.acked = msg.ack.committed_through
                         last_progress[0] = time.monotonic()
                     c.wake.set()
@@ -305,6 +313,7 @@ def status(clients: list[Client], run: Run, *, final: bool) -> dict[str, Any]:
         "clients": {c.name: [c.epoch, c.produced, c.acked, c.errors] for c in clients},
         "register_errors": sum(c.register_errors for c in clients),
         "max_ack_gaps_s": sorted(round(c.max_ack_gap_s, 2) for c in clients),
+        "acks_per_second": sorted(run.acks_per_second.items()),
         "error_kinds": dict(run.error_kinds),
         "errors": list(run.error_texts),
     }
