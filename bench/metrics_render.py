@@ -3,8 +3,8 @@
 public API, rendered by :meth:`FleetMetrics.render_text` as the exporter process does.
 
 The state is built the way the collector builds it: ``register`` per agent, then
-``apply_latest`` with :class:`~flopwatt.collector.latest.LatestBlock`s made by
-:func:`~flopwatt.collector.latest.latest_block` from 1-s telemetry blocks (10 samples per GPU,
+``apply_latest`` with :class:`~flopwatt.store.latest.LatestBlock`s made by
+:func:`~flopwatt.store.latest.latest_block` from 1-s telemetry blocks (10 samples per GPU,
 all 12 telemetry columns, assorted throttle reasons), GEMM results on a tenth of the GPUs and
 model results on a twentieth.
 
@@ -43,7 +43,6 @@ import numpy.typing as npt
 
 from flopwatt.analysis.comparison import compare_to_spec
 from flopwatt.analysis.registry import load_registry
-from flopwatt.collector.latest import LatestBlock, latest_block
 from flopwatt.collector.metrics import FleetMetrics
 from flopwatt.collector.state import DeviceState, FleetState
 from flopwatt.records import (
@@ -55,6 +54,7 @@ from flopwatt.records import (
     SeriesBlock,
     SoftwareVersions,
 )
+from flopwatt.store.latest import LatestBlock, latest_block
 
 GPUS_PER_AGENT = 8
 SAMPLES_PER_S = 10

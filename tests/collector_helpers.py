@@ -15,7 +15,7 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from flopwatt.collector.server import CollectorConfig, RunningCollector, run_server
-from flopwatt.collector.store import SQLiteStore
+from flopwatt.store.sqlite import SQLiteStore
 from flopwatt.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 H100_NAME = "NVIDIA H100 80GB HBM3"

@@ -55,3 +55,15 @@ def _approx_needs_abs_for_tiny_values() -> Iterator[None]:
 def registry() -> Registry:
     """The registry shipped with the package."""
     return load_registry()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A real PostgreSQL cluster for the session (see :mod:`tests.postgres_server`); skips with
+    the reason where the server binaries are absent (``.ci/run`` installs them)."""
+    from tests.postgres_server import SKIP_REASON, postgres_bin_dir, run_postgres
+
+    if postgres_bin_dir() is None:
+        pytest.skip(SKIP_REASON)
+    with run_postgres() as server:
+        yield server

@@ -24,7 +24,6 @@ import numpy as np
 
 from flopwatt.analysis.comparison import compare_to_spec
 from flopwatt.analysis.registry import load_registry
-from flopwatt.collector.latest import LatestBlock, latest_block
 from flopwatt.collector.state import Counters, DeviceState, FleetState
 from flopwatt.records import (
     DeviceInfo,
@@ -35,6 +34,7 @@ from flopwatt.records import (
     SeriesBlock,
     SoftwareVersions,
 )
+from flopwatt.store.latest import LatestBlock, latest_block
 
 NOW = 1_800_000_000 * 10**9
 """The scenario's wall clock (ns since the Unix epoch); render with ``clock_ns=lambda: NOW``."""

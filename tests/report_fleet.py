@@ -25,7 +25,6 @@ import numpy as np
 from flopwatt.analysis.comparison import SpecComparison, compare_to_spec
 from flopwatt.analysis.precision import Precision
 from flopwatt.analysis.registry import GpuSpec, Registry
-from flopwatt.collector.store import MessageWrite, SQLiteStore
 from flopwatt.records import (
     Conditions,
     DeviceCapabilities,
@@ -40,6 +39,8 @@ from flopwatt.records import (
     SeriesBlock,
     SoftwareVersions,
 )
+from flopwatt.store.base import MessageWrite
+from flopwatt.store.sqlite import SQLiteStore
 
 S = 10**9
 NOW = 1_800_000_000 * S

@@ -13,7 +13,8 @@ from typing import Any
 import grpc
 import pytest
 
-from flopwatt.collector.store import MessageWrite, Registration, SQLiteStore, WriteOutcome
+from flopwatt.store.base import MessageWrite, Registration, WriteOutcome
+from flopwatt.store.sqlite import SQLiteStore
 from flopwatt.v1 import agent_pb2, agent_pb2_grpc, jobs_pb2
 from tests.collector_helpers import (
     AgentStream,

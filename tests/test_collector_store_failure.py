@@ -25,8 +25,9 @@ import pytest
 
 from flopwatt.agent.agent import Agent
 from flopwatt.collector.server import RunningCollector
-from flopwatt.collector.store import MessageWrite, SQLiteStore, WriteOutcome
+from flopwatt.store.base import MessageWrite, WriteOutcome
 from flopwatt.store.schema import epoch_to_db
+from flopwatt.store.sqlite import SQLiteStore
 from tests.collector_helpers import collector
 from tests.test_agent_e2e import Produced, assert_exactly_once, make_agent, run_agents, wait_for
 

@@ -20,7 +20,6 @@ from pandas.testing import assert_frame_equal
 
 from flopwatt.analysis.registry import Registry
 from flopwatt.cli import cli
-from flopwatt.collector.store import SQLiteStore
 from flopwatt.report.columns import ReportFormatError
 from flopwatt.report.files import FORMATS, as_report, parse_formats, write_report
 from flopwatt.report.html import report_from_html
@@ -37,6 +36,7 @@ from flopwatt.report.tables import (
     robust_z,
     typed_frame,
 )
+from flopwatt.store.sqlite import SQLiteStore
 from tests.collector_helpers import collector, http_get
 from tests.report_fleet import NOW, Fleet, S, build_fleet
 

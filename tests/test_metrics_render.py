@@ -23,7 +23,6 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from flopwatt.analysis.registry import load_registry
-from flopwatt.collector.latest import LatestBlock, latest_block
 from flopwatt.collector.metrics import FleetMetrics
 from flopwatt.collector.state import (
     VALUE_COLUMNS,
@@ -33,6 +32,7 @@ from flopwatt.collector.state import (
 )
 from flopwatt.metrics_spec import METRICS, MetricType
 from flopwatt.records import DeviceInfo, DeviceKind, NodeInfo
+from flopwatt.store.latest import LatestBlock, latest_block
 from tests.metrics_scenario import (
     GOLDEN,
     NOW,

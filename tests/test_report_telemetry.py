@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flopwatt.collector.store import MessageWrite, SQLiteStore
 from flopwatt.records import DeviceInfo, DeviceSeries, NodeInfo, SeriesBlock
 from flopwatt.report.loading import load_report_inputs
+from flopwatt.store.base import MessageWrite
 from flopwatt.store.schema import MIGRATIONS, SCHEMA_VERSION
+from flopwatt.store.sqlite import SQLiteStore
 
 NOW = 1_800_000_000 * 10**9
 S = 10**9

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from flopwatt.collector.store import MessageWrite, Outcome, SQLiteStore
+from flopwatt.store.base import MessageWrite, Outcome
 from flopwatt.store.schema import epoch_to_db
+from flopwatt.store.sqlite import SQLiteStore
 
 AGENT, EPOCH = "node-a", 2**64 - 5  # an epoch that does not fit a signed 64-bit integer
 

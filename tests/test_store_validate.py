@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 
 from flopwatt.collector.state import DeviceState, FleetState
-from flopwatt.collector.store import MessageWrite, Outcome, SQLiteStore
 from flopwatt.collector.telemetry_prep import TelemetryPreparer
 from flopwatt.collector.validate import POWER_LIMIT_FACTOR, DeviceLimits, validate_series
 from flopwatt.collector.writer import ProcessStoreWriter, apply_batch
 from flopwatt.records import DeviceInfo, DeviceSeries, NodeInfo, SeriesBlock
+from flopwatt.store.base import MessageWrite, Outcome
 from flopwatt.store.chunks import pack_block_chunks, pack_chunk, unpack_chunk
 from flopwatt.store.schema import SCHEMA_VERSION
+from flopwatt.store.sqlite import SQLiteStore
 from tests.collector_helpers import telemetry_pb
 
 NOW = 1_800_000_000 * 10**9

@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flopwatt.collector.latest import latest_block
-from flopwatt.collector.store import MessageWrite, Outcome, SQLiteStore
 from flopwatt.collector.telemetry_prep import REJECT_INVALID, TelemetryPreparer
 from flopwatt.collector.validate import DeviceLimits
 from flopwatt.collector.writer import apply_batch
 from flopwatt.records import DeviceSeries, TelemetryBatch
+from flopwatt.store.base import MessageWrite, Outcome
 from flopwatt.store.chunks import unpack_chunk
+from flopwatt.store.latest import latest_block
+from flopwatt.store.sqlite import SQLiteStore
 from flopwatt.v1 import telemetry_pb2
 from flopwatt.wire import telemetry_to_proto
 

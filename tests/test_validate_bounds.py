@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flopwatt.collector.store import MessageWrite
 from flopwatt.collector.telemetry_prep import TelemetryPreparer, claimed_samples
 from flopwatt.collector.validate import (
     MAX_CLOCK_MHZ,
@@ -24,6 +23,7 @@ from flopwatt.collector.validate import (
     validate_series,
 )
 from flopwatt.records import DeviceInfo, DeviceSeries, SeriesBlock, TelemetryBatch
+from flopwatt.store.base import MessageWrite
 from flopwatt.v1 import telemetry_pb2
 from flopwatt.wire import MAX_SERIES_SAMPLES, telemetry_to_proto
 

@@ -20,7 +20,6 @@ from dataclasses import replace
 from flopwatt.analysis.comparison import SpecComparison, compare_to_spec
 from flopwatt.analysis.registry import GpuSpec, Registry, UnknownSkuError
 from flopwatt.collector.state import Counters, DeviceState, FleetState
-from flopwatt.collector.store import MessageWrite, Outcome, Registration, Store, WriteOutcome
 from flopwatt.collector.validate import DeviceLimits, device_limits
 from flopwatt.jsonable import from_jsonable
 from flopwatt.records import (
@@ -36,6 +35,7 @@ from flopwatt.records import (
     RegisterResponse,
     TelemetryBatch,
 )
+from flopwatt.store.base import MessageWrite, Outcome, Registration, Store, WriteOutcome
 from flopwatt.store.schema import epoch_from_db
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 from flopwatt.collector.session import SessionRegistry
 from flopwatt.collector.state import FleetState
-from flopwatt.collector.store import JobRow, Store
 from flopwatt.jsonable import dumps, from_jsonable
 from flopwatt.records import Command, JobSpec, JobState, RunJob
+from flopwatt.store.base import JobRow, Store
 
 
 class NoAgentsMatchedError(LookupError):

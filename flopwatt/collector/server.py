@@ -46,10 +46,10 @@ from flopwatt.collector.report_route import report_route
 from flopwatt.collector.servicer import AdminServicer, AgentServicer, agent_service_handler
 from flopwatt.collector.session import SessionRegistry
 from flopwatt.collector.state import Counters, FleetState
-from flopwatt.collector.store import SQLiteStore
 from flopwatt.collector.writer import BatchWriter, ProcessStoreWriter, StoreWriter
 from flopwatt.http_server import HttpServer
 from flopwatt.records import AgentSettings
+from flopwatt.store.sqlite import SQLiteStore
 from flopwatt.v1 import admin_pb2_grpc
 
 log = logging.getLogger(__name__)

@@ -22,10 +22,10 @@ from flopwatt.collector.jobs import (
     Selector,
 )
 from flopwatt.collector.session import END, Session, SessionRegistry, StreamAbort, unavailable
-from flopwatt.collector.store import JobRow
 from flopwatt.collector.writer import BatchWriter
 from flopwatt.jsonable import from_jsonable
 from flopwatt.records import JobSpec, StreamHello
+from flopwatt.store.base import JobRow
 from flopwatt.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, jobs_pb2
 from flopwatt.wire import (
     WireError,

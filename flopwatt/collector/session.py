@@ -29,7 +29,6 @@ from google.protobuf.message import DecodeError
 from flopwatt.collector.envelope import AgentEnvelope
 from flopwatt.collector.health import RETRY_AFTER_METADATA, RETRY_AFTER_S
 from flopwatt.collector.ingest import Ingest, StructuralError
-from flopwatt.collector.store import MessageWrite, Outcome, WriteOutcome
 from flopwatt.collector.telemetry_prep import telemetry_digest
 from flopwatt.collector.writer import BatchWriter
 from flopwatt.records import (
@@ -41,6 +40,7 @@ from flopwatt.records import (
     SampleRejection,
     StreamHello,
 )
+from flopwatt.store.base import MessageWrite, Outcome, WriteOutcome
 from flopwatt.v1 import agent_pb2
 from flopwatt.wire import WireError, agent_message_from_proto
 

@@ -7,7 +7,7 @@ short hold, and work on the copy outside it.
 
 Each device's newest telemetry values live in one table (:class:`FleetState` keeps a row per
 device and a column per telemetry column, with a mask of the values present) that a commit's
-blocks (:class:`~flopwatt.collector.latest.LatestBlock`) update with a few array operations, and
+blocks (:class:`~flopwatt.store.latest.LatestBlock`) update with a few array operations, and
 that a ``/metrics`` render copies whole (:meth:`FleetState.scrape_view`). :attr:`DeviceState.latest`
 is the {column: value} view of one device's row, for callers that read one device.
 
@@ -30,7 +30,6 @@ import numpy.typing as npt
 
 from flopwatt.analysis.comparison import SpecComparison
 from flopwatt.analysis.registry import GpuSpec
-from flopwatt.collector.latest import LatestBlock
 from flopwatt.records import (
     TELEMETRY_COLUMN_NAMES,
     DeviceInfo,
@@ -38,6 +37,7 @@ from flopwatt.records import (
     ModelResult,
     NodeInfo,
 )
+from flopwatt.store.latest import LatestBlock
 
 #: Bucket upper bounds (s) for the commit-latency histogram.
 COMMIT_LATENCY_BUCKETS_S: tuple[float, ...] = (

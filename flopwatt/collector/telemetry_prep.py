@@ -33,7 +33,6 @@ import numpy as np
 import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
-from flopwatt.collector.store import MessageWrite
 from flopwatt.collector.validate import (
     ENERGY_COLUMN,
     ENERGY_DECREASING_CODE,
@@ -50,6 +49,7 @@ from flopwatt.collector.validate import (
     thresholds,
 )
 from flopwatt.records import TELEMETRY_COLUMNS, TIMESTAMP_DTYPE, DeviceSeries, SeriesBlock
+from flopwatt.store.base import MessageWrite
 from flopwatt.store.chunks import ChunkRow, pack_block_chunks, pack_raw_chunk_rows
 from flopwatt.v1 import telemetry_pb2
 from flopwatt.wire import (

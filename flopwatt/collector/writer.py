@@ -38,11 +38,12 @@ import numpy as np
 
 from flopwatt.children import become_child, describe_exit, start_child
 from flopwatt.collector.gc_policy import tune_gc
-from flopwatt.collector.latest import latest_block
-from flopwatt.collector.store import MessageWrite, Outcome, SQLiteStore, Store, WriteOutcome
 from flopwatt.collector.telemetry_prep import TelemetryPreparer
 from flopwatt.collector.validate import DeviceLimits
 from flopwatt.records import SeriesBlock
+from flopwatt.store.base import MessageWrite, Outcome, Store, WriteOutcome
+from flopwatt.store.latest import latest_block
+from flopwatt.store.sqlite import SQLiteStore
 
 log = logging.getLogger(__name__)
 

@@ -24,253 +24,41 @@ interface.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import logging
-import operator
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from flopwatt.analysis.comparison import SpecComparison
-from flopwatt.collector.latest import LatestBlock
-from flopwatt.jsonable import dumps
 from flopwatt.records import (
     DeviceInfo,
     JobResult,
     JobState,
-    JobStatus,
     NodeInfo,
-    SeriesBlock,
 )
-from flopwatt.store.chunks import ChunkRow, pack_block_chunks
+from flopwatt.store.base import (
+    AGENT_UPSERT,
+    COMPARISON_FIELDS,
+    DEVICE_UPSERT,
+    JobRow,
+    JobTargetRow,
+    MessageWrite,
+    Outcome,
+    Registration,
+    WriteOutcome,
+    agent_row,
+    device_rows,
+    job_result_row,
+)
+from flopwatt.store.chunks import pack_block_chunks
 from flopwatt.store.schema import MIGRATIONS, SCHEMA_VERSION, epoch_from_db, epoch_to_db
 
 log = logging.getLogger(__name__)
-
-
-class Outcome(StrEnum):
-    """What happened to one agent message."""
-
-    STORED = "stored"
-    DUPLICATE = "duplicate"
-    CONFLICT = "conflict"
-    REJECTED = "rejected"
-    OUT_OF_ORDER = "out_of_order"
-    """Not stored: an earlier sequence of the epoch is not stored yet (its commit failed); the
-    agent resends this one after it."""
-
-
-@dataclass(frozen=True)
-class MessageWrite:
-    """Everything one agent message adds to the store, prepared (validated) by ingest."""
-
-    agent_id: str
-    epoch: int
-    sequence: int
-    kind: str
-    digest: bytes
-    received_unix_ns: int
-    rejected_detail: str = ""
-    """Non-empty: the message was structurally broken; it is recorded as rejected."""
-    reject_code: str = ""
-    """For a rejection: "invalid_argument" or "resource_exhausted" (the stream's status)."""
-    blocks: tuple[SeriesBlock, ...] = ()
-    """Validated telemetry (bad samples already removed), one row per device when stored."""
-    rejected_samples: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    """(device_uuid, reason) → samples rejected by validation."""
-    result: JobResult | None = None
-    comparison: SpecComparison | None = None
-    job_status: JobStatus | None = None
-    dropped_samples: int = 0
-    """For a tombstone: telemetry samples the agent dropped from its spool."""
-    telemetry_wire: bytes | None = None
-    """Telemetry exactly as received (a serialised ``TelemetryBatch``), not yet decoded or
-    validated: the writer prepares it (``telemetry_prep``) just before the commit."""
-    chunks: tuple[ChunkRow, ...] | None = None
-    """The validated telemetry already packed as stored chunks, one per series in message
-    order (the writer packs them straight from the wire bytes); None: the store packs
-    ``blocks`` itself."""
-    resend: bool = False
-    """A resend of a message this stream already submitted: it carries only its digest (to
-    tell a duplicate from a conflict), never its payload, so it is never stored."""
-
-    @property
-    def samples(self) -> int:
-        """Telemetry samples this message stores."""
-        if self.chunks is not None:
-            return sum(c[3] for c in self.chunks)
-        return sum(len(b) for b in self.blocks)
-
-    @property
-    def has_telemetry(self) -> bool:
-        """Whether this message stores telemetry (as blocks or as packed chunks)."""
-        return bool(self.blocks) or bool(self.chunks)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Positional and flat: cheaper to pickle across to a writer process.
-        return (MessageWrite, _MESSAGE_WRITE_FIELDS(self))
-
-
-@dataclass(frozen=True)
-class WriteOutcome:
-    """The result of applying one :class:`MessageWrite`.
-
-    The writer fills the telemetry fields after preparing telemetry on its side (the stream
-    handler never saw the decoded samples).
-    """
-
-    outcome: Outcome
-    committed_through: int
-    samples: int = 0
-    """Telemetry samples stored."""
-    rejected_samples: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    rejected_detail: str = ""
-    reject_code: str = ""
-    latest: tuple[LatestBlock, ...] = ()
-    """The newest values of the devices in this commit's stored telemetry (on the commit's last
-    stored telemetry outcome; empty elsewhere)."""
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Positional and flat, like MessageWrite: one comes back from the writer process per
-        # message.
-        return (WriteOutcome, _WRITE_OUTCOME_FIELDS(self))
-
-
-_MESSAGE_WRITE_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(MessageWrite)))
-_WRITE_OUTCOME_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(WriteOutcome)))
-
-
-@dataclass(frozen=True)
-class Registration:
-    """One agent's registration as the store records it."""
-
-    node: NodeInfo
-    devices: Sequence[DeviceInfo]
-    epoch: int
-    matches: Mapping[str, tuple[str | None, str]]
-    """uuid → (matched SKU or None, how it matched)."""
-    now_unix_ns: int
-
-
-@dataclass(frozen=True)
-class JobTargetRow:
-    """One agent's part of a job."""
-
-    job_id: str
-    agent_id: str
-    state: JobState
-    message: str
-    updated_unix_ns: int
-    delivered_epoch: int
-    results: int
-
-
-@dataclass(frozen=True)
-class JobRow:
-    """A job as stored."""
-
-    job_id: str
-    kind: str
-    spec_json: str
-    selector_json: str
-    requested_unix_ns: int
-    targets: tuple[JobTargetRow, ...]
-
-
-class Store(Protocol):
-    """What the collector needs from a store. Implementations must be safe to call from several
-    threads; writes are serialised."""
-
-    def apply(self, writes: Sequence[MessageWrite]) -> list[WriteOutcome]:
-        """Apply message writes in one transaction, in order; return one outcome each."""
-        ...
-
-    def committed_through(self, agent_id: str, epoch: int) -> int:
-        """Highest contiguous committed sequence for (agent, epoch); 0 when none."""
-        ...
-
-    def register_agent(
-        self,
-        node: NodeInfo,
-        devices: Sequence[DeviceInfo],
-        epoch: int,
-        matches: Mapping[str, tuple[str | None, str]],
-        now_unix_ns: int,
-    ) -> None:
-        """Record (or refresh) an agent and its devices; ``matches`` maps uuid → (sku, how)."""
-        ...
-
-    def register_agents(self, registrations: Sequence[Registration]) -> None:
-        """Record several registrations in one transaction (a reconnect storm)."""
-        ...
-
-    def create_job(
-        self,
-        job_id: str,
-        kind: str,
-        spec_json: str,
-        selector_json: str,
-        agent_ids: Sequence[str],
-        now_unix_ns: int,
-    ) -> None:
-        """Record a job and its targets (all QUEUED)."""
-        ...
-
-    def set_target_state(
-        self,
-        job_id: str,
-        agent_id: str,
-        state: JobState,
-        message: str,
-        now_unix_ns: int,
-        delivered_epoch: int | None = None,
-    ) -> None:
-        """Update one target of a job."""
-        ...
-
-    def get_job(self, job_id: str) -> JobRow | None:
-        """A job with its targets, or None."""
-        ...
-
-    def pending_jobs(self, agent_id: str) -> list[JobRow]:
-        """Jobs with a target for ``agent_id`` not yet in a final state."""
-        ...
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        """Run a read-only query (reports, state rebuild)."""
-        ...
-
-    def close(self) -> None:
-        """Close every connection."""
-        ...
-
-
-_COMPARISON_FIELDS = (
-    "sku",
-    "precision",
-    "datapath",
-    "spec_peak_flops_per_s",
-    "spec_tdp_w",
-    "burst_over_spec_ratio",
-    "sustained_over_spec_ratio",
-    "mean_power_over_tdp_ratio",
-    "mean_power_over_limit_ratio",
-    "measured_energy_per_flop_j",
-    "physics_energy_per_flop_j",
-    "ceiling_energy_per_flop_j",
-    "measured_over_physics_ratio",
-    "measured_over_ceiling_ratio",
-    "physics_tdp_w",
-    "physics_power_at_measured_w",
-)
 
 
 PAGE_SIZE_BYTES = 8192
@@ -728,10 +516,10 @@ class SQLiteStore:
         if w.result is not None:
             self._store_result(c, key, w.result)
             if w.comparison is not None:
-                values = [getattr(w.comparison, f) for f in _COMPARISON_FIELDS]
+                values = [getattr(w.comparison, f) for f in COMPARISON_FIELDS]
                 c.execute(
                     f"INSERT INTO comparisons (agent_id, epoch, sequence, "
-                    f"{', '.join(_COMPARISON_FIELDS)}) "
+                    f"{', '.join(COMPARISON_FIELDS)}) "
                     f"VALUES ({','.join('?' * (3 + len(values)))})",
                     (*key, *values),
                 )
@@ -744,37 +532,8 @@ class SQLiteStore:
             )
 
     def _store_result(self, c: sqlite3.Connection, key: tuple[str, int, int], r: JobResult) -> None:
-        cond = r.conditions
-        g, m = r.gemm, r.model
-        precision = g.precision if g is not None else (m.precision if m is not None else "")
-        c.execute(
-            "INSERT INTO job_results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                *key,
-                r.job_id,
-                r.device_uuid,
-                r.kind.value if r.kind else "",
-                precision,
-                m.model if m is not None else None,
-                m.batch if m is not None else None,
-                r.started_unix_ns,
-                r.finished_unix_ns,
-                int(cond.simulated),
-                g.burst_flops_per_s if g is not None else None,
-                g.sustained_flops_per_s if g is not None else None,
-                g.energy_per_flop_j if g is not None else None,
-                (g.mean_power_w if g is not None else m.mean_power_w if m is not None else None),
-                m.delivered_flops_per_s if m is not None else None,
-                m.latency_p50_s if m is not None else None,
-                m.efficiency_ratio if m is not None else None,
-                m.spec_efficiency_ratio if m is not None else None,
-                cond.throttle_reasons_seen,
-                cond.power_limit_w,
-                cond.sm_clock_mean_mhz,
-                cond.temperature_max_c,
-                dumps(r),
-            ),
-        )
+        row = job_result_row(key, r)
+        c.execute(f"INSERT INTO job_results VALUES ({','.join('?' * len(row))})", row)
 
     def committed_through(self, agent_id: str, epoch: int) -> int:
         row = (
@@ -802,59 +561,12 @@ class SQLiteStore:
     def register_agents(self, registrations: Sequence[Registration]) -> None:
         with self._transaction() as c:
             for r in registrations:
-                self._register(c, r.node, r.devices, r.epoch, r.matches, r.now_unix_ns)
+                self._register(c, r)
 
     @staticmethod
-    def _register(
-        c: sqlite3.Connection,
-        node: NodeInfo,
-        devices: Sequence[DeviceInfo],
-        epoch: int,
-        matches: Mapping[str, tuple[str | None, str]],
-        now_unix_ns: int,
-    ) -> None:
-        c.execute(
-            "INSERT INTO agents VALUES (?,?,?,?,?,?,?) ON CONFLICT (agent_id) DO UPDATE SET "
-            "agent_version=excluded.agent_version, device_backend=excluded.device_backend, "
-            "node_json=excluded.node_json, epoch=excluded.epoch, "
-            "registered_unix_ns=excluded.registered_unix_ns",
-            (
-                node.hostname,
-                node.hostname,
-                node.agent_version,
-                node.device_backend,
-                dumps(node),
-                epoch_to_db(epoch),
-                now_unix_ns,
-            ),
-        )
-        for d in devices:
-            sku, how = matches.get(d.uuid, (None, "unknown"))
-            c.execute(
-                "INSERT INTO devices VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT (device_uuid) DO UPDATE SET agent_id=excluded.agent_id, "
-                "device_index=excluded.device_index, name=excluded.name, "
-                "kind=excluded.kind, pci_bus_id=excluded.pci_bus_id, "
-                "pci_device_id=excluded.pci_device_id, sku=excluded.sku, "
-                "sku_match=excluded.sku_match, simulated=excluded.simulated, "
-                "power_limit_enforced_w=excluded.power_limit_enforced_w, "
-                "info_json=excluded.info_json, registered_unix_ns=excluded.registered_unix_ns",
-                (
-                    d.uuid,
-                    node.hostname,
-                    d.index,
-                    d.name,
-                    d.kind.value,
-                    d.pci_bus_id,
-                    d.pci_device_id,
-                    sku,
-                    how,
-                    int(d.simulated),
-                    d.power_limit_enforced_w,
-                    dumps(d),
-                    now_unix_ns,
-                ),
-            )
+    def _register(c: sqlite3.Connection, r: Registration) -> None:
+        c.execute(AGENT_UPSERT, agent_row(r))
+        c.executemany(DEVICE_UPSERT, device_rows(r))
 
     def create_job(
         self,
@@ -954,4 +666,5 @@ class SQLiteStore:
         )
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """A read-only query; rows are ``sqlite3.Row`` (mappings by column name)."""
         return self._reader().execute(sql, params).fetchall()
