@@ -53,7 +53,7 @@ class ExporterConfig:
 
     http_host: str
     http_port: int
-    db_path: Path
+    db_path: Path | str
     staleness_s: float = 300.0
     log_level: int = logging.WARNING
 

@@ -49,7 +49,8 @@ from flopwatt.collector.state import Counters, FleetState
 from flopwatt.collector.writer import BatchWriter, ProcessStoreWriter, StoreWriter
 from flopwatt.http_server import HttpServer
 from flopwatt.records import AgentSettings
-from flopwatt.store.sqlite import SQLiteStore
+from flopwatt.store import describe_db, open_store
+from flopwatt.store.base import Store
 from flopwatt.v1 import admin_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ class CollectorConfig:
 
     grpc_listen: str = "127.0.0.1:50051"
     http_listen: str = "127.0.0.1:9464"
-    db_path: Path = Path("flopwatt-data/flopwatt.db")
+    db_path: Path | str = Path("flopwatt-data/flopwatt.db")
+    """The store: a SQLite file, or a PostgreSQL DSN (``postgresql://…``)."""
     agent_token_file: Path | None = None
     admin_token_file: Path | None = None
     tls_cert: Path | None = None
@@ -182,7 +184,7 @@ class RunningCollector:
     grpc_host: str
     http_host: str
     state: FleetState
-    store: SQLiteStore
+    store: Store
     ingest: Ingest
     jobs: JobService
     sessions: SessionRegistry
@@ -251,11 +253,9 @@ PROBE_INTERVAL_S = 1.0
 _SERVICES = ("", "flopwatt.v1.AgentService", "flopwatt.v1.AdminService")
 
 
-async def _probe_while_unhealthy(
-    store: SQLiteStore, writer: BatchWriter, health: StoreHealth
-) -> None:
+async def _probe_while_unhealthy(store: Store, writer: BatchWriter, health: StoreHealth) -> None:
     """While the store cannot commit, find out when it can again: the writer is running and a
-    small transaction commits with some free space left (:meth:`SQLiteStore.probe`)."""
+    small transaction commits with some free space left (``Store.probe``)."""
     while True:
         await asyncio.sleep(PROBE_INTERVAL_S)
         if health.serving or not writer.alive:
@@ -274,7 +274,7 @@ async def run_server(
     *,
     registry: Registry | None = None,
     clock_ns: Callable[[], int] = time.time_ns,
-    store: SQLiteStore | None = None,
+    store: Store | None = None,
 ) -> AsyncIterator[RunningCollector]:
     """Start a collector; yield it; stop it gracefully on exit.
 
@@ -286,7 +286,7 @@ async def run_server(
         config: what to listen on, where the database is, credentials, settings.
         registry: the GPU spec registry (default: the packaged one).
         clock_ns: wall clock, ns since the Unix epoch.
-        store: the main process's store (default: a :class:`SQLiteStore` on
+        store: the main process's store (default: :func:`~flopwatt.store.open_store` on
             ``config.db_path``); with ``writer_process`` off the writer thread commits through
             it too (tests inject failures this way).
 
@@ -299,9 +299,13 @@ async def run_server(
     split_host_port(config.http_listen)
     registry = registry or load_registry()
     if store is None:
-        store = SQLiteStore(
-            config.db_path, clock=clock_ns, busy_timeout_s=config.store_busy_timeout_s
-        )
+        try:
+            store = open_store(
+                config.db_path, clock=clock_ns, busy_timeout_s=config.store_busy_timeout_s
+            )
+        except Exception as exc:  # sqlite3 / psycopg errors: the message says what and why
+            where = describe_db(config.db_path)
+            raise StartError(f"cannot open the store {where}: {exc}".strip()) from exc
     # Whatever starts is stopped again if a later step of the start fails (children ignore
     # SIGTERM, so nothing else would stop them).
     undo: list[Callable[[], object]] = [store.close]
@@ -322,7 +326,7 @@ async def _start(
     config: CollectorConfig,
     auth: AuthConfig,
     registry: Registry,
-    store: SQLiteStore,
+    store: Store,
     undo: list[Callable[[], object]],
     clock_ns: Callable[[], int],
 ) -> RunningCollector:
@@ -518,6 +522,6 @@ async def _start(
         bound_grpc,
         http_host,
         bound_http,
-        config.db_path,
+        describe_db(config.db_path),
     )
     return running

@@ -41,9 +41,9 @@ from flopwatt.collector.gc_policy import tune_gc
 from flopwatt.collector.telemetry_prep import TelemetryPreparer
 from flopwatt.collector.validate import DeviceLimits
 from flopwatt.records import SeriesBlock
+from flopwatt.store import open_store
 from flopwatt.store.base import MessageWrite, Outcome, Store, WriteOutcome
 from flopwatt.store.latest import latest_block
-from flopwatt.store.sqlite import SQLiteStore
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class StoreUnavailableError(RuntimeError):
 
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
 """A WAL file larger than this is checkpointed and truncated by the writer before its next
-commit, even if that holds the commit up (see :meth:`SQLiteStore.checkpoint_if_larger`)."""
+commit, even if that holds the commit up (see ``SQLiteStore.checkpoint_if_larger``)."""
 
 
 class BatchWriter:
@@ -352,7 +352,7 @@ class ProcessStoreWriter(BatchWriter):
 
     def __init__(
         self,
-        db_path: Path,
+        db_path: Path | str,
         *,
         max_in_flight: int = 2,
         on_fatal: Callable[[str], None] | None = None,
@@ -532,7 +532,7 @@ def _child_main(
     become_child()
     tune_gc()
     try:
-        store = SQLiteStore(
+        store = open_store(
             db_path, checkpoint_interval_s=CHECKPOINT_INTERVAL_S, busy_timeout_s=busy_timeout_s
         )
     except Exception as exc:

@@ -15,6 +15,7 @@ from flopwatt.channel import TokenFileError
 from flopwatt.collector.gc_policy import tune_gc
 from flopwatt.collector.server import CollectorConfig, ConfigError, StartError, run_server
 from flopwatt.records import AgentSettings
+from flopwatt.store import is_postgres
 
 log = logging.getLogger("flopwatt.collector")
 
@@ -47,10 +48,12 @@ _path = click.Path(dir_okay=False, path_type=Path)
 @click.option(
     "--db",
     "db_path",
-    type=_path,
-    default=Path("flopwatt-data/flopwatt.db"),
+    envvar="FLOPWATT_DB",
+    default="flopwatt-data/flopwatt.db",
     show_default=True,
-    help="SQLite file (created if missing).",
+    help="The store: a SQLite file (created if missing) or a PostgreSQL database "
+    "(postgresql://USER[:PASSWORD]@HOST[:PORT]/DB, shared by collector replicas). "
+    "Also from FLOPWATT_DB.",
 )
 @click.option(
     "--agent-token-file", type=_path, default=None, help="Agent tokens: 'hostname token' per line."
@@ -114,7 +117,7 @@ _path = click.Path(dir_okay=False, path_type=Path)
 def collector(
     grpc_listen: str,
     http_listen: str,
-    db_path: Path,
+    db_path: str,
     agent_token_file: Path | None,
     admin_token_file: Path | None,
     tls_cert: Path | None,
@@ -136,7 +139,7 @@ def collector(
     config = CollectorConfig(
         grpc_listen=grpc_listen,
         http_listen=http_listen,
-        db_path=db_path,
+        db_path=db_path if is_postgres(db_path) else Path(db_path),
         agent_token_file=agent_token_file,
         admin_token_file=admin_token_file,
         tls_cert=tls_cert,

@@ -37,14 +37,14 @@ _STDOUT_FORMATS = ("html", "md", "json", "csv")
 
 
 def _load(
-    db_path: Path | None, collector_url: str | None, params: ReportParameters
+    db_path: str | None, collector_url: str | None, params: ReportParameters
 ) -> tuple[FleetReport, str | None]:
     """The report, and the collector's own HTML when it came from one."""
     try:
         if collector_url is not None:
             page = fetch_report_html(collector_url)
             return report_from_html(page), page
-        return as_report(db_path or DEFAULT_DB, parameters=params), None
+        return as_report(db_path or str(DEFAULT_DB), parameters=params), None
     except (FileNotFoundError, ReportSourceError, ReportFormatError) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -104,9 +104,10 @@ def _to_stdout(report: FleetReport, fmt: str, collector_page: str | None) -> Non
 @click.option(
     "--db",
     "db_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="FLOPWATT_DB",
     default=None,
-    help=f"Collector store (SQLite) to read, read-only [default: {DEFAULT_DB}].",
+    help="Collector store to read, read-only: a SQLite file or a PostgreSQL DSN "
+    f"(postgresql://…); also from FLOPWATT_DB [default: {DEFAULT_DB}].",
 )
 @click.option(
     "--collector",
@@ -145,7 +146,7 @@ def _to_stdout(report: FleetReport, fmt: str, collector_page: str | None) -> Non
     "per GPU).",
 )
 def report(
-    db_path: Path | None,
+    db_path: str | None,
     collector_url: str | None,
     formats: tuple[str, ...],
     out: str,

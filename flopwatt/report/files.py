@@ -61,7 +61,7 @@ def as_report(
     if not isinstance(source, ReportInputs):
         from flopwatt.report.loading import load_report_inputs
 
-        source = load_report_inputs(Path(source))
+        source = load_report_inputs(source if isinstance(source, str) else Path(source))
     now = time.time_ns() if now_unix_ns is None else now_unix_ns
     return build_report(source, now_unix_ns=now, parameters=parameters)
 

@@ -1,7 +1,8 @@
 """Load the fleet report's input frames from a collector store, or a report from a collector.
 
-:func:`load_report_inputs` opens the SQLite file read-only (a running collector keeps writing
-undisturbed; WAL readers never block the writer) and reads, with the store's schema:
+:func:`load_report_inputs` opens the store read-only — a SQLite file (a running collector keeps
+writing undisturbed; WAL readers never block the writer) or a PostgreSQL database (a read-only
+transaction) — and reads, with the store's schema (the same SQL on both):
 
 * devices joined with their agent (hostname, node driver version, capabilities from the stored
   ``DeviceInfo``);
@@ -35,6 +36,7 @@ from flopwatt.report.tables import (
     TELEMETRY_INPUT_COLUMNS,
     ReportInputs,
 )
+from flopwatt.store import describe_db, is_postgres
 from flopwatt.store.chunks import unpack_chunk
 from flopwatt.store.schema import SCHEMA_VERSION
 
@@ -43,13 +45,50 @@ class ReportSourceError(RuntimeError):
     """The store or collector could not be read for a report (the message says why)."""
 
 
-def connect_read_only(db_path: Path | str) -> sqlite3.Connection:
-    """A read-only connection to the store at ``db_path`` (rows as :class:`sqlite3.Row`).
+class _PostgresReader:
+    """A read-only PostgreSQL connection that answers ``execute(sql, params)`` with ``?``
+    placeholders and rows by column name, as the SQLite connection does."""
+
+    def __init__(self, dsn: str) -> None:
+        import psycopg
+        from psycopg.rows import dict_row
+
+        self._con: Any = psycopg.connect(dsn, row_factory=dict_row, connect_timeout=10)
+        self._con.read_only = True
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        return self._con.execute(sql.replace("?", "%s"), tuple(params))
+
+    def close(self) -> None:
+        self._con.close()
+
+
+def connect_read_only(db_path: Path | str) -> Any:
+    """A read-only connection to the store ``db_path`` names — a SQLite file, or a PostgreSQL
+    DSN — answering ``execute(sql, params)`` (``?`` placeholders) with rows by column name.
 
     Raises:
         FileNotFoundError: no such file.
-        ReportSourceError: not a flopwatt store, or written by a newer flopwatt.
+        ReportSourceError: not a flopwatt store, written by a newer flopwatt, or a PostgreSQL
+            server that cannot be reached.
     """
+    if is_postgres(db_path):
+        import psycopg
+
+        try:
+            reader = _PostgresReader(str(db_path))
+        except psycopg.Error as exc:
+            raise ReportSourceError(
+                f"cannot read {describe_db(db_path)}: {str(exc).strip()}"
+            ) from None
+        try:
+            row = reader.execute("SELECT MAX(version) AS v FROM schema_version").fetchone()
+        except psycopg.Error as exc:
+            reader.close()
+            raise ReportSourceError(
+                f"{describe_db(db_path)} is not a flopwatt database: {str(exc).strip()}"
+            ) from None
+        return _checked_version(reader, row, describe_db(db_path))
     path = Path(db_path).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"no flopwatt database at {path}")
@@ -61,11 +100,15 @@ def connect_read_only(db_path: Path | str) -> sqlite3.Connection:
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise ReportSourceError(f"{path} is not a flopwatt database: {exc}") from None
+    return _checked_version(conn, row, str(path))
+
+
+def _checked_version(conn: Any, row: Any, where: str) -> Any:
     version = row["v"] if row is not None else None
     if version is None or int(version) > SCHEMA_VERSION:
         conn.close()
         raise ReportSourceError(
-            f"{path} has schema version {version}; this flopwatt reads up to {SCHEMA_VERSION}"
+            f"{where} has schema version {version}; this flopwatt reads up to {SCHEMA_VERSION}"
         )
     return conn
 
@@ -81,10 +124,11 @@ def load_report_inputs(db_path: Path | str) -> ReportInputs:
         devices = _devices(conn)
         results = _results(conn)
         telemetry = _telemetry(conn)
-    return ReportInputs(devices, results, telemetry, source=str(Path(db_path)))
+    source = describe_db(db_path) if is_postgres(db_path) else str(Path(db_path))
+    return ReportInputs(devices, results, telemetry, source=source)
 
 
-def _devices(conn: sqlite3.Connection) -> pd.DataFrame:
+def _devices(conn: Any) -> pd.DataFrame:
     rows = conn.execute(
         "SELECT d.device_uuid, COALESCE(a.hostname, d.agent_id) AS hostname, d.device_index, "
         "d.name, d.kind, d.sku, d.sku_match, d.simulated, d.power_limit_enforced_w, "
@@ -138,7 +182,7 @@ SELECT * FROM (
 """
 
 
-def _results(conn: sqlite3.Connection) -> pd.DataFrame:
+def _results(conn: Any) -> pd.DataFrame:
     records = []
     for r in conn.execute(_LATEST_RESULTS_SQL).fetchall():
         result = from_jsonable(JobResult, json.loads(r["result_json"]))
@@ -189,7 +233,7 @@ def _last_finite(columns: dict[str, np.ndarray[Any, Any]], name: str, i: int) ->
     return value if math.isfinite(value) else None
 
 
-def _newest_chunks(conn: sqlite3.Connection) -> dict[str, bytes]:
+def _newest_chunks(conn: Any) -> dict[str, bytes]:
     """The newest telemetry chunk of every registered device, by device UUID.
 
     Walks each agent's current epoch newest sequence first (the primary key's order) until all
@@ -233,7 +277,7 @@ def _newest_chunks(conn: sqlite3.Connection) -> dict[str, bytes]:
     return newest
 
 
-def _telemetry(conn: sqlite3.Connection) -> pd.DataFrame:
+def _telemetry(conn: Any) -> pd.DataFrame:
     records = []
     for uuid, data in _newest_chunks(conn).items():
         ts, columns = unpack_chunk(data)

@@ -224,6 +224,15 @@ class Store(Protocol):
         each row is indexed by column name (``row["agent_id"]``)."""
         ...
 
+    def probe(self) -> None:
+        """Raise unless the store can commit now (the collector's health probe)."""
+        ...
+
+    def checkpoint_if_larger(self, limit_bytes: int) -> bool:
+        """Fold a write-ahead log larger than ``limit_bytes`` into the database (SQLite);
+        whether it did. Engines that manage their own log do nothing."""
+        ...
+
     def close(self) -> None:
         """Close every connection."""
         ...

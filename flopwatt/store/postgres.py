@@ -169,7 +169,7 @@ class PostgresStore:
         row = self._query_one("SELECT max(version) AS v FROM schema_version")
         return int(row["v"]) if row and row["v"] is not None else 0
 
-    def probe(self, *_args: Any) -> None:
+    def probe(self) -> None:
         """Raise unless the database takes a write (a committed no-op transaction)."""
         with self._transaction() as c:
             c.execute("SELECT 1")
