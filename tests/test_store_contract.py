@@ -118,6 +118,9 @@ def test_resends_are_duplicates_or_conflicts_and_the_first_copy_stays(store: Sto
     assert (conflict.outcome, conflict.committed_through) == (Outcome.CONFLICT, 2)
     digests = rows(store, "SELECT sequence, digest FROM messages ORDER BY sequence")
     assert [bytes(r["digest"]) for r in digests] == [b"\x01" * 16, b"\x02" * 16]
+    store.apply([heartbeat(1)])
+    (ledger,) = rows(store, "SELECT duplicates, conflicts FROM stream_progress")
+    assert (ledger["duplicates"], ledger["conflicts"]) == (2, 1)  # counted for store check
 
 
 def test_a_message_past_a_missing_one_is_out_of_order_and_not_stored(store: Store) -> None:

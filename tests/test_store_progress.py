@@ -107,7 +107,8 @@ def _wedge(path: Path, stored: list[int], progress: int) -> None:
             ],
         )
         conn.execute(
-            "INSERT INTO stream_progress VALUES (?,?,?)", (AGENT, epoch_to_db(EPOCH), progress)
+            "INSERT INTO stream_progress (agent_id, epoch, committed_through) VALUES (?,?,?)",
+            (AGENT, epoch_to_db(EPOCH), progress),
         )
 
 

@@ -270,6 +270,11 @@ class PostgresStore:
             if row is None:  # pragma: no cover - a store edited by hand
                 return WriteOutcome(Outcome.OUT_OF_ORDER, committed)
             same = bytes(row["digest"]) == w.digest
+            c.execute(
+                f"UPDATE stream_progress SET {'duplicates' if same else 'conflicts'} = "
+                f"{'duplicates' if same else 'conflicts'} + 1 WHERE agent_id=%s AND epoch=%s",
+                key,
+            )
             return WriteOutcome(Outcome.DUPLICATE if same else Outcome.CONFLICT, committed)
         if w.resend:
             # The next sequence, but this copy carries no payload (the stream's first copy was

@@ -150,6 +150,15 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "DROP INDEX IF EXISTS telemetry_by_device",
         ),
     ),
+    (
+        3,
+        (
+            # Resends are not stored; what they were is counted per stream, so that
+            # `flopwatt store check` can give each epoch's ledger from the store alone.
+            "ALTER TABLE stream_progress ADD COLUMN duplicates INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE stream_progress ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

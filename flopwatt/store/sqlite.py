@@ -448,6 +448,11 @@ class SQLiteStore:
             same = bytes(row["digest"]) == w.digest
             if w.sequence == committed + 1:
                 committed = self._advance(c, key, committed, progress)
+            column = "duplicates" if same else "conflicts"
+            c.execute(
+                f"UPDATE stream_progress SET {column} = {column} + 1 WHERE agent_id=? AND epoch=?",
+                key,
+            )
             return WriteOutcome(Outcome.DUPLICATE if same else Outcome.CONFLICT, committed)
         if w.resend:
             # Not stored, and this copy carries no payload: the stream's first copy was in a
