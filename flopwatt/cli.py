@@ -22,7 +22,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "collector": (
         "flopwatt.commands.collector",
         "collector",
-        "Run the collector (gRPC ingest, SQLite, /metrics).",
+        "Run the collector (gRPC ingest, SQLite or PostgreSQL store, /metrics).",
     ),
     "agent": (
         "flopwatt.commands.agent",
@@ -38,6 +38,11 @@ _SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "flopwatt.commands.fleet",
         "fleet",
         "Operate the fleet: list agents, run and follow jobs (admin API).",
+    ),
+    "store": (
+        "flopwatt.commands.store",
+        "store",
+        "Look into a collector's store (SQLite or PostgreSQL): ledger check, sizes.",
     ),
     "report": (
         "flopwatt.commands.report",
