@@ -40,7 +40,12 @@ CLIENT_KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
 
 @dataclass(frozen=True)
 class ClientCredentials:
-    """How to reach and authenticate to a collector."""
+    """How to reach and authenticate to a collector.
+
+    ``target`` is ``HOST:PORT``, or several separated by commas (collector replicas on one
+    store): an agent connects to the first and moves to the next when a connection fails. A
+    host name that resolves to several addresses is tried address by address by gRPC itself.
+    """
 
     target: str
     token_file: Path | None = None
@@ -48,6 +53,11 @@ class ClientCredentials:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_server_name: str | None = None
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The collector addresses, in the order given."""
+        return tuple(t.strip() for t in self.target.split(",") if t.strip()) or (self.target,)
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """Call metadata carrying the bearer token, if any.
@@ -87,17 +97,20 @@ def _ssl(creds: ClientCredentials) -> grpc.ChannelCredentials:
     )
 
 
-def aio_channel(creds: ClientCredentials, *, max_message_bytes: int = 8 << 20) -> grpc.aio.Channel:
-    """An asyncio channel to the collector."""
+def aio_channel(
+    creds: ClientCredentials, *, target: str | None = None, max_message_bytes: int = 8 << 20
+) -> grpc.aio.Channel:
+    """An asyncio channel to ``target`` (default: the first of ``creds.targets``)."""
     options = channel_options(creds, max_message_bytes)
+    address = target or creds.targets[0]
     if creds.secure:
-        return grpc.aio.secure_channel(creds.target, _ssl(creds), options=options)
-    return grpc.aio.insecure_channel(creds.target, options=options)
+        return grpc.aio.secure_channel(address, _ssl(creds), options=options)
+    return grpc.aio.insecure_channel(address, options=options)
 
 
 def sync_channel(creds: ClientCredentials, *, max_message_bytes: int = 8 << 20) -> grpc.Channel:
-    """A blocking channel to the collector (CLI use)."""
+    """A blocking channel to the first of the collector addresses (CLI use)."""
     options = channel_options(creds, max_message_bytes)
     if creds.secure:
-        return grpc.secure_channel(creds.target, _ssl(creds), options=options)
-    return grpc.insecure_channel(creds.target, options=options)
+        return grpc.secure_channel(creds.targets[0], _ssl(creds), options=options)
+    return grpc.insecure_channel(creds.targets[0], options=options)

@@ -69,6 +69,8 @@ class UplinkStats:
     """Counters for the agent's self-metrics."""
 
     connected: bool = False
+    collector: str = ""
+    """The collector address the current (or next) connection goes to."""
     reconnects: int = 0
     sent_messages: int = 0
     acked_messages: int = 0
@@ -137,6 +139,9 @@ class Uplink:
         rng: random.Random | None = None,
     ) -> None:
         self._creds = creds
+        self._targets = creds.targets
+        self._target = 0
+        """Index of the collector address the next connection goes to."""
         self._spool = spool
         self._epoch = epoch
         self._register = register
@@ -153,12 +158,18 @@ class Uplink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
         self._logged_reasons: set[str] = set()
-        self.stats = UplinkStats()
+        self.stats = UplinkStats(collector=self._targets[0])
 
     def wake(self) -> None:
         """Thread-safe: new messages are in the spool."""
         if self._loop is not None and self._wakeup is not None:
             self._loop.call_soon_threadsafe(self._wakeup.set)
+
+    def _failed_backoff(self, established: bool, attempt: int) -> float:
+        """The wait after a failed connection: short after one that worked; otherwise growing
+        with every round of failed attempts over all the collector addresses (the next replica
+        is tried without waiting for the first one's backoff to grow)."""
+        return self._backoff(0 if established else attempt // len(self._targets))
 
     def _backoff(self, attempt: int) -> float:
         return backoff_delay(
@@ -188,7 +199,7 @@ class Uplink:
                     delay = max(self._auth_backoff_s, self._backoff(attempt))
                 else:
                     log.warning("uplink: %s", self.stats.last_error)
-                    delay = self._backoff(0 if established[0] else attempt)
+                    delay = self._failed_backoff(established[0], attempt)
                 if asked > 0:
                     # Never sooner than asked; spread by up to half again so that the agents
                     # a collector turned away together do not all come back at once.
@@ -196,7 +207,7 @@ class Uplink:
             except (AckTimeoutError, WireError, OSError) as exc:
                 self.stats.last_error = str(exc)
                 log.warning("uplink: %s", exc)
-                delay = self._backoff(0 if established[0] else attempt)
+                delay = self._failed_backoff(established[0], attempt)
             except Exception as exc:
                 # grpc.aio raises asyncio.InvalidStateError for a write to a call that ended a
                 # moment before (a collector killed mid-stream). Whatever one connection
@@ -204,12 +215,17 @@ class Uplink:
                 # reconnecting: count it as a failed connection and try again.
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("uplink: connection failed (%s); reconnecting", self.stats.last_error)
-                delay = self._backoff(0 if established[0] else attempt)
+                delay = self._failed_backoff(established[0], attempt)
             self.stats.connected = False
             if stop.is_set():
                 break
             # A connection that got as far as the collector's first ack resets the backoff.
             attempt = 0 if established[0] else attempt + 1
+            if len(self._targets) > 1:
+                # Replicas share one store: the next one continues this epoch exactly once.
+                self._target = (self._target + 1) % len(self._targets)
+                self.stats.collector = self._targets[self._target]
+                log.info("uplink: trying collector %s next", self.stats.collector)
             self.stats.reconnects += 1
             self.stats.last_delay_s = delay
             self.stats.delays_s.append(delay)
@@ -222,7 +238,7 @@ class Uplink:
         """One connection: register, stream until error or stop. Sets ``established[0]`` once
         the collector acked the hello."""
         metadata = self._creds.metadata()
-        async with aio_channel(self._creds) as channel:
+        async with aio_channel(self._creds, target=self._targets[self._target]) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
             reply = await stub.Register(
                 register_request_to_proto(self._register),

@@ -40,7 +40,9 @@ def _sku_choices() -> list[str]:
     default="127.0.0.1:50051",
     show_default=True,
     envvar="FLOPWATT_COLLECTOR",
-    help="Collector gRPC HOST:PORT.",
+    help="Collector gRPC HOST:PORT, or several comma-separated (replicas on one store): the "
+    "agent moves to the next when a connection fails, its spool making the switch lossless. "
+    "A host name with several addresses is tried address by address.",
 )
 @click.option(
     "--hostname",
