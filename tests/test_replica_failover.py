@@ -24,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from flopwatt.cli import cli
+from tests.collector_helpers import collector
 from tests.postgres_server import PostgresServer
 from tests.test_agent_e2e import Produced, free_port, make_agent, run_agents, wait_for
 
@@ -148,3 +149,40 @@ async def test_a_replica_killed_mid_stream_loses_nothing(
         e = by_agent[agent.config.hostname]
         assert e["messages"] == len(made.samples) == e["committed_through"]
         assert e["conflicts"] == 0
+
+
+async def test_a_job_requested_on_one_replica_runs_on_an_agent_of_the_other(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """Both replicas alive: the job is created on A for an agent streaming to B; B hears of it
+    (NOTIFY), delivers it once, and the result is visible from both."""
+    from flopwatt.collector.jobs import Selector
+    from flopwatt.records import GemmJobSpec, JobSpec, JobState
+
+    dsn = postgres.create_database("jobs_across")
+    async with (
+        collector(tmp_path / "a", db_path=dsn) as a,
+        collector(tmp_path / "b", db_path=dsn) as b,
+    ):
+        agent = make_agent(tmp_path, "node-on-b", b.grpc_address)
+        stop, tasks = await run_agents([agent])
+        try:
+            await wait_for(lambda: agent.uplink.stats.acked_messages > 2, 30, "acks from B")
+            assert a.sessions.get("node-on-b") is None and b.sessions.get("node-on-b")
+            job_id, targets = await a.jobs.create(
+                Selector(hostnames=("node-on-b",)), JobSpec(gemm=GemmJobSpec(("bf16",)))
+            )
+            assert targets == ["node-on-b"]
+
+            def state() -> JobState | None:
+                job = a.store.get_job(job_id)
+                return job.targets[0].state if job is not None else None
+
+            await wait_for(lambda: state() is JobState.SUCCEEDED, 60, "the job to succeed")
+            seen_from_b = b.store.get_job(job_id)
+            assert seen_from_b is not None
+            assert seen_from_b.targets[0].state is JobState.SUCCEEDED
+            assert seen_from_b.targets[0].results == 2  # one per simulated GPU
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)

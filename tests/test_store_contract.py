@@ -263,3 +263,13 @@ def test_two_replicas_writing_one_stream_store_each_sequence_once(db: str) -> No
     finally:
         for s in stores:
             s.close()
+
+
+def test_a_job_target_is_claimed_for_delivery_once(store: Store) -> None:
+    """Two replicas may both see a QUEUED target; only the first claim delivers it."""
+    store.create_job("job-c", "gemm", "{}", "{}", [AGENT], 1)
+    assert store.claim_delivery("job-c", AGENT, EPOCH, 2) is True
+    assert store.claim_delivery("job-c", AGENT, EPOCH, 3) is False
+    job = store.get_job("job-c")
+    assert job is not None and job.targets[0].state is JobState.DELIVERED
+    assert job.targets[0].delivered_epoch == EPOCH

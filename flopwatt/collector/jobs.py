@@ -5,6 +5,11 @@ at once (DELIVERED, with the epoch it was delivered to); agents that connect lat
 their hello. An agent that restarts (new epoch) while a job it had been given was unfinished
 cannot finish it: that target becomes FAILED with the reason. Agents report RUNNING, SUCCEEDED,
 FAILED or UNAVAILABLE through sequenced job-status messages.
+
+With several replicas on one store, a job may be requested on any of them: agents are selected
+from the store (every replica's registrations), the creating replica delivers to its own
+agents, and the store announces the job to the others (PostgreSQL ``NOTIFY``), which deliver to
+theirs. A target is claimed QUEUED → DELIVERED in the store, so exactly one replica sends it.
 """
 
 from __future__ import annotations
@@ -57,7 +62,8 @@ class JobService:
         self._clock_ns = clock_ns
 
     def select(self, selector: Selector) -> list[str]:
-        """Agent ids matching ``selector`` (sorted).
+        """Agent ids matching ``selector`` (sorted), from the store: every agent registered
+        with any replica on it.
 
         Raises:
             BadSelectorError: the selector names nothing and ``all`` is not set.
@@ -65,24 +71,22 @@ class JobService:
         """
         if not (selector.hostnames or selector.skus or selector.all):
             raise BadSelectorError("select agents by hostname or SKU, or pass all")
-        snap = self._state.snapshot()
+        skus_by_agent: dict[str, set[str]] = {}
+        for row in self._store.query(
+            "SELECT a.agent_id, d.sku FROM agents a LEFT JOIN devices d ON d.agent_id = a.agent_id"
+        ):
+            skus_by_agent.setdefault(row["agent_id"], set()).add((row["sku"] or "").casefold())
         hosts = set(selector.hostnames)
         skus = {s.casefold() for s in selector.skus}
         chosen = []
-        for agent_id, agent in snap.agents.items():
+        for agent_id, agent_skus in skus_by_agent.items():
             if selector.all:
                 chosen.append(agent_id)
                 continue
             if hosts and agent_id not in hosts:
                 continue
-            if skus:
-                agent_skus = {
-                    (snap.devices[u].sku or "").casefold()
-                    for u in agent.device_uuids
-                    if u in snap.devices
-                }
-                if not skus & agent_skus:
-                    continue
+            if skus and not skus & agent_skus:
+                continue
             chosen.append(agent_id)
         if not chosen:
             raise NoAgentsMatchedError("no registered agent matches the selector")
@@ -97,7 +101,7 @@ class JobService:
         """
         if spec.kind is None:
             raise ValueError("job spec names no job kind (gemm or model)")
-        agents = self.select(selector)
+        agents = await asyncio.to_thread(self.select, selector)
         job_id = uuid.uuid4().hex[:16]
         await asyncio.to_thread(
             self._store.create_job,
@@ -113,19 +117,27 @@ class JobService:
         return job_id, agents
 
     async def _deliver(self, job_id: str, agent_id: str, spec: JobSpec) -> None:
+        """Send the job to ``agent_id`` if it streams to this collector and nobody (no other
+        replica, no earlier call) delivered it yet."""
         session = self._sessions.get(agent_id)
         if session is None:
             return
-        await asyncio.to_thread(
-            self._store.set_target_state,
-            job_id,
-            agent_id,
-            JobState.DELIVERED,
-            "",
-            self._clock_ns(),
-            session.hello.epoch,
+        claimed = await asyncio.to_thread(
+            self._store.claim_delivery, job_id, agent_id, session.hello.epoch, self._clock_ns()
         )
-        session.send_command(Command(f"run-{job_id}", RunJob(job_id, spec)))
+        if claimed:
+            session.send_command(Command(f"run-{job_id}", RunJob(job_id, spec)))
+
+    async def on_job_announced(self, job_id: str) -> None:
+        """A replica on the same store created ``job_id``: deliver it to the agents of its
+        targets that stream to this collector."""
+        job = await asyncio.to_thread(self._store.get_job, job_id)
+        if job is None:
+            return
+        spec = from_jsonable(JobSpec, json.loads(job.spec_json))
+        for t in job.targets:
+            if t.state is JobState.QUEUED and self._sessions.get(t.agent_id) is not None:
+                await self._deliver(job_id, t.agent_id, spec)
 
     async def on_hello(self, agent_id: str, epoch: int) -> None:
         """Deliver queued jobs to a (re)connected agent; fail those a restart orphaned."""

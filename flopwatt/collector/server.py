@@ -200,6 +200,8 @@ class RunningCollector:
     _health: HealthServicer
     _http: HttpServer | None
     _tasks: list[asyncio.Task[None]]
+    _stop_listening: Callable[[], None] = lambda: None
+    """Stops the store's job announcements (replicas on PostgreSQL)."""
     _stopped: bool = False
 
     @property
@@ -239,6 +241,7 @@ class RunningCollector:
         if self._http is not None:
             self._http.stop()
         await asyncio.to_thread(self.ingest.close)
+        await asyncio.to_thread(self._stop_listening)
         self.store.close()
         log.info("collector stopped in %.2f s", time.monotonic() - t0)
 
@@ -394,6 +397,19 @@ async def _start(
     ingest.on_devices = writer.update_devices
     sessions = SessionRegistry()
     jobs = JobService(store, state, sessions, clock_ns=clock_ns)
+    loop = asyncio.get_running_loop()
+    announced: set[asyncio.Future[None]] = set()
+
+    def on_job(job_id: str) -> None:  # from the store's listener thread
+        def deliver() -> None:
+            task = asyncio.ensure_future(jobs.on_job_announced(job_id))
+            announced.add(task)
+            task.add_done_callback(announced.discard)
+
+        loop.call_soon_threadsafe(deliver)
+
+    stop_listening = store.listen_jobs(on_job)
+    undo.append(stop_listening)
 
     def refresh_counters() -> None:
         """Bring what the main process keeps outside the state into its counters."""
@@ -506,6 +522,7 @@ async def _start(
         _health=grpc_health,
         _http=http,
         _tasks=tasks,
+        _stop_listening=stop_listening,
     )
     if not auth.enabled:
         # Only a loopback listener (or an explicit --allow-unauthenticated-remote) gets here:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -209,6 +209,17 @@ class Store(Protocol):
         delivered_epoch: int | None = None,
     ) -> None:
         """Update one target of a job."""
+        ...
+
+    def claim_delivery(self, job_id: str, agent_id: str, epoch: int, now_unix_ns: int) -> bool:
+        """Mark a QUEUED target DELIVERED to ``epoch``; False when it was not QUEUED (another
+        replica, or an earlier call, delivered it). Makes delivery happen once."""
+        ...
+
+    def listen_jobs(self, on_job: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``on_job(job_id)`` (from another thread) whenever any replica on this store
+        creates a job; returns a function that stops listening. A store only one collector
+        uses may never call it (that collector delivers its own jobs)."""
         ...
 
     def get_job(self, job_id: str) -> JobRow | None:

@@ -49,6 +49,8 @@ from flopwatt.store.schema import MIGRATIONS, SCHEMA_VERSION, epoch_from_db, epo
 log = logging.getLogger(__name__)
 
 MIGRATION_LOCK_KEY = 0x666C6F7077617474  # "flopwatt": one advisory lock for schema changes
+JOBS_CHANNEL = "flopwatt_jobs"
+"""The ``NOTIFY`` channel on which a new job's id is announced to every replica."""
 
 _TYPES = ((r"\bINTEGER\b", "BIGINT"), (r"\bREAL\b", "DOUBLE PRECISION"), (r"\bBLOB\b", "BYTEA"))
 
@@ -390,6 +392,8 @@ class PostgresStore:
                     "INSERT INTO job_targets VALUES (%s,%s,%s,%s,%s,%s)",
                     [(job_id, a, int(JobState.QUEUED), "", now_unix_ns, 0) for a in agent_ids],
                 )
+            # Every replica listening hears of it on commit (and delivers to its own agents).
+            c.execute("SELECT pg_notify(%s, %s)", (JOBS_CHANNEL, job_id))
 
     def set_target_state(
         self,
@@ -421,6 +425,53 @@ class PostgresStore:
                         agent_id,
                     ),
                 )
+
+    def claim_delivery(self, job_id: str, agent_id: str, epoch: int, now_unix_ns: int) -> bool:
+        """Mark a QUEUED target DELIVERED (once, whichever replica asks first)."""
+        with self._transaction() as c:
+            cur = c.execute(
+                "UPDATE job_targets SET state=%s, message='', updated_unix_ns=%s, "
+                "delivered_epoch=%s WHERE job_id=%s AND agent_id=%s AND state=%s",
+                (
+                    int(JobState.DELIVERED),
+                    now_unix_ns,
+                    epoch_to_db(epoch),
+                    job_id,
+                    agent_id,
+                    int(JobState.QUEUED),
+                ),
+            )
+            return bool(cur.rowcount == 1)
+
+    def listen_jobs(self, on_job: Callable[[str], None]) -> Callable[[], None]:
+        """``LISTEN`` on :data:`JOBS_CHANNEL` in a thread with its own connection; every job
+        any replica creates is announced there on commit. Reconnects after a lost connection
+        (jobs created meanwhile reach their agents at their next hello)."""
+        stopping = threading.Event()
+
+        def loop() -> None:
+            while not stopping.is_set():
+                try:
+                    with self._psycopg.connect(
+                        self.dsn, autocommit=True, connect_timeout=10
+                    ) as con:
+                        con.execute(f"LISTEN {JOBS_CHANNEL}")
+                        while not stopping.is_set():
+                            for note in con.notifies(timeout=0.5):
+                                on_job(note.payload)
+                except self._psycopg.Error as exc:
+                    if not stopping.is_set():
+                        log.warning("job notifications: %s; listening again in 1 s", exc)
+                        stopping.wait(1.0)
+
+        thread = threading.Thread(target=loop, name="flopwatt-job-listener", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            stopping.set()
+            thread.join(5)
+
+        return stop
 
     def _job_rows(self, where: str, params: Sequence[Any]) -> list[JobRow]:
         jobs = self.query(f"SELECT * FROM jobs WHERE {where} ORDER BY requested_unix_ns", params)

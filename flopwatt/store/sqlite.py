@@ -622,6 +622,28 @@ class SQLiteStore:
                     ),
                 )
 
+    def claim_delivery(self, job_id: str, agent_id: str, epoch: int, now_unix_ns: int) -> bool:
+        with self._transaction() as c:
+            cur = c.execute(
+                "UPDATE job_targets SET state=?, message='', updated_unix_ns=?, delivered_epoch=? "
+                "WHERE job_id=? AND agent_id=? AND state=?",
+                (
+                    int(JobState.DELIVERED),
+                    now_unix_ns,
+                    epoch_to_db(epoch),
+                    job_id,
+                    agent_id,
+                    int(JobState.QUEUED),
+                ),
+            )
+            return cur.rowcount == 1
+
+    def listen_jobs(self, on_job: Callable[[str], None]) -> Callable[[], None]:
+        """One collector per SQLite file: it delivers its own jobs, so there is nothing to
+        hear."""
+        del on_job
+        return lambda: None
+
     def _job_rows(self, where: str, params: Sequence[Any]) -> list[JobRow]:
         r = self._reader()
         jobs = r.execute(
