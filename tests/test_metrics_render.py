@@ -720,3 +720,23 @@ def test_renders_while_the_state_changes_stay_whole() -> None:
     assert not errors
     for body in bodies:
         assert len(_find(body, "flopwatt_gpu_power_instant_watts", gpu_uuid="GPU-a0")) == 1
+
+
+def test_replicas_write_an_agents_gpu_series_only_while_it_streams_to_them() -> None:
+    """On a shared store (collector replicas), an agent that disconnected from this replica —
+    it may be streaming to another one — has no GPU or result series here, so a sum over the
+    replicas counts each GPU once; its last-seen time stays (the alert takes the newest over
+    all replicas). A single collector keeps writing it until the staleness window."""
+    state = build_state()
+    state.set_connected("node-a", False, NOW - 10 * _S)  # fresh, but not streaming here
+    single = FleetMetrics(state, staleness_s=STALENESS_S, clock_ns=lambda: NOW).render_text()
+    replica = FleetMetrics(
+        state, staleness_s=STALENESS_S, clock_ns=lambda: NOW, connected_only=True
+    ).render_text()
+    assert _find(single, "flopwatt_gpu_power_instant_watts", hostname="node-a")
+    assert _find(replica, "flopwatt_gpu_power_instant_watts", hostname="node-a") == []
+    assert _find(replica, "flopwatt_gemm_burst_flops_per_second", hostname="node-a") == []
+    assert _find(replica, "flopwatt_agent_last_seen_timestamp_seconds", hostname="node-a")
+    # Agents still streaming here are written as by a single collector.
+    for family in ("flopwatt_gpu_power_instant_watts", "flopwatt_gpu_energy_joules_total"):
+        assert _find(replica, family, hostname="node-b") == _find(single, family, hostname="node-b")

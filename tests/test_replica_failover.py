@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from flopwatt.cli import cli
-from tests.collector_helpers import collector
+from tests.collector_helpers import collector, find, http_get, samples
 from tests.postgres_server import PostgresServer
 from tests.test_agent_e2e import Produced, free_port, make_agent, run_agents, wait_for
 
@@ -186,3 +186,15 @@ async def test_a_job_requested_on_one_replica_runs_on_an_agent_of_the_other(
         finally:
             stop.set()
             await asyncio.gather(*tasks)
+        # The agent comes back to a replica that never saw it: its stored results come along.
+        async with collector(tmp_path / "c", db_path=dsn) as c:
+            again = make_agent(tmp_path, "node-on-b", c.grpc_address)
+            stop, tasks = await run_agents([again])
+            try:
+                await wait_for(lambda: again.uplink.stats.acked_messages > 1, 30, "acks from C")
+                _, text = await http_get(c.http_url + "/metrics")
+                gemm = find(samples(text), "flopwatt_gemm_sustained_flops_per_second")
+                assert len(gemm) == 2 and all(v > 0 for v in gemm)
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks)

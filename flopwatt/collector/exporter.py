@@ -277,9 +277,12 @@ def _exporter_main(conn: Connection, config: ExporterConfig) -> None:  # pragma:
     from flopwatt.collector.metrics import FleetMetrics
     from flopwatt.collector.report_route import report_route
     from flopwatt.http_server import HttpServer
+    from flopwatt.store import is_postgres
 
     mirror = _Mirror()
-    exporter = FleetMetrics(mirror.state, staleness_s=config.staleness_s)
+    exporter = FleetMetrics(
+        mirror.state, staleness_s=config.staleness_s, connected_only=is_postgres(config.db_path)
+    )
 
     def metrics() -> bytes:
         mirror.scraped()

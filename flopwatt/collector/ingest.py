@@ -158,8 +158,12 @@ class Ingest:
         settings: AgentSettings | None = None,
         max_message_bytes: int = 0,
         clock_ns: Callable[[], int] = time.time_ns,
+        shared_store: bool = False,
     ) -> None:
         self.store = store
+        self.shared_store = shared_store
+        """Several replicas write this store: the state (and so /metrics) holds only the
+        agents that register with this replica, each with its devices' stored results."""
         self.state = state
         self.registry = registry
         self.settings = settings or AgentSettings()
@@ -187,7 +191,11 @@ class Ingest:
             await self._registrations.write(
                 Registration(req.node, req.devices, req.epoch, matches, now)
             )
+        first_here = self.state.agent(req.node.hostname) is None
         self.state.register(req.node, req.epoch, states, now)
+        if self.shared_store and first_here and states:
+            # Its results may have been stored through another replica.
+            await asyncio.to_thread(self._load_results, [d.info.uuid for d in states])
         self._announce(req.node.hostname, states)
         return RegisterResponse(req.node.hostname, self.settings, self.max_message_bytes)
 
@@ -331,8 +339,41 @@ class Ingest:
 
     # --- start-up ------------------------------------------------------------------------
 
+    def _load_results(self, device_uuids: list[str] | None) -> None:
+        """Apply the stored results of ``device_uuids`` (None: of every device), oldest first,
+        so that each device ends with its latest."""
+        sql = (
+            "SELECT r.result_json, c.* FROM job_results r LEFT JOIN comparisons c "
+            "USING (agent_id, epoch, sequence)"
+        )
+        params: tuple[str, ...] = ()
+        if device_uuids is not None:
+            sql += f" WHERE r.device_uuid IN ({','.join('?' * len(device_uuids))})"
+            params = tuple(device_uuids)
+        for row in self.store.query(sql + " ORDER BY r.finished_unix_ns", params):
+            result = from_jsonable(JobResult, json.loads(row["result_json"]))
+            if result.gemm is not None:
+                comparison = None
+                if row["precision"] is not None:
+                    comparison = from_jsonable(
+                        SpecComparison, {k: row[k] for k in SpecComparison.__dataclass_fields__}
+                    )
+                self.state.apply_gemm(
+                    result.device_uuid, result.gemm, comparison, result.finished_unix_ns
+                )
+            elif result.model is not None:
+                self.state.apply_model(result.device_uuid, result.model, result.finished_unix_ns)
+
     def rebuild(self) -> None:
-        """Reload agents, devices and the latest results from the store into the state."""
+        """Reload agents, devices and the latest results from the store into the state.
+
+        Not with a shared store: there every replica would then export every agent — those
+        streaming to other replicas included, with a last-seen time frozen at this replica's
+        start (an "agent silent" alert on a live agent). Agents appear as they register here.
+        """
+        if self.shared_store:
+            log.info("shared store: agents appear here as they register with this replica")
+            return
         devices_by_agent: dict[str, list[DeviceState]] = {}
         for row in self.store.query("SELECT agent_id, info_json FROM devices"):
             info = from_jsonable(DeviceInfo, json.loads(row["info_json"]))
@@ -348,23 +389,7 @@ class Ingest:
                 devices_by_agent.get(node.hostname, []),
                 row["registered_unix_ns"],
             )
-        rows = self.store.query(
-            "SELECT r.result_json, c.* FROM job_results r LEFT JOIN comparisons c "
-            "USING (agent_id, epoch, sequence) ORDER BY r.finished_unix_ns"
-        )
-        for row in rows:
-            result = from_jsonable(JobResult, json.loads(row["result_json"]))
-            if result.gemm is not None:
-                comparison = None
-                if row["precision"] is not None:
-                    comparison = from_jsonable(
-                        SpecComparison, {k: row[k] for k in SpecComparison.__dataclass_fields__}
-                    )
-                self.state.apply_gemm(
-                    result.device_uuid, result.gemm, comparison, result.finished_unix_ns
-                )
-            elif result.model is not None:
-                self.state.apply_model(result.device_uuid, result.model, result.finished_unix_ns)
+        self._load_results(None)
         log.info(
             "state rebuilt from store: %d agents",
             len(self.store.query("SELECT agent_id FROM agents")),

@@ -310,6 +310,9 @@ class FleetMetrics:
         state: the fleet state to read.
         staleness_s: GPU series of agents silent for longer than this (s) are omitted.
         clock_ns: wall clock (ns since the Unix epoch).
+        connected_only: write an agent's GPU and result series only while its stream is open
+            to this collector (replicas on a shared store: an agent that moved to another
+            replica is written there, and twice nowhere); its last-seen time stays.
     """
 
     def __init__(
@@ -318,8 +321,10 @@ class FleetMetrics:
         *,
         staleness_s: float = 300.0,
         clock_ns: Callable[[], int] = time.time_ns,
+        connected_only: bool = False,
     ) -> None:
         self._state = state
+        self._connected_only = connected_only
         self._staleness_ns = int(staleness_s * 1e9)
         self._clock_ns = clock_ns
         self._lock = threading.Lock()
@@ -423,6 +428,8 @@ class FleetMetrics:
                 text = layout.agent_text[i]
                 last_seen.append(text.last_seen + _num(seen_ns / 1e9))
                 if now - seen_ns > self._staleness_ns:
+                    continue
+                if self._connected_only and not is_connected:
                     continue
                 fresh[i] = True
                 connected.append(text.connected[is_connected])

@@ -49,7 +49,7 @@ from flopwatt.collector.state import Counters, FleetState
 from flopwatt.collector.writer import BatchWriter, ProcessStoreWriter, StoreWriter
 from flopwatt.http_server import HttpServer
 from flopwatt.records import AgentSettings
-from flopwatt.store import describe_db, open_store
+from flopwatt.store import describe_db, is_postgres, open_store
 from flopwatt.store.base import Store
 from flopwatt.v1 import admin_pb2_grpc
 
@@ -346,6 +346,7 @@ async def _start(
         settings=config.settings,
         max_message_bytes=config.max_message_bytes,
         clock_ns=clock_ns,
+        shared_store=is_postgres(config.db_path),
     )
     undo.append(ingest.close)
     await asyncio.to_thread(ingest.rebuild)
@@ -447,7 +448,12 @@ async def _start(
             undo.append(exporter.stop)
             bound_http = exporter.port
         else:
-            metrics = FleetMetrics(state, staleness_s=config.staleness_s, clock_ns=clock_ns)
+            metrics = FleetMetrics(
+                state,
+                staleness_s=config.staleness_s,
+                clock_ns=clock_ns,
+                connected_only=is_postgres(config.db_path),
+            )
 
             def render() -> bytes:
                 refresh_counters()
