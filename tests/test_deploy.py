@@ -263,7 +263,7 @@ def test_compose_has_the_stack_a_gpu_agent_and_a_sim_profile() -> None:
 
     agents = {n: command(s) for n, s in svc.items() if command(s)[:2] == ["flopwatt", "agent"]}
     backends = {n: c[c.index("--device-backend") + 1] for n, c in agents.items()}
-    sims = [n for n, b in backends.items() if b == "sim"]
+    sims = [n for n, b in backends.items() if b == "sim" and "ha" not in profiles(svc[n])]
     assert len(sims) >= 2, backends
     skus = set()
     for n in sims:
@@ -282,6 +282,39 @@ def test_compose_has_the_stack_a_gpu_agent_and_a_sim_profile() -> None:
     for n, s in svc.items():
         if not profiles(s) or "sim" in profiles(s):
             assert "deploy" not in s, f"{n} would need a GPU in the sim profile"
+
+
+def test_compose_ha_profile_runs_two_replicas_on_postgres_scraped_together() -> None:
+    """Profile "ha": PostgreSQL (official image, volume, health check), two collector replicas
+    with the DSN from the environment, a Prometheus scraping both, agents given both."""
+    svc = services()
+    pg = svc["postgres"]
+    assert profiles(pg) == ["ha"] and pg["image"].startswith("postgres:")
+    assert any(v.startswith("postgres-data:") for v in pg["volumes"])
+    assert "pg_isready" in pg["healthcheck"]["test"]
+    replicas = [n for n in ("collector-a", "collector-b") if n in svc]
+    assert len(replicas) == 2
+    for n in replicas:
+        s = svc[n]
+        assert profiles(s) == ["ha"] and command(s)[:2] == ["flopwatt", "collector"]
+        assert s["environment"]["FLOPWATT_DB"].startswith("postgresql://")
+        assert "--db" not in command(s)
+        assert s["depends_on"]["postgres"]["condition"] == "service_healthy"
+    prom = svc["prometheus-ha"]
+    config_file = next(v.split(":")[0] for v in prom["volumes"] if "prometheus-ha.yml" in v)
+    config = yaml.safe_load((ROOT / config_file).read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "flopwatt-collector"]
+    targets = job["static_configs"][0]["targets"]
+    assert sorted(targets) == ["collector-a:9464", "collector-b:9464"]
+    ha_agents = [n for n, s in svc.items() if "ha" in profiles(s) and "agent" in command(s)[:2]]
+    assert len(ha_agents) >= 2
+    orders = set()
+    for n in ha_agents:
+        cmd = command(svc[n])
+        addresses = cmd[cmd.index("--collector") + 1].split(",")
+        assert sorted(addresses) == ["collector-a:50051", "collector-b:50051"], n
+        orders.add(addresses[0])
+    assert orders == {"collector-a:50051", "collector-b:50051"}  # both replicas carry agents
 
 
 def test_compose_dependencies_exist_and_respect_profiles() -> None:
@@ -760,6 +793,41 @@ def test_k8s_kustomization_builds() -> None:
     assert proc.returncode == 0, proc.stderr
     built = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(proc.stdout) if d}
     assert ("DaemonSet", "flopwatt-agent") in built and ("Service", "flopwatt-collector") in built
+
+
+def test_k8s_ha_overlay_runs_two_collector_replicas_on_postgres() -> None:
+    """deploy/k8s/ha: the base with the collector as two replicas (DSN from a Secret), no
+    volume, a gRPC-health readiness probe, rolling one pod at a time, and a PDB. Checked by
+    parsing (no kubectl on the development machines: ``kubectl kustomize deploy/k8s/ha``
+    builds it where one exists)."""
+    ha = K8S / "ha"
+    kust = yaml.safe_load((ha / "kustomization.yaml").read_text())
+    assert "../" in kust["resources"]
+    files = [r for r in kust["resources"] if r != "../"] + [p["path"] for p in kust["patches"]]
+    docs = {f: yaml.safe_load((ha / f).read_text()) for f in files}
+    base = {(d["kind"], d["metadata"]["name"]) for d in k8s_docs() if "metadata" in d}
+    for f, d in docs.items():
+        if f in (p["path"] for p in kust["patches"]):
+            assert (d["kind"], d["metadata"]["name"]) in base, f"{f} patches nothing in the base"
+    dep = docs["collector-replicas.yaml"]
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert "--db" not in c["command"] and c["command"][:2] == ["flopwatt", "collector"]
+    (env,) = c["env"]
+    assert env["name"] == "FLOPWATT_DB"
+    assert env["valueFrom"]["secretKeyRef"] == {"name": "flopwatt-collector-db", "key": "dsn"}
+    probe = c["readinessProbe"]
+    assert probe["grpc"]["port"] == 50051 and probe["$patch"] == "replace"
+    base_collector = k8s("Deployment")
+    base_mounts = base_collector["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    data_mount = next(m for m in base_mounts if m["name"] == "data")
+    assert c["volumeMounts"] == [{"mountPath": data_mount["mountPath"], "$patch": "delete"}]
+    assert docs["no-collector-volume.yaml"]["$patch"] == "delete"
+    pdb = docs["collector-pdb.yaml"]
+    assert pdb["kind"] == "PodDisruptionBudget" and pdb["spec"]["minAvailable"] == 1
+    labels = base_collector["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["selector"]["matchLabels"] == labels
 
 
 def test_k8s_agent_daemonset(tmp_path: Path) -> None:
