@@ -294,11 +294,17 @@ def run_load(
     gos = [ctx.Queue() for _ in range(workers)]
     procs = []
     t0 = time.monotonic()
+    targets = target.split(",")  # replicas: the workers' agents are spread over them
     for w in range(workers):
         part = agents[w::workers]
         p = ctx.Process(
             target=_worker,
-            args=((target, part, gpus, hz, duration_s, register, per_conn), queue, ready, gos[w]),
+            args=(
+                (targets[w % len(targets)], part, gpus, hz, duration_s, register, per_conn),
+                queue,
+                ready,
+                gos[w],
+            ),
         )
         p.start()
         procs.append(p)
@@ -328,10 +334,12 @@ def run_load(
 # --- servers -----------------------------------------------------------------------------------
 
 
-def start_collector(tmp: Path) -> tuple[subprocess.Popen[str], str, str]:
+def start_collector(
+    tmp: Path, db: str | None = None, name: str = "collector"
+) -> tuple[subprocess.Popen[str], str, str]:
     tmp.mkdir(parents=True, exist_ok=True)
-    ready = tmp / "ready.json"
-    with open(tmp / "collector.log", "w") as log:  # the child keeps its own copy of the fd
+    ready = tmp / f"{name}-ready.json"
+    with open(tmp / f"{name}.log", "w") as log:  # the child keeps its own copy of the fd
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -343,7 +351,7 @@ def start_collector(tmp: Path) -> tuple[subprocess.Popen[str], str, str]:
                 "--http-listen",
                 "127.0.0.1:0",
                 "--db",
-                str(tmp / "bench.db"),
+                db or str(tmp / "bench.db"),
                 "--ready-file",
                 str(ready),
                 "--log-level",
@@ -355,7 +363,7 @@ def start_collector(tmp: Path) -> tuple[subprocess.Popen[str], str, str]:
         )
     while not ready.exists():
         if proc.poll() is not None:
-            raise SystemExit(f"collector failed: {(tmp / 'collector.log').read_text()}")
+            raise SystemExit(f"collector failed: {(tmp / f'{name}.log').read_text()}")
         time.sleep(0.05)
     addr = json.loads(ready.read_text())
     return proc, addr["grpc"], addr["http"]
@@ -436,6 +444,9 @@ class RunReport:
     """Durations of the /metrics scrapes made during the load."""
     exporter_cpu_pct_of_one_core: float | None = None
     """CPU of the collector's HTTP exporter child (the one listening on the /metrics port)."""
+    postgres_cpu_pct_of_one_core: float | None = None
+    """CPU of the PostgreSQL server's processes (when the store is PostgreSQL)."""
+    replicas: int = 1
     ack_p99_during_scrapes_s: float | None = None
     """Ack p99 of the messages sent while a scrape was in progress (or within 1 s after)."""
     ack_p99_outside_scrapes_s: float | None = None
@@ -473,6 +484,15 @@ def _listener(procs: list[psutil.Process], addr: str | None) -> psutil.Process |
     return None
 
 
+def _postgres_processes() -> list[psutil.Process]:
+    """The PostgreSQL server processes of this machine (postmaster and backends)."""
+    out = []
+    for p in psutil.process_iter(["name"]):
+        if p.info["name"] in ("postgres", "postmaster"):
+            out.append(p)
+    return out
+
+
 def _cpu(p: psutil.Process) -> float:
     """CPU seconds of ``p`` and of its children that have ended."""
     try:
@@ -485,7 +505,7 @@ def _cpu(p: psutil.Process) -> float:
 def measure(
     label: str,
     target: str,
-    pid: int,
+    pid: int | list[int],
     streams: int,
     gpus: int,
     hz: float,
@@ -496,8 +516,10 @@ def measure(
     timeline: bool = False,
     http: str | None = None,
     scrape_interval_s: float = 0.0,
+    pg_dsn: str | None = None,
 ) -> RunReport:
-    server = psutil.Process(pid)
+    pids = pid if isinstance(pid, list) else [pid]
+    server = psutil.Process(pids[0])
     res_holder: dict[str, Any] = {}
     cpu0: list[float] = []
     live_scrapes: list[float] = []
@@ -546,16 +568,23 @@ def measure(
     # Sample the server's CPU over the steady window only (after connect/register).
     started.wait()
     time.sleep(3.0)
-    # The server is its process tree (the collector's writer process included).
-    servers = [server, *server.children(recursive=True)]
+    # The server is its process tree (the collector's writer process included), every replica's,
+    # and the PostgreSQL server's processes where the store is PostgreSQL.
+    servers = [q for p in pids for q in (psutil.Process(p), *psutil.Process(p).children(True))]
+    pg = _postgres_processes() if pg_dsn else []
     w0 = time.monotonic()
     cpu0.append(sum(_cpu(p) for p in servers))
+    pg0 = sum(_cpu(p) for p in pg)
     main0 = _cpu(server)
     exporter = _listener(servers[1:], http)
     exporter0 = _cpu(exporter) if exporter is not None else 0.0
     steal0 = getattr(psutil.cpu_times(), "steal", 0.0)
     me = psutil.Process()
-    gens = [p for p in me.children(recursive=True) if p.pid not in {s.pid for s in servers}]
+    gens = [
+        p
+        for p in me.children(recursive=True)
+        if p.pid not in {s.pid for s in servers} | {q.pid for q in pg}
+    ]
     g0 = sum(_cpu(p) for p in gens)
     rss_peak = 0.0
     while t.is_alive() and time.monotonic() - w0 < duration_s - 3:
@@ -565,6 +594,7 @@ def measure(
     cpu_pct = 100 * (sum(_cpu(p) for p in servers) - cpu0[0]) / (w1 - w0)
     gen_pct = 100 * (sum(_cpu(p) for p in gens) - g0) / (w1 - w0)
     main_pct = 100 * (_cpu(server) - main0) / (w1 - w0)
+    pg_pct = 100 * (sum(_cpu(p) for p in pg) - pg0) / (w1 - w0) if pg else None
     exporter_pct = 100 * (_cpu(exporter) - exporter0) / (w1 - w0) if exporter is not None else None
     steal_pct = 100 * (getattr(psutil.cpu_times(), "steal", 0.0) - steal0) / (w1 - w0)
     t.join()
@@ -593,7 +623,20 @@ def measure(
     acked_samples = res.acked_messages * gpus * max(1, round(hz))
     lost = None
     committed_rate = None
-    if db is not None:
+    if pg_dsn:
+        import psycopg
+
+        with psycopg.connect(pg_dsn) as pconn:
+            stored_pg = {
+                (a, e): n
+                for a, e, n in pconn.execute(
+                    "SELECT agent_id, epoch, COUNT(*) FROM messages GROUP BY agent_id, epoch"
+                ).fetchall()
+            }
+            lost = sum(last - stored_pg.get((name, epoch), 0) for name, epoch, last in res.agents)
+            row = pconn.execute("SELECT SUM(n_samples) FROM telemetry_chunks").fetchone()
+            committed_rate = float((row[0] if row else 0) or 0) / duration_s
+    elif db is not None:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         lost = 0
         stored = dict(
@@ -622,6 +665,8 @@ def measure(
         loadgen_cpu_pct_of_one_core=gen_pct,
         main_cpu_pct_of_one_core=main_pct,
         exporter_cpu_pct_of_one_core=exporter_pct,
+        postgres_cpu_pct_of_one_core=pg_pct,
+        replicas=len(pids),
         steal_pct_of_one_core=steal_pct,
         rss_mb=rss_peak,
         lost_messages=lost,
@@ -690,7 +735,13 @@ def print_report(r: RunReport) -> None:
         f"(load generator {r.loadgen_cpu_pct_of_one_core:.0f} %, "
         f"stolen by the hypervisor {r.steal_pct_of_one_core:.0f} %)"
     )
-    if r.cpu_pct_of_one_core - r.main_cpu_pct_of_one_core >= 1:
+    if r.postgres_cpu_pct_of_one_core is not None:
+        print(
+            f"      {r.replicas} collector replica(s) {r.cpu_pct_of_one_core:.0f} % together; "
+            f"PostgreSQL server {r.postgres_cpu_pct_of_one_core:.0f} % "
+            f"(together {r.cpu_pct_of_one_core + r.postgres_cpu_pct_of_one_core:.0f} %)"
+        )
+    if r.replicas == 1 and r.cpu_pct_of_one_core - r.main_cpu_pct_of_one_core >= 1:
         exporter = r.exporter_cpu_pct_of_one_core or 0.0
         writer = r.cpu_pct_of_one_core - r.main_cpu_pct_of_one_core - exporter
         print(
@@ -703,24 +754,36 @@ def print_report(r: RunReport) -> None:
     )
 
 
-def run_collector(args: argparse.Namespace, tmp: Path, streams: int, label: str) -> RunReport:
-    """One collector run at ``streams`` (fresh database), with the /metrics timing."""
-    proc, target, http = start_collector(tmp)
+def run_collector(
+    args: argparse.Namespace,
+    tmp: Path,
+    streams: int,
+    label: str,
+    *,
+    pg_dsn: str | None = None,
+    replicas: int = 1,
+) -> RunReport:
+    """One run at ``streams`` (fresh database): a collector on SQLite, or ``replicas``
+    collectors on the PostgreSQL database ``pg_dsn`` (the load spread over them); then the
+    /metrics timing of the first."""
+    started = [start_collector(tmp, pg_dsn, name=f"collector-{i}") for i in range(max(1, replicas))]
+    http = started[0][2]
     try:
         report = measure(
             label,
-            target,
-            proc.pid,
+            ",".join(t for _, t, _ in started),
+            [p.pid for p, _, _ in started],
             streams,
             args.gpus,
             args.hz,
             args.duration,
             args.workers,
-            tmp / "bench.db",
+            None if pg_dsn else tmp / "bench.db",
             args.streams_per_connection,
             timeline=args.timeline,
             http=http,
             scrape_interval_s=args.scrape_interval,
+            pg_dsn=pg_dsn,
         )
         print_report(report)
         if report.live_scrapes_s:
@@ -737,7 +800,7 @@ def run_collector(args: argparse.Namespace, tmp: Path, streams: int, label: str)
                     f"{outside:.3f} s: ratio {inside / outside:.2f} (target ≤ 1.5)"
                 )
         if report.errors:
-            lines = (tmp / "collector.log").read_text(errors="replace").splitlines()
+            lines = (tmp / "collector-0.log").read_text(errors="replace").splitlines()
             for line in lines[-10:]:
                 print(f"    collector log: {line}")
         med, worst, size, gpus, body = time_metrics(http)
@@ -748,8 +811,10 @@ def run_collector(args: argparse.Namespace, tmp: Path, streams: int, label: str)
         )
         print(f"    {child_restarts_text(body)}")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        for p, _, _ in started:
+            p.send_signal(signal.SIGTERM)
+        for p, _, _ in started:
+            p.wait(60)
     return report
 
 
@@ -794,6 +859,45 @@ def run_echo(args: argparse.Namespace, streams: int) -> RunReport:
     return report
 
 
+def run_postgres_runs(args: argparse.Namespace, tmp: Path, sqlite: RunReport) -> None:
+    """The same load on PostgreSQL with each replica count, each run on a fresh database."""
+    import contextlib
+
+    import psycopg
+
+    with contextlib.ExitStack() as stack:
+        if args.db == "local":
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+            from tests.postgres_server import run_postgres
+
+            server = stack.enter_context(run_postgres())
+            base = server.dsn()
+        else:
+            base = args.db
+        for n in (int(x) for x in args.replicas.split(",")):
+            name = f"flopwatt_bench_{n}"
+            with psycopg.connect(base, autocommit=True) as con:
+                con.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                con.execute(f'CREATE DATABASE "{name}"')
+            dsn = base.rsplit("/", 1)[0] + "/" + name
+            print(f"  PostgreSQL, {n} replica(s):")
+            run = run_collector(
+                args, tmp / f"pg-{n}", args.streams, f"postgresql x{n}", pg_dsn=dsn, replicas=n
+            )
+            if run.committed_samples_per_s and sqlite.committed_samples_per_s:
+                total = run.cpu_pct_of_one_core + (run.postgres_cpu_pct_of_one_core or 0.0)
+                print(
+                    f"    vs SQLite: ack p99 {fmt_ratio(run.ack_p99_s, sqlite.ack_p99_s)}, "
+                    f"CPU (collectors + PostgreSQL) ÷ SQLite collector CPU "
+                    f"{total / sqlite.cpu_pct_of_one_core:.2f}"
+                )
+
+
+def fmt_ratio(a: float | None, b: float | None) -> str:
+    """``a ÷ b`` as "x.xx×", or "—" where either is missing."""
+    return f"{a / b:.2f}×" if a is not None and b else "—"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--streams", type=int, default=1000)
@@ -821,6 +925,18 @@ def main() -> int:
     )
     ap.add_argument("--echo-only", action="store_true", help="only the echo-server baseline")
     ap.add_argument(
+        "--db",
+        default=None,
+        help="also run against this PostgreSQL server (postgresql://USER@HOST:PORT/DB; each run "
+        "gets a fresh database beside DB), or 'local' to start a throwaway one (Debian "
+        "postgresql package), after the SQLite run",
+    )
+    ap.add_argument(
+        "--replicas",
+        default="1,2",
+        help="collector replicas on PostgreSQL, a comma list of counts (default 1,2)",
+    )
+    ap.add_argument(
         "--ceiling",
         action="store_true",
         help="after the target run, step the load up 25 %% while runs pass (or down 10 %% "
@@ -844,6 +960,8 @@ def main() -> int:
                     f"    collector CPU ÷ echo CPU = "
                     f"{report.cpu_pct_of_one_core / echo.cpu_pct_of_one_core:.2f}"
                 )
+        if args.db:
+            run_postgres_runs(args, tmp, report)
         if args.ceiling:
             # From the target, step up 25 % while runs pass, or down 10 % until one does: the
             # ceiling is the largest load run that met zero loss and ack p99 <= 1 s.

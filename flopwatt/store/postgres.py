@@ -16,8 +16,9 @@ What differs, and why:
 * **Types.** The schema is the SQLite one with PostgreSQL's types (``BIGINT``, ``DOUBLE
   PRECISION``, ``BYTEA``), from the same migration list (:mod:`flopwatt.store.schema`), applied
   under an advisory lock so that replicas starting together migrate once.
-* **Driver.** psycopg 3: ``executemany`` runs in pipeline mode (one round trip per batch, not
-  per row), the reason it was chosen (see README, "PostgreSQL").
+* **Driver.** psycopg 3, chosen by measurement (``bench/pg_driver.py``): telemetry chunks go in
+  by binary ``COPY`` and the other rows by ``executemany`` (pipeline mode: one round trip per
+  batch, not per row); see the README.
 
 Errors: ``psycopg.OperationalError`` when the server is unreachable (the collector's store
 health turns NOT_SERVING and agents get ``UNAVAILABLE``); nothing is acked that did not commit.
@@ -49,6 +50,11 @@ from flopwatt.store.schema import MIGRATIONS, SCHEMA_VERSION, epoch_from_db, epo
 log = logging.getLogger(__name__)
 
 MIGRATION_LOCK_KEY = 0x666C6F7077617474  # "flopwatt": one advisory lock for schema changes
+_CHUNK_COPY = (
+    "COPY telemetry_chunks (agent_id, epoch, sequence, chunk_index, device_uuid, "
+    "t_first_unix_ns, t_last_unix_ns, n_samples, data) FROM STDIN (FORMAT BINARY)"
+)
+_CHUNK_TYPES = ["text", "int8", "int8", "int8", "text", "int8", "int8", "int8", "bytea"]
 JOBS_CHANNEL = "flopwatt_jobs"
 """The ``NOTIFY`` channel on which a new job's id is announced to every replica."""
 
@@ -210,12 +216,12 @@ class PostgresStore:
                     messages,
                 )
             if chunks:
-                c.cursor().executemany(
-                    "INSERT INTO telemetry_chunks (agent_id, epoch, sequence, chunk_index, "
-                    "device_uuid, t_first_unix_ns, t_last_unix_ns, n_samples, data) "
-                    "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                    chunks,
-                )
+                # Binary COPY: a quarter of executemany's client CPU and half its server CPU
+                # per commit (bench/pg_driver.py), and the chunks are most of a commit.
+                with c.cursor().copy(_CHUNK_COPY) as copy:
+                    copy.set_types(_CHUNK_TYPES)
+                    for row in chunks:
+                        copy.write_row(row)
             if dirty:
                 c.cursor().executemany(
                     "UPDATE stream_progress SET committed_through = %s "
