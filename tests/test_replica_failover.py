@@ -198,3 +198,43 @@ async def test_a_job_requested_on_one_replica_runs_on_an_agent_of_the_other(
             finally:
                 stop.set()
                 await asyncio.gather(*tasks)
+
+
+async def test_two_streams_of_one_agent_on_two_replicas_are_fenced(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """A half-open stream on replica A while the agent has moved to replica B: the newer
+    stream (B) holds the epoch; A's next commit for it is refused and A ends its stream with
+    ABORTED; nothing is acked twice or skipped."""
+    import grpc
+
+    from tests.collector_helpers import AgentStream, hello_pb, telemetry_pb
+    from tests.test_collector_ingest import EPOCH, _register
+
+    dsn = postgres.create_database("fencing")
+    async with (
+        collector(tmp_path / "a", db_path=dsn) as a,
+        collector(tmp_path / "b", db_path=dsn) as b,
+        grpc.aio.insecure_channel(a.grpc_address) as ch_a,
+        grpc.aio.insecure_channel(b.grpc_address) as ch_b,
+    ):
+        await _register(ch_a)
+        old = AgentStream(ch_a)
+        old.send(hello_pb("node-a", EPOCH), telemetry_pb(EPOCH, 1))
+        await old.wait_ack(EPOCH, 1)
+        await _register(ch_b)
+        new = AgentStream(ch_b)
+        new.send(hello_pb("node-a", EPOCH))
+        await new.wait_ack(EPOCH, 1)  # B continues from what A committed
+        old.send(telemetry_pb(EPOCH, 2))  # the old stream's next message: fenced
+        await old.wait_end()
+        assert old.code is grpc.StatusCode.ABORTED and "superseded" in old.details
+        assert old.acks[EPOCH] == 1
+        new.send(telemetry_pb(EPOCH, 2), telemetry_pb(EPOCH, 3))
+        await new.wait_ack(EPOCH, 3)
+        await new.close()
+    check = CliRunner().invoke(cli, ["store", "check", "--db", dsn, "--json"])
+    ledger = json.loads(check.stdout)
+    assert check.exit_code == 0 and ledger["gaps"] == 0
+    (epoch,) = ledger["epochs"]
+    assert (epoch["messages"], epoch["committed_through"], epoch["conflicts"]) == (3, 3, 0)

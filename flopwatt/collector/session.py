@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 
@@ -121,6 +122,9 @@ class Session:
         self._reader: asyncio.Task[None] | None = None
         self._acker: asyncio.Task[None] | None = None
         self._closing = False
+        self.token = uuid.uuid4().hex
+        """This stream's token: it holds the agent's epochs in the store from its hello on
+        (collector replicas fence an older stream of the agent with it)."""
 
     # --- public --------------------------------------------------------------------------
 
@@ -154,6 +158,9 @@ class Session:
     async def run(self, requests: AsyncIterator[AgentEnvelope]) -> AsyncIterator[Outbound]:
         """Drive the stream: yields what to send until the stream should end."""
         epochs = {self.hello.epoch, *self.hello.pending_epochs}
+        await asyncio.to_thread(
+            self._ingest.store.claim_stream, self.agent_id, sorted(epochs), self.token
+        )
         for epoch in sorted(epochs):
             committed = await asyncio.to_thread(
                 self._ingest.store.committed_through, self.agent_id, epoch
@@ -281,6 +288,7 @@ class Session:
         )
 
     async def _submit(self, write: MessageWrite) -> asyncio.Future[WriteOutcome]:
+        write = replace(write, stream_owner=self.token)
         await self._slots.acquire()
         await self._intake.acquire()
         try:
@@ -321,6 +329,18 @@ class Session:
                 log.debug("store write for %s failed: %s", self.agent_id, exc)
                 self._flush_acks(dirty)
                 self._outbound.put_nowait(unavailable(f"the collector could not commit: {exc}"))
+                if self._reader is not None:
+                    self._reader.cancel()
+                return
+            if outcome.outcome is Outcome.SUPERSEDED:
+                self._flush_acks(dirty)
+                self._outbound.put_nowait(
+                    StreamAbort(
+                        grpc.StatusCode.ABORTED,
+                        "superseded by a newer stream of this agent (on another collector "
+                        "replica); this stream's messages from here on were not stored",
+                    )
+                )
                 if self._reader is not None:
                     self._reader.cancel()
                 return

@@ -335,6 +335,7 @@ class TelemetryPreparer:
                 w.received_unix_ns,
                 rejected_samples=rejected.get(i) or {},
                 chunks=tuple(c for c in packed[i] if c is not None),
+                stream_owner=w.stream_owner,
             )
         return out, joined
 

@@ -38,6 +38,9 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     CONFLICT = "conflict"
     REJECTED = "rejected"
+    SUPERSEDED = "superseded"
+    """Not stored: a newer stream of the agent holds the epoch (another collector replica took
+    it over); this stream ends."""
     OUT_OF_ORDER = "out_of_order"
     """Not stored: an earlier sequence of the epoch is not stored yet (its commit failed); the
     agent resends this one after it."""
@@ -76,6 +79,9 @@ class MessageWrite:
     resend: bool = False
     """A resend of a message this stream already submitted: it carries only its digest (to
     tell a duplicate from a conflict), never its payload, so it is never stored."""
+    stream_owner: str = ""
+    """The token of the stream that sent it (see :meth:`Store.claim_stream`); empty: not
+    fenced."""
 
     @property
     def samples(self) -> int:
@@ -209,6 +215,12 @@ class Store(Protocol):
         delivered_epoch: int | None = None,
     ) -> None:
         """Update one target of a job."""
+        ...
+
+    def claim_stream(self, agent_id: str, epochs: Sequence[int], owner: str) -> None:
+        """Record ``owner`` (a new stream's token) as the holder of ``agent_id``'s ``epochs``:
+        the newest hello wins, and writes from an older stream of those epochs are refused
+        (:attr:`Outcome.SUPERSEDED`) where several collectors share the store."""
         ...
 
     def claim_delivery(self, job_id: str, agent_id: str, epoch: int, now_unix_ns: int) -> bool:

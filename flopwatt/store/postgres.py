@@ -201,12 +201,18 @@ class PostgresStore:
         if not writes:
             return []
         with self._transaction() as c:
-            progress = self._lock_progress(c, writes)
+            progress, owners = self._lock_progress(c, writes)
             messages: list[tuple[Any, ...]] = []
             chunks: list[tuple[Any, ...]] = []
             dirty: set[tuple[str, int]] = set()
             outcomes: list[WriteOutcome] = []
             for w in writes:
+                owner = owners.get((w.agent_id, epoch_to_db(w.epoch)), "")
+                if w.stream_owner and owner and owner != w.stream_owner:
+                    # A newer stream of this agent (on another replica) holds the epoch.
+                    key = (w.agent_id, epoch_to_db(w.epoch))
+                    outcomes.append(WriteOutcome(Outcome.SUPERSEDED, progress[key]))
+                    continue
                 outcomes.append(self._apply_one(c, w, progress, messages, chunks, dirty))
             if messages:
                 c.cursor().executemany(
@@ -231,7 +237,9 @@ class PostgresStore:
         return outcomes
 
     @staticmethod
-    def _lock_progress(c: Any, writes: Sequence[MessageWrite]) -> dict[tuple[str, int], int]:
+    def _lock_progress(
+        c: Any, writes: Sequence[MessageWrite]
+    ) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], str]]:
         """Every stream of the batch: its progress row, created if missing and locked for the
         transaction, in key order (no deadlock between replicas)."""
         keys = sorted({(w.agent_id, epoch_to_db(w.epoch)) for w in writes})
@@ -241,18 +249,21 @@ class PostgresStore:
             keys,
         )
         progress: dict[tuple[str, int], int] = {}
+        owners: dict[tuple[str, int], str] = {}
         agents = [k[0] for k in keys]
         epochs = [k[1] for k in keys]
         rows = c.execute(
-            "SELECT p.agent_id, p.epoch, p.committed_through FROM stream_progress p "
+            "SELECT p.agent_id, p.epoch, p.committed_through, p.owner FROM stream_progress p "
             "JOIN unnest(%s::text[], %s::bigint[]) AS k(agent_id, epoch) "
             "ON p.agent_id = k.agent_id AND p.epoch = k.epoch "
             "ORDER BY p.agent_id, p.epoch FOR UPDATE OF p",
             (agents, epochs),
         ).fetchall()
         for row in rows:
-            progress[(row["agent_id"], int(row["epoch"]))] = int(row["committed_through"])
-        return progress
+            key = (row["agent_id"], int(row["epoch"]))
+            progress[key] = int(row["committed_through"])
+            owners[key] = row["owner"]
+        return progress, owners
 
     def _apply_one(
         self,
@@ -431,6 +442,16 @@ class PostgresStore:
                         agent_id,
                     ),
                 )
+
+    def claim_stream(self, agent_id: str, epochs: Sequence[int], owner: str) -> None:
+        """The newest stream of an agent holds its epochs; commits of older ones are refused."""
+        with self._transaction() as c:
+            c.cursor().executemany(
+                "INSERT INTO stream_progress (agent_id, epoch, committed_through, owner) "
+                "VALUES (%s, %s, 0, %s) ON CONFLICT (agent_id, epoch) DO UPDATE SET "
+                "owner = excluded.owner",
+                [(agent_id, epoch_to_db(e), owner) for e in sorted(epochs)],
+            )
 
     def claim_delivery(self, job_id: str, agent_id: str, epoch: int, now_unix_ns: int) -> bool:
         """Mark a QUEUED target DELIVERED (once, whichever replica asks first)."""

@@ -159,6 +159,15 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "ALTER TABLE stream_progress ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0",
         ),
     ),
+    (
+        4,
+        (
+            # The stream that holds (agent, epoch) now: a replica records its stream's token at
+            # the hello, and a commit from any older stream of the same epoch is refused
+            # (fencing a half-open stream on another collector replica).
+            "ALTER TABLE stream_progress ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

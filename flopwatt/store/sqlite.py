@@ -622,6 +622,12 @@ class SQLiteStore:
                     ),
                 )
 
+    def claim_stream(self, agent_id: str, epochs: Sequence[int], owner: str) -> None:
+        """Nothing to record: one collector per SQLite file, whose session registry already
+        ends an agent's older stream when a newer one says hello (and a commit per hello would
+        cost a thousand agents reconnecting at once a thousand fsyncs)."""
+        del agent_id, epochs, owner
+
     def claim_delivery(self, job_id: str, agent_id: str, epoch: int, now_unix_ns: int) -> bool:
         with self._transaction() as c:
             cur = c.execute(
