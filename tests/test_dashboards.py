@@ -433,13 +433,15 @@ def _check_queries(base: str, qs: list[Query], chosen: Mapping[str, str]) -> lis
     return failures
 
 
-def _evaluate_dashboards(base: str) -> dict[str, int]:
+def _evaluate_dashboards(
+    base: str, fleet: tuple[tuple[str, str, int, tuple[str, ...]], ...] = SIM_AGENTS
+) -> dict[str, int]:
     """Evaluate every dashboard; returns how many queries ran per dashboard."""
     boards = {d["uid"]: (name, d) for name, d in load_dashboards().items()}
     ran: dict[str, int] = {}
     failures: list[str] = []
-    want_hosts = sorted(h for h, *_ in SIM_AGENTS)
-    want_skus = sorted(s for _, s, *_ in SIM_AGENTS)
+    want_hosts = sorted(h for h, *_ in fleet)
+    want_skus = sorted({s for _, s, *_ in fleet})
 
     for uid, (name, d) in sorted(boards.items()):
         qs = queries(name, d)
@@ -447,7 +449,7 @@ def _evaluate_dashboards(base: str) -> dict[str, int]:
         ran[uid] = 0
         if uid == "flopwatt-gpu":
             selections = list(_drill_down_selections(base, variables, want_hosts, want_skus))
-            assert len(selections) == sum(n for _, _, n, _ in SIM_AGENTS), selections
+            assert len(selections) == sum(n for _, _, n, _ in fleet), selections
         else:
             selections = list(_multi_selections(base, variables))
         for chosen in selections:
@@ -530,3 +532,68 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(tmp_pat
             await asyncio.to_thread(prom_cm.__exit__, None, None, None)
     assert ran["flopwatt-fleet"] > 0 and ran["flopwatt-gpu"] > 0
     assert time.monotonic() - started < 60, "keep this test under a minute"
+
+
+@pytest.mark.prometheus
+@pytest.mark.slow
+@requires_prometheus
+async def test_two_replicas_scraped_together_answer_like_one_collector(
+    tmp_path: Path, postgres: Any
+) -> None:
+    """Two collector replicas on one PostgreSQL, the fleet's agents split between them, one
+    Prometheus scraping both: every dashboard query returns data, no GPU series is written by
+    both replicas (sums count each GPU once), and the fleet-wide counts are the fleet's."""
+    dsn = postgres.create_database("dashboards_ha")
+    # A second H100 node: the H100's per-SKU series are written by both replicas, as in a
+    # real fleet, and the dashboards must not double them or fail to join them.
+    fleet = (*SIM_AGENTS, ("node-h100-b", "H100-SXM5-80GB", 2, ()))
+    async with (
+        collector(tmp_path / "a", db_path=dsn) as a,
+        collector(tmp_path / "b", db_path=dsn) as b,
+    ):
+        targets = [f"{c.http_host}:{c.http_port}" for c in (a, b)]
+        prom_cm = run_prometheus(tmp_path, targets, interval_s=SCRAPE_S)
+        base = await asyncio.to_thread(prom_cm.__enter__)
+        try:
+            agents = [
+                _sim_agent(tmp_path, (a if i % 2 == 0 else b).grpc_address, name, sku, gpus, faults)
+                for i, (name, sku, gpus, faults) in enumerate(fleet)
+            ]
+            stop = asyncio.Event()
+            tasks = [asyncio.create_task(x.run(stop, drain_s=5.0)) for x in agents]
+            try:
+                await asyncio.to_thread(wait_for_targets_up, base, 2)
+                await _run_sim_fleet_jobs(a, agents)  # requested on A, run on A's and B's
+                n_gpus = sum(n for _, _, n, _ in fleet)
+
+                def scraped() -> bool:
+                    got = query(base, "count(flopwatt_model_efficiency_ratio)")
+                    rate = query(base, "count(rate(flopwatt_gpu_energy_joules_total[6s]))")
+                    return bool(got and rate) and all(
+                        float(r[0]["value"][1]) == n_gpus for r in (got, rate)
+                    )
+
+                await asyncio.to_thread(wait_until, "job results in Prometheus", scraped, 20)
+                # Each GPU is written by exactly one replica, and both replicas carry GPUs.
+                for family in (
+                    "flopwatt_gpu_info",
+                    "flopwatt_gpu_power_instant_watts",
+                    "flopwatt_gemm_sustained_flops_per_second",
+                ):
+                    twice = query(base, f"count by (gpu_uuid, precision) ({family}) > 1")
+                    assert twice == [], (family, twice)
+                per_replica = query(base, "count by (instance) (flopwatt_gpu_info)")
+                assert len(per_replica) == 2, per_replica
+                (total,) = query(base, "count(flopwatt_gpu_info)")
+                assert float(total["value"][1]) == n_gpus
+                sku_twice = query(
+                    base, 'count by (sku) (flopwatt_spec_tdp_watts{sku="H100-SXM5-80GB"})'
+                )
+                assert float(sku_twice[0]["value"][1]) == 2  # per-SKU facts on both replicas
+                ran = await asyncio.to_thread(_evaluate_dashboards, base, fleet)
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks)
+        finally:
+            await asyncio.to_thread(prom_cm.__exit__, None, None, None)
+    assert ran["flopwatt-fleet"] > 0 and ran["flopwatt-gpu"] > 0
