@@ -88,7 +88,10 @@ class AgentServiceServicer:
         UNAVAILABLE          the collector cannot commit now, or a commit holding one of this
         stream's messages failed (trailer `retry-after-ms`): reconnect and
         resend from the last ack.
-        ABORTED              a newer stream of the same agent replaced this one.
+        ABORTED              a newer stream of the same agent replaced this one — on this
+        collector, or on another replica sharing its store (messages of
+        this stream not acked were not stored; the newer stream's acks
+        say what to resend).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
