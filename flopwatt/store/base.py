@@ -28,7 +28,7 @@ from flopwatt.records import (
 )
 from flopwatt.store.chunks import ChunkRow
 from flopwatt.store.latest import LatestBlock
-from flopwatt.store.schema import epoch_to_db
+from flopwatt.store.schema import epoch_from_db, epoch_to_db
 
 
 class Outcome(StrEnum):
@@ -368,3 +368,41 @@ def job_result_row(key: tuple[str, int, int], r: JobResult) -> tuple[Any, ...]:
         cond.temperature_max_c,
         dumps(r),
     )
+
+
+def read_job_rows(
+    query: Callable[[str, Sequence[Any]], Sequence[Any]], where: str, params: Sequence[Any]
+) -> list[JobRow]:
+    """Jobs matching ``where`` (``?`` placeholders) with their targets, through a store's
+    read-only ``query``: the same SQL on every engine."""
+    jobs = query(f"SELECT * FROM jobs WHERE {where} ORDER BY requested_unix_ns", params)
+    out = []
+    for j in jobs:
+        targets = query(
+            "SELECT t.*, (SELECT COUNT(*) FROM job_results jr WHERE jr.job_id = t.job_id "
+            "AND jr.agent_id = t.agent_id) AS results FROM job_targets t WHERE job_id=? "
+            "ORDER BY agent_id",
+            (j["job_id"],),
+        )
+        out.append(
+            JobRow(
+                j["job_id"],
+                j["kind"],
+                j["spec_json"],
+                j["selector_json"],
+                int(j["requested_unix_ns"]),
+                tuple(
+                    JobTargetRow(
+                        t["job_id"],
+                        t["agent_id"],
+                        JobState(int(t["state"])),
+                        t["message"],
+                        int(t["updated_unix_ns"]),
+                        epoch_from_db(int(t["delivered_epoch"])),
+                        int(t["results"]),
+                    )
+                    for t in targets
+                ),
+            )
+        )
+    return out

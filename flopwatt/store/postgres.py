@@ -38,14 +38,14 @@ from flopwatt.records import DeviceInfo, JobResult, JobState, NodeInfo
 from flopwatt.store.base import (
     COMPARISON_FIELDS,
     JobRow,
-    JobTargetRow,
     MessageWrite,
     Outcome,
     Registration,
     WriteOutcome,
+    read_job_rows,
 )
 from flopwatt.store.chunks import pack_block_chunks
-from flopwatt.store.schema import MIGRATIONS, SCHEMA_VERSION, epoch_from_db, epoch_to_db
+from flopwatt.store.schema import MIGRATIONS, SCHEMA_VERSION, epoch_to_db
 
 log = logging.getLogger(__name__)
 
@@ -501,37 +501,7 @@ class PostgresStore:
         return stop
 
     def _job_rows(self, where: str, params: Sequence[Any]) -> list[JobRow]:
-        jobs = self.query(f"SELECT * FROM jobs WHERE {where} ORDER BY requested_unix_ns", params)
-        out = []
-        for j in jobs:
-            targets = self.query(
-                "SELECT t.*, (SELECT COUNT(*) FROM job_results jr WHERE jr.job_id = t.job_id "
-                "AND jr.agent_id = t.agent_id) AS results FROM job_targets t WHERE job_id=? "
-                "ORDER BY agent_id",
-                (j["job_id"],),
-            )
-            out.append(
-                JobRow(
-                    j["job_id"],
-                    j["kind"],
-                    j["spec_json"],
-                    j["selector_json"],
-                    int(j["requested_unix_ns"]),
-                    tuple(
-                        JobTargetRow(
-                            t["job_id"],
-                            t["agent_id"],
-                            JobState(int(t["state"])),
-                            t["message"],
-                            int(t["updated_unix_ns"]),
-                            epoch_from_db(int(t["delivered_epoch"])),
-                            int(t["results"]),
-                        )
-                        for t in targets
-                    ),
-                )
-            )
-        return out
+        return read_job_rows(self.query, where, params)
 
     def get_job(self, job_id: str) -> JobRow | None:
         """A job with its targets, or None."""

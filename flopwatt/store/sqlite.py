@@ -46,7 +46,6 @@ from flopwatt.store.base import (
     COMPARISON_FIELDS,
     DEVICE_UPSERT,
     JobRow,
-    JobTargetRow,
     MessageWrite,
     Outcome,
     Registration,
@@ -54,9 +53,10 @@ from flopwatt.store.base import (
     agent_row,
     device_rows,
     job_result_row,
+    read_job_rows,
 )
 from flopwatt.store.chunks import pack_block_chunks
-from flopwatt.store.schema import MIGRATIONS, SCHEMA_VERSION, epoch_from_db, epoch_to_db
+from flopwatt.store.schema import MIGRATIONS, SCHEMA_VERSION, epoch_to_db
 
 log = logging.getLogger(__name__)
 
@@ -651,40 +651,7 @@ class SQLiteStore:
         return lambda: None
 
     def _job_rows(self, where: str, params: Sequence[Any]) -> list[JobRow]:
-        r = self._reader()
-        jobs = r.execute(
-            f"SELECT * FROM jobs WHERE {where} ORDER BY requested_unix_ns", params
-        ).fetchall()
-        out = []
-        for j in jobs:
-            targets = r.execute(
-                "SELECT t.*, (SELECT COUNT(*) FROM job_results jr WHERE jr.job_id = t.job_id "
-                "AND jr.agent_id = t.agent_id) AS results FROM job_targets t WHERE job_id=? "
-                "ORDER BY agent_id",
-                (j["job_id"],),
-            ).fetchall()
-            out.append(
-                JobRow(
-                    j["job_id"],
-                    j["kind"],
-                    j["spec_json"],
-                    j["selector_json"],
-                    j["requested_unix_ns"],
-                    tuple(
-                        JobTargetRow(
-                            t["job_id"],
-                            t["agent_id"],
-                            JobState(t["state"]),
-                            t["message"],
-                            t["updated_unix_ns"],
-                            epoch_from_db(t["delivered_epoch"]),
-                            t["results"],
-                        )
-                        for t in targets
-                    ),
-                )
-            )
-        return out
+        return read_job_rows(self.query, where, params)
 
     def get_job(self, job_id: str) -> JobRow | None:
         rows = self._job_rows("job_id = ?", (job_id,))
