@@ -3,13 +3,14 @@
 ``check`` gives each (agent, epoch)'s ledger — gaps, duplicates, conflicts, rejected and
 tombstoned counts — and integrity findings, and exits 1 when a sequence is missing below a
 stored one or progress disagrees with what is stored. ``stats`` gives rows, bytes and samples
-per table and bytes per stored sample.
+per table and per retention tier (raw, 10s, 1m, results) and bytes per stored sample.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -134,12 +135,18 @@ def stats(db: str, as_json: bool) -> None:
     conn = _open(db)
     try:
         result = store_stats(
-            conn, engine="postgresql" if is_postgres(db) else "sqlite", database=describe_db(db)
+            conn,
+            engine="postgresql" if is_postgres(db) else "sqlite",
+            database=describe_db(db),
+            now_unix_ns=time.time_ns(),
         )
     finally:
         conn.close()
     if as_json:
         doc = dataclasses.asdict(result)
+        doc["tiers"] = {
+            name: tier.as_json(result.measured_unix_ns) for name, tier in result.tiers.items()
+        }
         doc["bytes_per_sample"] = result.bytes_per_sample
         doc["telemetry_bytes_per_sample"] = result.telemetry_bytes_per_sample
         emit_json(doc)
@@ -165,3 +172,27 @@ def _print_stats(result: StoreStats) -> None:
     out.print(
         f"samples from {_utc(result.oldest_sample_unix_ns)} to {_utc(result.newest_sample_unix_ns)}"
     )
+    tiers = Table(title="Retention tiers", title_justify="left")
+    for header in ("tier", "rows", "MiB", "samples", "B/sample", "oldest", "newest"):
+        tiers.add_column(header, justify="left" if header == "tier" else "right")
+    for name, tier in result.tiers.items():
+        doc = tier.as_json(result.measured_unix_ns)
+        tiers.add_row(
+            name,
+            f"{tier.rows:,}",
+            fmt(tier.bytes / 2**20, ".2f"),
+            f"{tier.samples:,}" if name != "results" else "—",
+            fmt(doc["bytes_per_sample"], ".2f"),
+            _age(doc["oldest_age_s"]),
+            _age(doc["newest_age_s"]),
+        )
+    out.print(tiers)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    for unit, size in (("d", 86_400), ("h", 3600), ("min", 60)):
+        if abs(seconds) >= size:
+            return f"{seconds / size:.1f} {unit} ago"
+    return f"{seconds:.0f} s ago"

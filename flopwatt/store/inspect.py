@@ -16,6 +16,7 @@ Pure reads through :func:`flopwatt.store.readonly.connect_read_only`; nothing is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,9 @@ from flopwatt.store.schema import epoch_from_db
 TABLES: tuple[str, ...] = (
     "messages",
     "telemetry_chunks",
+    "telemetry_packed",
+    "telemetry_rollups",
+    "telemetry_tails",
     "stream_progress",
     "rejected_samples",
     "job_results",
@@ -56,6 +60,8 @@ class EpochLedger:
     rejected_samples: int
     tombstones: int
     tombstoned_samples: int
+    pruned: int = 0
+    """Telemetry messages removed at the raw horizon (not gaps: they were stored)."""
 
 
 @dataclass(frozen=True)
@@ -94,10 +100,12 @@ def check_store(conn: Any, *, engine: str, database: str, max_listed_gaps: int =
     version = _int(conn.execute("SELECT MAX(version) AS v FROM schema_version").fetchone()["v"])
     # Schema 3 began counting resends; an older store (read-only here) has no such counts.
     counts = "duplicates, conflicts" if version >= 3 else "0 AS duplicates, 0 AS conflicts"
+    # Schema 5 began pruning at the retention horizons, counting what each stream lost.
+    pruned = "pruned, pruned_through" if version >= 5 else "0 AS pruned, 0 AS pruned_through"
     progress = {
         (r["agent_id"], _int(r["epoch"])): r
         for r in conn.execute(
-            f"SELECT agent_id, epoch, committed_through, {counts} FROM stream_progress"
+            f"SELECT agent_id, epoch, committed_through, {counts}, {pruned} FROM stream_progress"
         ).fetchall()
     }
     rejected_samples = {
@@ -107,18 +115,26 @@ def check_store(conn: Any, *, engine: str, database: str, max_listed_gaps: int =
             "GROUP BY agent_id, epoch"
         ).fetchall()
     }
-    rows = conn.execute(
-        "SELECT agent_id, epoch, COUNT(*) AS n, MAX(sequence) AS top, "
-        "SUM(CASE WHEN status = 'rejected' THEN 1 ELSE 0 END) AS rejected, "
-        "SUM(CASE WHEN kind = 'dropped' THEN 1 ELSE 0 END) AS tombstones, "
-        "SUM(CASE WHEN kind = 'dropped' THEN samples ELSE 0 END) AS tombstoned "
-        "FROM messages GROUP BY agent_id, epoch ORDER BY agent_id, epoch"
-    ).fetchall()
+    stored = {
+        (r["agent_id"], _int(r["epoch"])): dict(r)
+        for r in conn.execute(
+            "SELECT agent_id, epoch, COUNT(*) AS n, MAX(sequence) AS top, "
+            "SUM(CASE WHEN status = 'rejected' THEN 1 ELSE 0 END) AS rejected, "
+            "SUM(CASE WHEN kind = 'dropped' THEN 1 ELSE 0 END) AS tombstones, "
+            "SUM(CASE WHEN kind = 'dropped' THEN samples ELSE 0 END) AS tombstoned "
+            "FROM messages GROUP BY agent_id, epoch"
+        ).fetchall()
+    }
+    # An epoch whose messages were all pruned is still in the ledger (from its progress row).
+    pruned_epochs = {k for k, p in progress.items() if _int(p["pruned"])}
     epochs = []
-    for r in rows:
-        key = (r["agent_id"], _int(r["epoch"]))
-        n, top = _int(r["n"]), _int(r["top"])
-        gaps = top - n  # sequences are unique and start at 1
+    for key in sorted(stored.keys() | pruned_epochs):
+        r = stored.get(key, {})
+        p = progress.get(key)
+        lost = _int(p["pruned"]) if p is not None else 0
+        lost_through = _int(p["pruned_through"]) if p is not None else 0
+        n, top = _int(r.get("n")), max(_int(r.get("top")), lost_through)
+        gaps = top - n - lost  # sequences are unique and start at 1
         first: tuple[int, ...] = ()
         contiguous = top
         if gaps:
@@ -128,10 +144,11 @@ def check_store(conn: Any, *, engine: str, database: str, max_listed_gaps: int =
                     "SELECT sequence FROM messages WHERE agent_id = ? AND epoch = ?", key
                 ).fetchall()
             }
-            missing = [s for s in range(1, top + 1) if s not in present]
+            # Below pruned_through a missing sequence may have been pruned: gaps are listed
+            # above it (the count above is exact either way).
+            missing = [s for s in range(lost_through + 1, top + 1) if s not in present]
             first = tuple(missing[:max_listed_gaps])
-            contiguous = missing[0] - 1
-        p = progress.get(key)
+            contiguous = missing[0] - 1 if missing else top
         committed = _int(p["committed_through"]) if p is not None else 0
         epochs.append(
             EpochLedger(
@@ -145,10 +162,11 @@ def check_store(conn: Any, *, engine: str, database: str, max_listed_gaps: int =
                 progress_consistent=committed == contiguous,
                 duplicates=_int(p["duplicates"]) if p is not None else 0,
                 conflicts=_int(p["conflicts"]) if p is not None else 0,
-                rejected_messages=_int(r["rejected"]),
+                rejected_messages=_int(r.get("rejected")),
                 rejected_samples=rejected_samples.get(key, 0),
-                tombstones=_int(r["tombstones"]),
-                tombstoned_samples=_int(r["tombstoned"]),
+                tombstones=_int(r.get("tombstones")),
+                tombstoned_samples=_int(r.get("tombstoned")),
+                pruned=lost,
             )
         )
     integrity: list[str] = []
@@ -179,6 +197,35 @@ class TableStats:
     samples: int | None
 
 
+@dataclass
+class TierSize:
+    """What one retention tier holds (see :func:`tier_sizes`)."""
+
+    bytes: int = 0
+    rows: int = 0
+    samples: int = 0
+    """Raw samples: stored (``raw``) or summarised (a rollup tier); 0 for ``results``."""
+    oldest_unix_ns: int | None = None
+    newest_unix_ns: int | None = None
+
+    def as_json(self, now_unix_ns: int) -> dict[str, Any]:
+        """``flopwatt store stats --json``'s ``tiers.<name>``: bytes, rows, samples,
+        bytes_per_sample, oldest_age_s, newest_age_s (ages from ``now_unix_ns``; null where
+        the tier is empty)."""
+        return {
+            "bytes": self.bytes,
+            "rows": self.rows,
+            "samples": self.samples,
+            "bytes_per_sample": self.bytes / self.samples if self.samples else None,
+            "oldest_age_s": (now_unix_ns - self.oldest_unix_ns) / 1e9
+            if self.oldest_unix_ns is not None
+            else None,
+            "newest_age_s": (now_unix_ns - self.newest_unix_ns) / 1e9
+            if self.newest_unix_ns is not None
+            else None,
+        }
+
+
 @dataclass(frozen=True)
 class StoreStats:
     """Sizes of the store (see the module docstring)."""
@@ -188,24 +235,43 @@ class StoreStats:
     tables: tuple[TableStats, ...]
     total_bytes: int | None
     telemetry_samples: int
+    """Raw samples stored (fresh and compact chunks)."""
     oldest_sample_unix_ns: int | None
     newest_sample_unix_ns: int | None
-    extra: dict[str, Any] = field(default_factory=dict)
+    tiers: dict[str, TierSize] = field(default_factory=dict)
+    """Per retention tier: raw, 10s, 1m, results."""
+    measured_unix_ns: int = 0
 
     @property
     def bytes_per_sample(self) -> float | None:
-        """All of the database ÷ telemetry samples stored (B)."""
+        """All of the database ÷ raw telemetry samples stored (B)."""
         if not self.telemetry_samples or self.total_bytes is None:
             return None
         return self.total_bytes / self.telemetry_samples
 
     @property
     def telemetry_bytes_per_sample(self) -> float | None:
-        """The telemetry table (and its index) ÷ telemetry samples stored (B)."""
-        chunks = next((t for t in self.tables if t.table == "telemetry_chunks"), None)
-        if chunks is None or chunks.bytes is None or not self.telemetry_samples:
+        """The raw tier (fresh and compact chunks, the message ledger, their indexes) ÷ raw
+        samples stored (B)."""
+        raw = self.tiers.get(RAW)
+        if raw is None or not raw.samples or not raw.bytes:
             return None
-        return chunks.bytes / self.telemetry_samples
+        return raw.bytes / raw.samples
+
+
+RAW, RESULTS, ROLLUP_TIERS = "raw", "results", ("10s", "1m")
+RAW_TABLES = ("telemetry_chunks", "telemetry_packed", "messages", "telemetry_tails")
+"""Tables of the raw tier (what is pruned at the raw horizon, and its ledger)."""
+RESULTS_TABLES = (
+    "job_results",
+    "comparisons",
+    "rejected_samples",
+    "jobs",
+    "job_targets",
+    "agents",
+    "devices",
+    "stream_progress",
+)
 
 
 def _sqlite_table_bytes(conn: Any) -> dict[str, int] | None:
@@ -219,44 +285,145 @@ def _sqlite_table_bytes(conn: Any) -> dict[str, int] | None:
     return {str(r["tbl"]): _int(r["bytes"]) for r in pages}
 
 
-def store_stats(conn: Any, *, engine: str, database: str) -> StoreStats:
-    """Rows, bytes and samples per table of the store behind ``conn``."""
-    if engine == "sqlite":
-        sizes = _sqlite_table_bytes(conn)
-        page = conn.execute("PRAGMA page_size").fetchone()[0]
-        count = conn.execute("PRAGMA page_count").fetchone()[0]
-        total: int | None = int(page) * int(count)
-    else:
-        sizes = {
-            t: _int(
-                conn.execute("SELECT pg_total_relation_size(?::regclass) AS b", (t,)).fetchone()[
-                    "b"
-                ]
+def _tables(conn: Any) -> tuple[str, ...]:
+    if schema_version(conn) >= RETENTION_SCHEMA:
+        return TABLES
+    return tuple(t for t in TABLES if t not in RETENTION_TABLES)
+
+
+def table_bytes(conn: Any, *, postgres: bool) -> dict[str, int] | None:
+    """Bytes on disk per table with its indexes (SQLite: its pages, from ``dbstat``, None
+    where the build lacks it; PostgreSQL: ``pg_total_relation_size``)."""
+    if not postgres:
+        return _sqlite_table_bytes(conn)
+    out = {}
+    for t in _tables(conn):
+        row = conn.execute("SELECT pg_total_relation_size(%s::regclass) AS b", (t,)).fetchone()
+        out[t] = _int(row["b"])
+    return out
+
+
+RETENTION_SCHEMA = 5
+"""The schema version that added the compact and rollup tables."""
+RETENTION_TABLES = ("telemetry_packed", "telemetry_rollups", "telemetry_tails")
+
+
+def schema_version(conn: Any) -> int:
+    """The schema version of the store behind ``conn``."""
+    return _int(conn.execute("SELECT MAX(version) AS v FROM schema_version").fetchone()["v"])
+
+
+def tier_sizes(
+    conn: Any, *, postgres: bool, sizes: dict[str, int] | None = None
+) -> dict[str, TierSize]:
+    """Per tier: bytes (tables with their indexes; the rollup tiers share one table, split in
+    proportion to their data), rows, samples, oldest and newest sample time. Reads every
+    table: seconds on a large store. ``sizes``: :func:`table_bytes`, if already read."""
+
+    def one(sql: str, params: Sequence[Any] = ()) -> Any:
+        return conn.execute(sql.replace("?", "%s") if postgres else sql, params).fetchone()
+
+    if sizes is None:
+        sizes = table_bytes(conn, postgres=postgres) or {}
+    out: dict[str, TierSize] = {}
+    if schema_version(conn) < RETENTION_SCHEMA:  # read-only: an older store, not migrated
+        return {name: TierSize() for name in (RAW, *ROLLUP_TIERS, RESULTS)}
+    fresh = one(
+        "SELECT COUNT(*) AS r, COALESCE(SUM(n_samples), 0) AS n, MIN(t_first_unix_ns) AS lo, "
+        "MAX(t_last_unix_ns) AS hi FROM telemetry_chunks"
+    )
+    packed = one(
+        "SELECT COUNT(*) AS r, COALESCE(SUM(n_samples), 0) AS n, MIN(t_first_unix_ns) AS lo, "
+        "MAX(t_last_unix_ns) AS hi FROM telemetry_packed"
+    )
+    messages = one("SELECT COUNT(*) AS r FROM messages")
+    lows = [_int(x) for x in (fresh["lo"], packed["lo"]) if x is not None]
+    highs = [_int(x) for x in (fresh["hi"], packed["hi"]) if x is not None]
+    out[RAW] = TierSize(
+        bytes=sum(sizes.get(t, 0) for t in RAW_TABLES),
+        rows=_int(fresh["r"]) + _int(packed["r"]) + _int(messages["r"]),
+        samples=_int(fresh["n"]) + _int(packed["n"]),
+        oldest_unix_ns=min(lows) if lows else None,
+        newest_unix_ns=max(highs) if highs else None,
+    )
+    by_tier = {
+        r["tier"]: r
+        for r in conn.execute(
+            "SELECT tier, COUNT(*) AS r, COALESCE(SUM(n_samples), 0) AS n, "
+            "COALESCE(SUM(length(data)), 0) AS b, MIN(t_first_unix_ns) AS lo, "
+            "MAX(t_last_unix_ns) AS hi FROM telemetry_rollups GROUP BY tier"
+        ).fetchall()
+    }
+    rollup_bytes = sizes.get("telemetry_rollups", 0)
+    all_data = sum(_int(r["b"]) for r in by_tier.values()) or 1
+    for name in ROLLUP_TIERS:
+        r = by_tier.get(name)
+        out[name] = (
+            TierSize(
+                bytes=round(rollup_bytes * _int(r["b"]) / all_data),
+                rows=_int(r["r"]),
+                samples=_int(r["n"]),
+                oldest_unix_ns=_int(r["lo"]),
+                newest_unix_ns=_int(r["hi"]),
             )
-            for t in TABLES
-        }
-        total = _int(
+            if r is not None
+            else TierSize()
+        )
+    results = one(
+        "SELECT MIN(finished_unix_ns) AS lo, MAX(finished_unix_ns) AS hi FROM job_results"
+    )
+    out[RESULTS] = TierSize(
+        bytes=sum(sizes.get(t, 0) for t in RESULTS_TABLES),
+        rows=sum(_int(one(f"SELECT COUNT(*) AS r FROM {t}")["r"]) for t in RESULTS_TABLES),
+        oldest_unix_ns=_int(results["lo"]) if results["lo"] is not None else None,
+        newest_unix_ns=_int(results["hi"]) if results["hi"] is not None else None,
+    )
+    return out
+
+
+def store_stats(conn: Any, *, engine: str, database: str, now_unix_ns: int) -> StoreStats:
+    """Rows, bytes and samples per table and per retention tier of the store behind
+    ``conn``."""
+    postgres = engine != "sqlite"
+    sizes = table_bytes(conn, postgres=postgres)
+    if postgres:
+        total: int | None = _int(
             conn.execute("SELECT pg_database_size(current_database()) AS b").fetchone()["b"]
         )
-    telemetry = conn.execute(
-        "SELECT COALESCE(SUM(n_samples), 0) AS n, MIN(t_first_unix_ns) AS oldest, "
-        "MAX(t_last_unix_ns) AS newest FROM telemetry_chunks"
-    ).fetchone()
-    samples = _int(telemetry["n"])
-    rejected = _int(
-        conn.execute("SELECT COALESCE(SUM(samples), 0) AS n FROM rejected_samples").fetchone()["n"]
+    else:
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        count = conn.execute("PRAGMA page_count").fetchone()[0]
+        total = int(page) * int(count)
+    tiers = tier_sizes(conn, postgres=postgres, sizes=sizes or {})
+    raw = tiers[RAW]
+    fresh = _int(
+        conn.execute("SELECT COALESCE(SUM(n_samples), 0) AS n FROM telemetry_chunks").fetchone()[
+            "n"
+        ]
     )
+    per_table = {
+        "telemetry_chunks": fresh,
+        "telemetry_packed": raw.samples - fresh,
+        "telemetry_rollups": sum(tiers[t].samples for t in ROLLUP_TIERS),
+        "rejected_samples": _int(
+            conn.execute("SELECT COALESCE(SUM(samples), 0) AS n FROM rejected_samples").fetchone()[
+                "n"
+            ]
+        ),
+    }
     tables = []
-    for t in TABLES:
+    for t in _tables(conn):
         n = _int(conn.execute(f"SELECT COUNT(*) AS n FROM {t}").fetchone()["n"])
-        per = {"telemetry_chunks": samples, "rejected_samples": rejected}.get(t)
-        tables.append(TableStats(t, n, sizes.get(t) if sizes is not None else None, per))
+        size = sizes.get(t) if sizes is not None else None
+        tables.append(TableStats(t, n, size, per_table.get(t)))
     return StoreStats(
         engine=engine,
         database=database,
         tables=tuple(tables),
         total_bytes=total,
-        telemetry_samples=samples,
-        oldest_sample_unix_ns=_int(telemetry["oldest"]) if telemetry["oldest"] else None,
-        newest_sample_unix_ns=_int(telemetry["newest"]) if telemetry["newest"] else None,
+        telemetry_samples=raw.samples,
+        oldest_sample_unix_ns=raw.oldest_unix_ns,
+        newest_sample_unix_ns=raw.newest_unix_ns,
+        tiers=tiers,
+        measured_unix_ns=now_unix_ns,
     )

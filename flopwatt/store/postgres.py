@@ -286,9 +286,9 @@ class PostgresStore:
                 "SELECT digest FROM messages WHERE agent_id=%s AND epoch=%s AND sequence=%s",
                 (w.agent_id, db_epoch, w.sequence),
             ).fetchone()
-            if row is None:  # pragma: no cover - a store edited by hand
-                return WriteOutcome(Outcome.OUT_OF_ORDER, committed)
-            same = bytes(row["digest"]) == w.digest
+            # No row: retention pruned it (its digest is gone with it). It was stored, so the
+            # copy is a duplicate, never stored a second time.
+            same = row is None or bytes(row["digest"]) == w.digest
             c.execute(
                 f"UPDATE stream_progress SET {'duplicates' if same else 'conflicts'} = "
                 f"{'duplicates' if same else 'conflicts'} + 1 WHERE agent_id=%s AND epoch=%s",
@@ -329,8 +329,11 @@ class PostgresStore:
             chunk_rows.append((*key, index, *chunk))
         if w.rejected_samples:
             c.cursor().executemany(
-                "INSERT INTO rejected_samples VALUES (%s,%s,%s,%s,%s,%s)",
-                [(*key, dev, reason, n) for (dev, reason), n in w.rejected_samples.items()],
+                "INSERT INTO rejected_samples VALUES (%s,%s,%s,%s,%s,%s,%s)",
+                [
+                    (*key, dev, reason, n, w.received_unix_ns)
+                    for (dev, reason), n in w.rejected_samples.items()
+                ],
             )
         if w.result is not None:
             self._store_result(c, key, w.result)

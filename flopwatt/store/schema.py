@@ -168,6 +168,56 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "ALTER TABLE stream_progress ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
         ),
     ),
+    (
+        5,
+        (
+            # Retention (flopwatt.store.maintenance): settled per-message chunks are re-packed
+            # per device into compact chunks (flopwatt.store.packing) and rolled up into 10 s
+            # and 1 min buckets (flopwatt.store.rollup); each tier is pruned at its horizon.
+            """CREATE TABLE telemetry_packed (
+                device_uuid TEXT NOT NULL,
+                t_first_unix_ns INTEGER NOT NULL,
+                t_last_unix_ns INTEGER NOT NULL,
+                n_samples INTEGER NOT NULL,
+                data BLOB NOT NULL
+            )""",
+            "CREATE INDEX telemetry_packed_by_device ON telemetry_packed "
+            "(device_uuid, t_first_unix_ns)",
+            "CREATE INDEX telemetry_packed_by_time ON telemetry_packed (t_last_unix_ns)",
+            """CREATE TABLE telemetry_rollups (
+                tier TEXT NOT NULL,
+                device_uuid TEXT NOT NULL,
+                window_start_unix_ns INTEGER NOT NULL,
+                t_first_unix_ns INTEGER NOT NULL,
+                t_last_unix_ns INTEGER NOT NULL,
+                n_samples INTEGER NOT NULL,
+                data BLOB NOT NULL,
+                PRIMARY KEY (tier, device_uuid, window_start_unix_ns)
+            )""",
+            "CREATE INDEX telemetry_rollups_by_time ON telemetry_rollups "
+            "(tier, window_start_unix_ns)",
+            # Each device's last compacted sample: the next pass's first interval and energy
+            # delta are measured from it.
+            """CREATE TABLE telemetry_tails (
+                device_uuid TEXT PRIMARY KEY,
+                t_unix_ns INTEGER NOT NULL,
+                energy_j REAL
+            )""",
+            # Pruning messages by age walks this index (appended at its end: received times
+            # grow), never the whole table.
+            "CREATE INDEX messages_by_received ON messages (received_unix_ns)",
+            # Pruned telemetry messages, so that the ledger (`store check`) tells them from
+            # gaps: how many, and the highest pruned sequence.
+            "ALTER TABLE stream_progress ADD COLUMN pruned INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE stream_progress ADD COLUMN pruned_through INTEGER NOT NULL DEFAULT 0",
+            # Rejected-sample counts are kept for the results horizon: they need a time.
+            "ALTER TABLE rejected_samples ADD COLUMN received_unix_ns INTEGER NOT NULL DEFAULT 0",
+            """CREATE TABLE retention_totals (
+                name TEXT PRIMARY KEY,
+                value INTEGER NOT NULL
+            )""",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

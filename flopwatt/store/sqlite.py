@@ -134,8 +134,11 @@ class SQLiteStore:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
-        # Only takes effect while the file is still empty (before WAL mode writes its header).
+        # Only take effect while the file is still empty (before WAL mode writes its header).
         conn.execute(f"PRAGMA page_size={PAGE_SIZE_BYTES}")
+        # Retention frees pages; maintenance gives those beyond a reserve back to the file
+        # system (flopwatt.store.maintenance.Maintainer.vacuum).
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed (and therefore acked) transaction survives power loss.
         conn.execute("PRAGMA synchronous=FULL")
@@ -444,8 +447,10 @@ class SQLiteStore:
             "SELECT digest FROM messages WHERE agent_id=? AND epoch=? AND sequence=?",
             (w.agent_id, db_epoch, w.sequence),
         ).fetchone()
-        if row is not None:
-            same = bytes(row["digest"]) == w.digest
+        if row is not None or w.sequence <= committed:
+            # Stored already. Without its row, retention pruned it (and its digest): the copy
+            # is counted a duplicate, never stored a second time.
+            same = row is None or bytes(row["digest"]) == w.digest
             if w.sequence == committed + 1:
                 committed = self._advance(c, key, committed, progress)
             column = "duplicates" if same else "conflicts"
@@ -515,8 +520,11 @@ class SQLiteStore:
             rows.append((*key, index, *chunk))
         if w.rejected_samples:
             c.executemany(
-                "INSERT INTO rejected_samples VALUES (?,?,?,?,?,?)",
-                [(*key, dev, reason, n) for (dev, reason), n in w.rejected_samples.items()],
+                "INSERT INTO rejected_samples VALUES (?,?,?,?,?,?,?)",
+                [
+                    (*key, dev, reason, n, w.received_unix_ns)
+                    for (dev, reason), n in w.rejected_samples.items()
+                ],
             )
         if w.result is not None:
             self._store_result(c, key, w.result)

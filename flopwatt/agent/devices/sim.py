@@ -722,11 +722,14 @@ class SimDevice:
                 s.recent.popleft()
             average = sum(p for _, p in s.recent) / len(s.recent)
             load = self._load.intensity
+            # NVML reports power in whole milliwatts and energy in whole millijoules: the sim
+            # gives the same resolution, so that what the store keeps (and compresses) is what
+            # a real fleet sends.
             return Snapshot(
                 timestamp_unix_ns=now_unix_ns,
-                power_instant_w=measured,
-                power_average_1s_w=average,
-                energy_j=s.energy_j,
+                power_instant_w=round(measured, 3),
+                power_average_1s_w=round(average, 3),
+                energy_j=round(s.energy_j, 3),
                 sm_clock_mhz=round(s.clock_mhz),
                 mem_clock_mhz=None,  # not modelled: the registry has no memory clock
                 gpu_temperature_c=float(round(s.temperature_c, 1)),
