@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,3 +68,17 @@ def postgres() -> Iterator[Any]:
         pytest.skip(SKIP_REASON)
     with run_postgres() as server:
         yield server
+
+
+_databases = [0]
+
+
+@pytest.fixture(params=("sqlite", "postgresql"))
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store of each engine, as ``--db`` names it: a SQLite file, and a new
+    database on the session's PostgreSQL server (the store contract and retention suites)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.db")
+    server = request.getfixturevalue("postgres")
+    _databases[0] += 1
+    return str(server.create_database(f"store_{_databases[0]}"))

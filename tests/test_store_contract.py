@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,21 +42,8 @@ from flopwatt.store import open_store
 from flopwatt.store.base import MessageWrite, Outcome, Registration, Store
 from flopwatt.store.chunks import unpack_chunk
 from flopwatt.store.schema import SCHEMA_VERSION, epoch_to_db
-from tests.postgres_server import PostgresServer
 
 AGENT, EPOCH = "node-a", 2**64 - 5  # an epoch that does not fit a signed 64-bit integer
-ENGINES = ("sqlite", "postgresql")
-_counter = [0]
-
-
-@pytest.fixture(params=ENGINES)
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty database of each engine, as ``--db`` names it."""
-    if request.param == "sqlite":
-        return str(tmp_path / "store.db")
-    server: PostgresServer = request.getfixturevalue("postgres")
-    _counter[0] += 1
-    return server.create_database(f"contract_{_counter[0]}")
 
 
 @pytest.fixture

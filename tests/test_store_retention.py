@@ -3,7 +3,7 @@ bookkeeping intact, each tier is pruned at its horizon (the clock injected), a r
 pruned message is a duplicate (never stored again), the ledger tells pruned messages from gaps,
 and the size cap prunes the oldest data early.
 
-Uses the contract suite's ``db`` fixture: a fresh SQLite file and a fresh database on a real
+Uses the ``db`` fixture (conftest): a fresh SQLite file and a fresh database on a real
 PostgreSQL server."""
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from flopwatt.records import DeviceInfo, NodeInfo, SeriesBlock
 from flopwatt.store import open_store, rollup
 from flopwatt.store.base import MessageWrite, Outcome, Registration, Store
 from flopwatt.store.inspect import check_store, store_stats
-from flopwatt.store.maintenance import MaintenanceConfig, Maintainer
+from flopwatt.store.maintenance import Maintainer, MaintenanceConfig
 from flopwatt.store.packing import unpack_compact
 from flopwatt.store.readonly import connect_read_only
 from flopwatt.store.retention import Retention
-from tests.test_store_contract import db  # noqa: F401  (the two-engine fixture)
 
 S = 1_000_000_000
 T0 = 1_764_997_200 * S  # a whole hour
@@ -33,7 +32,7 @@ PER_MESSAGE = 10  # samples per device per message (1 s at 10 Hz)
 
 
 @pytest.fixture
-def store(db: str) -> Iterator[Store]:  # noqa: F811
+def store(db: str) -> Iterator[Store]:
     s = open_store(db, busy_timeout_s=5.0)
     try:
         yield s
@@ -128,14 +127,14 @@ def _n(store: Store, table: str, where: str = "1=1", *params: Any) -> int:
     return int(rows[0]["n"])
 
 
-def _check(db: str) -> Any:  # noqa: F811
+def _check(db: str) -> Any:
     with closing(connect_read_only(db)) as conn:
         engine = "postgresql" if db.startswith("postgresql") else "sqlite"
         return check_store(conn, engine=engine, database=db)
 
 
 def test_compaction_keeps_every_sample_and_exactly_once(
-    db: str,  # noqa: F811
+    db: str,
     store: Store,
 ) -> None:
     """300 s of two devices in 300 messages; maintenance at T0 + 5 min (settle 60 s) packs the
@@ -171,7 +170,7 @@ def test_compaction_keeps_every_sample_and_exactly_once(
 
 
 def test_stored_rollups_equal_the_rollup_of_all_raw_samples(
-    db: str,  # noqa: F811
+    db: str,
     store: Store,
 ) -> None:
     """Three passes, each compacting what settled since the last: the stored 10 s and 1 min
@@ -218,7 +217,7 @@ def test_stored_rollups_equal_the_rollup_of_all_raw_samples(
         assert total == pytest.approx(all_cols["energy_j"][-1] - all_cols["energy_j"][0])
 
 
-def test_each_tier_is_pruned_at_its_horizon(db: str, store: Store) -> None:  # noqa: F811
+def test_each_tier_is_pruned_at_its_horizon(db: str, store: Store) -> None:
     """raw=1h, 10s=2h, 1m=4h (results: the longest, 4h), the clock moved forward: raw data and
     its messages go first (the stream counts them pruned: no gap, and a resend of one is a
     duplicate that is not stored again), then the 10 s windows, then the 1 min windows,
@@ -260,7 +259,7 @@ def test_each_tier_is_pruned_at_its_horizon(db: str, store: Store) -> None:  # n
 
 
 def test_the_size_cap_prunes_the_oldest_raw_data_early(
-    db: str,  # noqa: F811
+    db: str,
     store: Store,
 ) -> None:
     """A cap the store already exceeds: the oldest compact chunks go first (one episode,
@@ -291,7 +290,7 @@ def test_the_size_cap_prunes_the_oldest_raw_data_early(
     assert _check(db).ok
 
 
-def test_store_stats_give_each_tier(db: str, store: Store) -> None:  # noqa: F811
+def test_store_stats_give_each_tier(db: str, store: Store) -> None:
     _register(store)
     _store_seconds(store, 1, 300)
     now = [T0 + 300 * S]
@@ -313,4 +312,3 @@ def test_store_stats_give_each_tier(db: str, store: Store) -> None:  # noqa: F81
         assert tiers[name]["rows"] > 0
         if engine == "sqlite" and tiers[name]["bytes"]:
             assert 0 < tiers[name]["bytes_per_sample"] < 200
-

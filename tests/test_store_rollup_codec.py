@@ -19,10 +19,17 @@ S = 1_000_000_000
 T0 = 1_764_997_200 * S  # a whole hour
 
 
-def _series(n: int, seed: int = 0, hz: float = 10.0) -> tuple[npt.NDArray[np.int64], dict[str, Any]]:
+def _series(
+    n: int, seed: int = 0, hz: float = 10.0
+) -> tuple[npt.NDArray[np.int64], dict[str, Any]]:
     rng = np.random.default_rng(seed)
     # Starts 10 min before a whole hour: series of 20 min and more span two 1-hour windows.
-    ts = T0 - 600 * S + (np.arange(n) * (S / hz)).astype(np.int64) + rng.integers(-300_000, 300_000, n)
+    ts = (
+        T0
+        - 600 * S
+        + (np.arange(n) * (S / hz)).astype(np.int64)
+        + rng.integers(-300_000, 300_000, n)
+    )
     power = np.round(300 + 20 * rng.standard_normal(n), 3)
     energy = np.round(1e6 + np.cumsum(power) / hz, 3)
     cols: dict[str, Any] = {
@@ -173,7 +180,9 @@ def test_a_counter_restart_counts_no_negative_energy_and_gaps_are_not_observed_t
     pairs counted; observed time 1 + 1 + 5 (capped) = 7 s."""
     ts = T0 + np.array([0, 1, 2, 20], dtype=np.int64) * S
     cols = {"energy_j": np.array([100.0, 150.0, 10.0, 70.0])}
-    (arrays,) = rollup.rollup(rollup.TIER_BY_NAME["1m"], rollup.sample_entries(ts, cols, None)).values()
+    (arrays,) = rollup.rollup(
+        rollup.TIER_BY_NAME["1m"], rollup.sample_entries(ts, cols, None)
+    ).values()
     assert arrays["energy_j:delta"].tolist() == [110.0]
     assert arrays["energy_j:delta_s"].tolist() == [19.0]
     assert arrays["interval_s"].tolist() == [7.0]
@@ -182,7 +191,9 @@ def test_a_counter_restart_counts_no_negative_energy_and_gaps_are_not_observed_t
 
 def test_a_corrupt_rollup_is_an_error() -> None:
     ts, cols = _series(50)
-    (arrays,) = rollup.rollup(rollup.TIER_BY_NAME["1m"], rollup.sample_entries(ts, cols, None)).values()
+    (arrays,) = rollup.rollup(
+        rollup.TIER_BY_NAME["1m"], rollup.sample_entries(ts, cols, None)
+    ).values()
     blob = rollup.encode(arrays)
     with pytest.raises(ValueError, match="not a flopwatt"):
         rollup.decode(b"ABCD" + blob[4:])

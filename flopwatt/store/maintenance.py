@@ -307,7 +307,9 @@ class Maintainer:
         for agent_id in agents:
             after = (-(2**63), 0)
             while True:
-                rows = self._db.rows(select, (agent_id, cutoff, after[0], after[0], after[1], limit))
+                rows = self._db.rows(
+                    select, (agent_id, cutoff, after[0], after[0], after[1], limit)
+                )
                 if not rows:
                     break
                 full = len(rows) == limit
