@@ -324,7 +324,8 @@ METRICS: tuple[MetricSpec, ...] = (
         "flopwatt_collector_child_restarts_total",
         MetricType.COUNTER,
         "",
-        'Child processes started again after one ended: process="store_writer" or "exporter".',
+        'Child processes started again after one ended: process="store_writer", "exporter" or '
+        '"maintenance".',
         ("process",),
     ),
     MetricSpec(
@@ -334,6 +335,104 @@ METRICS: tuple[MetricSpec, ...] = (
         'Scrapes of /metrics, by the process that rendered them: process="exporter" (the HTTP '
         'exporter process) or "main" (HTTP served in the ingest process, a test setting).',
         ("process",),
+    ),
+    # --- store retention (written by the replica that maintains the store) -----------------
+    MetricSpec(
+        "flopwatt_store_bytes",
+        MetricType.GAUGE,
+        "bytes",
+        'Bytes on disk per retention tier, tables with their indexes: tier="raw" (samples as '
+        'received), "10s" / "1m" (rollups) or "results" (job results, comparisons, jobs, '
+        "tombstones, rejected-sample counts). Measured every 5 min.",
+        ("tier",),
+    ),
+    MetricSpec(
+        "flopwatt_store_rows",
+        MetricType.GAUGE,
+        "",
+        "Rows per retention tier (see flopwatt_store_bytes).",
+        ("tier",),
+    ),
+    MetricSpec(
+        "flopwatt_store_samples",
+        MetricType.GAUGE,
+        "",
+        'Telemetry samples per tier: stored (tier="raw") or summarised by the rollups '
+        '(tier="10s", "1m").',
+        ("tier",),
+    ),
+    MetricSpec(
+        "flopwatt_store_oldest_sample_age_seconds",
+        MetricType.GAUGE,
+        "seconds",
+        "Age of the oldest data per tier (for results: the oldest job result); levels off at "
+        "the tier's horizon.",
+        ("tier",),
+    ),
+    MetricSpec(
+        "flopwatt_store_size_bytes",
+        MetricType.GAUGE,
+        "bytes",
+        "Bytes the store occupies (SQLite: pages in use; PostgreSQL: the database).",
+        (),
+    ),
+    MetricSpec(
+        "flopwatt_store_max_bytes",
+        MetricType.GAUGE,
+        "bytes",
+        "The store's size cap (--max-db-bytes): near it the oldest data is pruned early. "
+        "Absent when there is none.",
+        (),
+    ),
+    MetricSpec(
+        "flopwatt_store_pruned_rows_total",
+        MetricType.COUNTER,
+        "",
+        "Rows pruned per tier (at its horizon, or early under the size cap).",
+        ("tier",),
+    ),
+    MetricSpec(
+        "flopwatt_store_pruned_bytes_total",
+        MetricType.COUNTER,
+        "bytes",
+        "Telemetry data bytes pruned per tier (compact chunks and rollup windows).",
+        ("tier",),
+    ),
+    MetricSpec(
+        "flopwatt_store_compacted_samples_total",
+        MetricType.COUNTER,
+        "",
+        "Raw samples re-packed from per-message chunks into compact per-device chunks.",
+        (),
+    ),
+    MetricSpec(
+        "flopwatt_store_compaction_ratio",
+        MetricType.GAUGE,
+        "",
+        "Bytes of the per-message chunks compacted ÷ bytes of the compact chunks they became "
+        "(since the maintenance process started).",
+        (),
+    ),
+    MetricSpec(
+        "flopwatt_store_early_prune_episodes_total",
+        MetricType.COUNTER,
+        "",
+        "Times the store reached 90 % of its size cap and pruned the oldest data early.",
+        (),
+    ),
+    MetricSpec(
+        "flopwatt_store_maintenance_failed_passes_total",
+        MetricType.COUNTER,
+        "",
+        "Maintenance passes that failed (retried at the next interval).",
+        (),
+    ),
+    MetricSpec(
+        "flopwatt_store_maintenance_pass_seconds",
+        MetricType.GAUGE,
+        "seconds",
+        "Duration of the last maintenance pass (compaction, rollups, pruning).",
+        (),
     ),
     # --- agent self-metrics (the agent's optional local /metrics) ---------------------------
     # The standard process metrics (the names prometheus_client's ProcessCollector and every

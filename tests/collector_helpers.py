@@ -125,6 +125,8 @@ async def collector(
         # own tests.
         "writer_process": False,
         "exporter_process": False,
+        # Retention runs in a child too (tests/test_collector_retention.py).
+        "maintenance": False,
     }
     config = CollectorConfig(**{**settings, **overrides})
     async with run_server(config, store=store) as running:

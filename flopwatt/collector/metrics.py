@@ -449,7 +449,7 @@ class FleetMetrics:
             for sku in sorted(skus):
                 for family, lines in self._sku(skus[sku]).items():
                     chunks[family].append(lines)
-        _counters(view.counters, chunks)
+        _counters(view.counters, chunks, now)
         return chunks
 
     def _gpu_series(
@@ -648,7 +648,7 @@ def _spec_efficiency(spec: GpuSpec, precision: str, delivered_flops_per_s: float
     return delivered_flops_per_s / peak.flops_per_s if peak is not None else None
 
 
-def _counters(c: Counters, chunks: dict[str, list[_Lines]]) -> None:
+def _counters(c: Counters, chunks: dict[str, list[_Lines]], now_unix_ns: int) -> None:
     """The collector's self-metrics."""
 
     def add(name: str, values: tuple[str, ...], value: float) -> None:
@@ -678,3 +678,37 @@ def _counters(c: Counters, chunks: dict[str, list[_Lines]]) -> None:
         add("flopwatt_collector_child_restarts_total", (process,), n)
     for process, n in sorted(c.metrics_scrapes.items()):
         add("flopwatt_collector_metrics_scrapes_total", (process,), n)
+    _store_maintenance(c, add, now_unix_ns)
+
+
+def _store_maintenance(
+    c: Counters, add: Callable[[str, tuple[str, ...], float], None], now_unix_ns: int
+) -> None:
+    """Retention self-metrics: written by the replica that maintains the store (the only one
+    on SQLite; one at a time on PostgreSQL), so a fleet-wide sum never counts a tier twice."""
+    if c.store_max_bytes is not None:
+        add("flopwatt_store_max_bytes", (), c.store_max_bytes)
+    m = c.store_maintenance
+    if not m or not m.get("maintaining"):
+        return
+    if m.get("store_bytes") is not None:
+        add("flopwatt_store_size_bytes", (), m["store_bytes"])
+    for tier, size in sorted(m.get("tiers", {}).items()):
+        add("flopwatt_store_bytes", (tier,), size["bytes"])
+        add("flopwatt_store_rows", (tier,), size["rows"])
+        if tier != "results":
+            add("flopwatt_store_samples", (tier,), size["samples"])
+        if size.get("oldest_unix_ns") is not None:
+            age = (now_unix_ns - size["oldest_unix_ns"]) / 1e9
+            add("flopwatt_store_oldest_sample_age_seconds", (tier,), age)
+    for tier, n in sorted(m.get("pruned_rows", {}).items()):
+        add("flopwatt_store_pruned_rows_total", (tier,), n)
+    for tier, n in sorted(m.get("pruned_bytes", {}).items()):
+        add("flopwatt_store_pruned_bytes_total", (tier,), n)
+    add("flopwatt_store_compacted_samples_total", (), m["compacted_samples"])
+    if m["compacted_packed_bytes"]:
+        ratio = m["compacted_source_bytes"] / m["compacted_packed_bytes"]
+        add("flopwatt_store_compaction_ratio", (), ratio)
+    add("flopwatt_store_early_prune_episodes_total", (), m["early_prune_episodes"])
+    add("flopwatt_store_maintenance_failed_passes_total", (), m["failed_passes"])
+    add("flopwatt_store_maintenance_pass_seconds", (), m["last_pass_s"])

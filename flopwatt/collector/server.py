@@ -41,6 +41,7 @@ from flopwatt.collector.exporter import ExporterConfig, ExporterProcess, Exporte
 from flopwatt.collector.health import HealthView, StoreHealth
 from flopwatt.collector.ingest import Ingest
 from flopwatt.collector.jobs import JobService
+from flopwatt.collector.maintenance import MaintenanceProcess
 from flopwatt.collector.metrics import FleetMetrics
 from flopwatt.collector.report_route import report_route
 from flopwatt.collector.servicer import AdminServicer, AgentServicer, agent_service_handler
@@ -51,6 +52,8 @@ from flopwatt.http_server import HttpServer
 from flopwatt.records import AgentSettings
 from flopwatt.store import describe_db, is_postgres, open_store
 from flopwatt.store.base import Store
+from flopwatt.store.maintenance import MaintenanceConfig, free_bytes
+from flopwatt.store.retention import Retention, default_max_db_bytes
 from flopwatt.v1 import admin_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -101,6 +104,18 @@ class CollectorConfig:
     """How long the writer waits for more messages to join a commit once one has arrived (s):
     longer batches fewer, larger transactions at the cost of ack latency."""
     settings: AgentSettings = field(default_factory=AgentSettings)
+    retention: Retention = field(default_factory=Retention)
+    """How long each tier of the store keeps its data (``--retention``)."""
+    max_db_bytes: int | None = None
+    """Size cap of the store (B): near it the oldest data is pruned early. None: the default
+    (SQLite: its size at start plus 80 % of the free space then; PostgreSQL: no cap); 0: no
+    cap."""
+    maintenance: bool = True
+    """Run retention (compaction, rollups, pruning) in a child process."""
+    maintenance_interval_s: float = 60.0
+    """Time between maintenance passes (s); the first pass comes after one interval."""
+    maintenance_settle_s: float = 60.0
+    """Telemetry younger than this is left uncompacted (s)."""
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -200,6 +215,8 @@ class RunningCollector:
     _health: HealthServicer
     _http: HttpServer | None
     _tasks: list[asyncio.Task[None]]
+    maintenance: MaintenanceProcess | None = None
+    """The store maintenance process (None when maintenance is off)."""
     _stop_listening: Callable[[], None] = lambda: None
     """Stops the store's job announcements (replicas on PostgreSQL)."""
     _stopped: bool = False
@@ -236,6 +253,8 @@ class RunningCollector:
                 p.cancel()
         await self._server.stop(grace=1.0)
         await asyncio.to_thread(self.writer.close)
+        if self.maintenance is not None:
+            await asyncio.to_thread(self.maintenance.stop)
         if self.exporter is not None:
             await asyncio.to_thread(self.exporter.stop)
         if self._http is not None:
@@ -269,6 +288,49 @@ async def _probe_while_unhealthy(store: Store, writer: BatchWriter, health: Stor
             health.failed(f"probe: {exc}")
             continue
         health.succeeded()
+
+
+def effective_max_db_bytes(config: CollectorConfig) -> int | None:
+    """The store's size cap (B) for ``config`` (see :attr:`CollectorConfig.max_db_bytes`)."""
+    if config.max_db_bytes is not None:
+        return config.max_db_bytes or None
+    if is_postgres(config.db_path):
+        return None
+    path = Path(config.db_path)
+    size = sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+    return default_max_db_bytes(size, free_bytes(path.parent))
+
+
+def _start_maintenance(config: CollectorConfig, state: FleetState) -> MaintenanceProcess | None:
+    """The maintenance child, started (None when ``config.maintenance`` is off)."""
+    if not config.maintenance:
+        return None
+    cap = effective_max_db_bytes(config)
+    mconfig = MaintenanceConfig(
+        retention=config.retention,
+        max_db_bytes=cap,
+        interval_s=config.maintenance_interval_s,
+        settle_s=config.maintenance_settle_s,
+    )
+
+    def on_totals(totals: dict[str, Any]) -> None:
+        def put(c: Counters) -> None:
+            c.store_maintenance = totals
+            c.store_max_bytes = cap
+
+        state.count(put)
+
+    state.count(lambda c: setattr(c, "store_max_bytes", cap))
+    process = MaintenanceProcess(
+        config.db_path, mconfig, on_totals, busy_timeout_s=config.store_busy_timeout_s
+    )
+    process.start()
+    log.info(
+        "store retention %s; size cap %s",
+        config.retention.describe(),
+        f"{cap / 2**30:.1f} GiB" if cap else "none",
+    )
+    return process
 
 
 @asynccontextmanager
@@ -412,12 +474,18 @@ async def _start(
     stop_listening = store.listen_jobs(on_job)
     undo.append(stop_listening)
 
+    maintenance = _start_maintenance(config, state)
+    if maintenance is not None:
+        undo.append(maintenance.stop)
+
     def refresh_counters() -> None:
         """Bring what the main process keeps outside the state into its counters."""
         view = health.view()
         restarts = {"store_writer": getattr(writer, "restarts", 0)}
         if exporter_box[0] is not None:
             restarts["exporter"] = exporter_box[0].restarts
+        if maintenance is not None:
+            restarts["maintenance"] = maintenance.restarts
 
         def put(c: Counters) -> None:
             c.store_up = view.serving
@@ -529,6 +597,7 @@ async def _start(
         _http=http,
         _tasks=tasks,
         _stop_listening=stop_listening,
+        maintenance=maintenance,
     )
     if not auth.enabled:
         # Only a loopback listener (or an explicit --allow-unauthenticated-remote) gets here:

@@ -187,6 +187,11 @@ class Counters:
     """process ("store_writer", "exporter") → restarts."""
     metrics_scrapes: dict[str, int] = field(default_factory=dict)
     """process that rendered ("exporter", "main") → scrapes."""
+    store_maintenance: dict[str, Any] = field(default_factory=dict)
+    """The maintenance process's newest totals (``MaintenanceTotals.snapshot``); empty until
+    its first pass."""
+    store_max_bytes: int | None = None
+    """The store's size cap (B); None: no cap."""
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,9 @@ from flopwatt.collector.gc_policy import tune_gc
 from flopwatt.collector.server import CollectorConfig, ConfigError, StartError, run_server
 from flopwatt.records import AgentSettings
 from flopwatt.store import is_postgres
+from flopwatt.store.retention import Retention, RetentionError, parse_size_bytes
+
+DEFAULT_RETENTION = Retention().describe()
 
 log = logging.getLogger("flopwatt.collector")
 
@@ -103,6 +106,43 @@ _path = click.Path(dir_okay=False, path_type=Path)
     "(the collector then reports NOT_SERVING until it can commit again).",
 )
 @click.option(
+    "--retention",
+    "retention_text",
+    default=DEFAULT_RETENTION,
+    show_default=True,
+    metavar="TIER=HORIZON,…",
+    help="How long each tier of the store keeps its data: raw (samples as received), 10s and "
+    "1m (rollups: min/mean/max/last per interval, energy as the exact counter delta, throttle "
+    "seconds per reason), results (job results, comparisons, jobs, tombstones, rejected-sample "
+    "counts; default the longest). Units s, m, h, d, w, y. Tiers not named keep their default.",
+)
+@click.option(
+    "--max-db-bytes",
+    "max_db_bytes_text",
+    default="auto",
+    show_default=True,
+    metavar="SIZE|auto|off",
+    help="Size cap of the store (e.g. 400G): at 90 % of it the oldest raw data (then "
+    "rollups) is pruned early, back to 80 %, logged once per episode. auto: the SQLite "
+    "file's size at start plus 80 % of the free space then (PostgreSQL: no cap); off: none.",
+)
+@click.option(
+    "--maintenance-interval",
+    "maintenance_interval_s",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    hidden=True,
+    help="Seconds between store maintenance passes (benchmarks shorten it).",
+)
+@click.option(
+    "--maintenance-settle",
+    "maintenance_settle_s",
+    type=click.FloatRange(min=0.0),
+    default=60.0,
+    hidden=True,
+    help="Telemetry younger than this many seconds is left uncompacted.",
+)
+@click.option(
     "--ready-file",
     type=_path,
     default=None,
@@ -127,15 +167,25 @@ def collector(
     staleness_s: float,
     sample_interval_s: float,
     store_busy_timeout_s: float,
+    retention_text: str,
+    max_db_bytes_text: str,
+    maintenance_interval_s: float,
+    maintenance_settle_s: float,
     ready_file: Path | None,
     log_level: str,
 ) -> None:
-    """Run the collector: gRPC ingest into SQLite, physics comparison, Prometheus metrics.
+    """Run the collector: gRPC ingest into the store (SQLite or PostgreSQL), physics
+    comparison, Prometheus metrics, and the store's retention (compaction, rollups, pruning).
 
     Prints one line 'ready grpc=HOST:PORT http=HOST:PORT' on stdout once serving. SIGTERM or
     Ctrl-C stops it gracefully (exit 0); it exits 1 when its store writer cannot be restarted.
     """
     setup_logging(log_level)
+    try:
+        retention = Retention.parse(retention_text)
+        max_db_bytes = _max_db_bytes(max_db_bytes_text)
+    except RetentionError as exc:
+        raise click.BadParameter(str(exc)) from None
     config = CollectorConfig(
         grpc_listen=grpc_listen,
         http_listen=http_listen,
@@ -149,6 +199,10 @@ def collector(
         staleness_s=staleness_s,
         store_busy_timeout_s=store_busy_timeout_s,
         settings=AgentSettings(sample_interval_s=sample_interval_s),
+        retention=retention,
+        max_db_bytes=max_db_bytes,
+        maintenance_interval_s=maintenance_interval_s,
+        maintenance_settle_s=maintenance_settle_s,
     )
     tune_gc()
     try:
@@ -160,6 +214,20 @@ def collector(
     if fatal:
         log.error("collector stopped: %s", fatal)
         sys.exit(1)
+
+
+def _max_db_bytes(text: str) -> int | None:
+    """``auto`` → None (the default cap), ``off`` → 0 (none), else a size.
+
+    Raises:
+        RetentionError: not a size.
+    """
+    word = text.strip().lower()
+    if word == "auto":
+        return None
+    if word in ("off", "none", "0"):
+        return 0
+    return parse_size_bytes(text)
 
 
 async def _serve(config: CollectorConfig, ready_file: Path | None) -> str:

@@ -37,6 +37,8 @@ from flopwatt.report.tables import (
 )
 from flopwatt.store import describe_db, is_postgres
 from flopwatt.store.chunks import unpack_chunk
+from flopwatt.store.inspect import RETENTION_SCHEMA, schema_version
+from flopwatt.store.packing import unpack_compact
 from flopwatt.store.readonly import StoreUnreadableError, connect_read_only
 
 ReportSourceError = StoreUnreadableError
@@ -207,10 +209,33 @@ def _newest_chunks(conn: Any) -> dict[str, bytes]:
     return newest
 
 
+def _newest_packed(conn: Any, missing: set[str]) -> dict[str, bytes]:
+    """The newest compact chunk of each device in ``missing`` (its fresh per-message chunks
+    are all compacted, or pruned): one indexed lookup per device."""
+    if schema_version(conn) < RETENTION_SCHEMA:
+        return {}
+    out = {}
+    for uuid in sorted(missing):
+        row = conn.execute(
+            "SELECT data FROM telemetry_packed WHERE device_uuid = ? "
+            "ORDER BY t_first_unix_ns DESC LIMIT 1",
+            (uuid,),
+        ).fetchone()
+        if row is not None:
+            out[uuid] = bytes(row["data"])
+    return out
+
+
 def _telemetry(conn: Any) -> pd.DataFrame:
     records = []
-    for uuid, data in _newest_chunks(conn).items():
-        ts, columns = unpack_chunk(data)
+    newest = _newest_chunks(conn)
+    devices = {r["device_uuid"] for r in conn.execute("SELECT device_uuid FROM devices")}
+    chunks = [(uuid, unpack_chunk(data)) for uuid, data in newest.items()]
+    chunks += [
+        (uuid, unpack_compact(data))
+        for uuid, data in _newest_packed(conn, devices - newest.keys()).items()
+    ]
+    for uuid, (ts, columns) in chunks:
         if ts.size == 0:
             continue
         i = int(np.argmax(ts))
