@@ -333,9 +333,21 @@ def run_load(
 
 # --- servers -----------------------------------------------------------------------------------
 
+STORED_MESSAGES_SQL = (
+    "SELECT p.agent_id, p.epoch, p.pruned + (SELECT COUNT(*) FROM messages m "
+    "WHERE m.agent_id = p.agent_id AND m.epoch = p.epoch) FROM stream_progress p"
+)
+"""Messages stored per (agent, epoch): those still there and those retention pruned."""
+COMMITTED_SAMPLES_SQL = (
+    "SELECT COALESCE((SELECT SUM(n_samples) FROM telemetry_chunks), 0) + "
+    "COALESCE((SELECT SUM(n_samples) FROM telemetry_rollups WHERE tier = '10s'), 0)"
+)
+"""Samples committed: in fresh chunks, or compacted (every compacted sample is in the 10 s
+rollups, which the runs here never prune)."""
+
 
 def start_collector(
-    tmp: Path, db: str | None = None, name: str = "collector"
+    tmp: Path, db: str | None = None, name: str = "collector", extra: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen[str], str, str]:
     tmp.mkdir(parents=True, exist_ok=True)
     ready = tmp / f"{name}-ready.json"
@@ -356,6 +368,7 @@ def start_collector(
                 str(ready),
                 "--log-level",
                 "warning",
+                *extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -627,27 +640,17 @@ def measure(
         import psycopg
 
         with psycopg.connect(pg_dsn) as pconn:
-            stored_pg = {
-                (a, e): n
-                for a, e, n in pconn.execute(
-                    "SELECT agent_id, epoch, COUNT(*) FROM messages GROUP BY agent_id, epoch"
-                ).fetchall()
-            }
+            stored_pg = {(a, e): n for a, e, n in pconn.execute(STORED_MESSAGES_SQL).fetchall()}
             lost = sum(last - stored_pg.get((name, epoch), 0) for name, epoch, last in res.agents)
-            row = pconn.execute("SELECT SUM(n_samples) FROM telemetry_chunks").fetchone()
+            row = pconn.execute(COMMITTED_SAMPLES_SQL).fetchone()
             committed_rate = float((row[0] if row else 0) or 0) / duration_s
     elif db is not None:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         lost = 0
-        stored = dict(
-            ((a, e), n)
-            for a, e, n in conn.execute(
-                "SELECT agent_id, epoch, COUNT(*) FROM messages GROUP BY agent_id, epoch"
-            )
-        )
+        stored = dict(((a, e), n) for a, e, n in conn.execute(STORED_MESSAGES_SQL))
         for name, epoch, last in res.agents:
             lost += last - stored.get((name, epoch), 0)
-        committed = conn.execute("SELECT SUM(n_samples) FROM telemetry_chunks").fetchone()[0]
+        committed = conn.execute(COMMITTED_SAMPLES_SQL).fetchone()[0]
         committed_rate = (committed or 0) / duration_s
         conn.close()
     return RunReport(
@@ -762,11 +765,15 @@ def run_collector(
     *,
     pg_dsn: str | None = None,
     replicas: int = 1,
+    extra: tuple[str, ...] = (),
 ) -> RunReport:
     """One run at ``streams`` (fresh database): a collector on SQLite, or ``replicas``
     collectors on the PostgreSQL database ``pg_dsn`` (the load spread over them); then the
     /metrics timing of the first."""
-    started = [start_collector(tmp, pg_dsn, name=f"collector-{i}") for i in range(max(1, replicas))]
+    started = [
+        start_collector(tmp, pg_dsn, name=f"collector-{i}", extra=extra)
+        for i in range(max(1, replicas))
+    ]
     http = started[0][2]
     try:
         report = measure(
@@ -898,6 +905,44 @@ def fmt_ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}×" if a is not None and b else "—"
 
 
+MAINTENANCE_OFF = ("--maintenance-interval", "1000000")
+PRUNING_ALL_ALONG = (
+    "--retention",
+    "raw=15s,10s=1h,1m=1h",
+    "--maintenance-interval",
+    "5",
+    "--maintenance-settle",
+    "3",
+)
+
+
+def retention_compare(args: argparse.Namespace, tmp: Path) -> int:
+    """The load without store maintenance, then with compaction and pruning running all along
+    (see ``--retention-compare``); exit 0 when both pass and the ack p99 ratio is ≤ 1.5."""
+    off = run_collector(args, tmp / "off", args.streams, "maintenance off", extra=MAINTENANCE_OFF)
+    on = run_collector(
+        args, tmp / "on", args.streams, "compacting and pruning", extra=PRUNING_ALL_ALONG
+    )
+    conn = sqlite3.connect(f"file:{tmp / 'on' / 'bench.db'}?mode=ro", uri=True)
+    pruned = conn.execute("SELECT COALESCE(SUM(pruned), 0) FROM stream_progress").fetchone()[0]
+    rolled = conn.execute(
+        "SELECT COALESCE(SUM(n_samples), 0) FROM telemetry_rollups WHERE tier = '10s'"
+    ).fetchone()[0]
+    conn.close()
+    print(
+        f"    during the second run: {rolled:,} samples compacted and rolled up, "
+        f"{pruned:,} messages pruned at the raw horizon"
+    )
+    if off.ack_p99_s and on.ack_p99_s:
+        ratio = on.ack_p99_s / off.ack_p99_s
+        print(
+            f"  ack p99 while compacting and pruning {on.ack_p99_s:.3f} s, without maintenance "
+            f"{off.ack_p99_s:.3f} s: ratio {ratio:.2f} (target ≤ 1.5)"
+        )
+        return 0 if off.passed and on.passed and ratio <= 1.5 else 1
+    return 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--streams", type=int, default=1000)
@@ -937,6 +982,13 @@ def main() -> int:
         help="collector replicas on PostgreSQL, a comma list of counts (default 1,2)",
     )
     ap.add_argument(
+        "--retention-compare",
+        action="store_true",
+        help="instead of the target run: the same load twice, store maintenance off, then "
+        "compacting, rolling up and pruning all along (raw kept 15 s, a pass every 5 s); "
+        "prints the ratio of their ack p99 (target <= 1.5)",
+    )
+    ap.add_argument(
         "--ceiling",
         action="store_true",
         help="after the target run, step the load up 25 %% while runs pass (or down 10 %% "
@@ -952,6 +1004,8 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="flopwatt-bench-") as tmp_s:
         tmp = Path(tmp_s)
+        if args.retention_compare:
+            return retention_compare(args, tmp)
         report = run_collector(args, tmp / "target", args.streams, "collector")
         if not args.no_echo:
             echo = run_echo(args, args.streams)
