@@ -152,11 +152,22 @@ def summarise(stats: dict[str, Any], gpus: int, retention: Retention) -> None:
     """Bytes per sample / per GPU-second per tier, and the fleet-year extrapolation."""
     tiers = stats["tiers"]
     raw = tiers["raw"]
-    raw_bps = raw["bytes_per_sample"]
+    tables = {t["table"]: t for t in stats["tables"]}
+    fresh, packed = tables["telemetry_chunks"], tables["telemetry_packed"]
     print(
         f"raw tier: {raw['bytes'] / 2**20:.1f} MiB for {raw['samples']:,} samples = "
-        f"{raw_bps:.2f} bytes per 12-column sample, all overhead included "
-        f"(per-message chunks before compaction: ~80)"
+        f"{raw['bytes_per_sample']:.2f} B/sample, all overhead included; of them "
+        f"{fresh['samples']:,} not compacted yet (the newest settle + interval seconds, "
+        f"{(fresh['bytes'] or 0) / max(fresh['samples'], 1):.1f} B/sample)"
+    )
+    # Once compacted: the compact chunks with their index, plus the message ledger (every
+    # raw sample's share of it) — what a long raw horizon costs per sample.
+    ledger = sum(tables[t]["bytes"] or 0 for t in ("messages", "telemetry_tails"))
+    raw_bps = (packed["bytes"] or 0) / max(packed["samples"], 1) + ledger / max(raw["samples"], 1)
+    print(
+        f"compacted raw data: {(packed['bytes'] or 0) / max(packed['samples'], 1):.2f} B/sample "
+        f"in compact chunks + {ledger / max(raw['samples'], 1):.2f} B/sample of message ledger "
+        f"= {raw_bps:.2f} bytes per 12-column sample on disk (goal ≤ 8, target ≤ 20)"
     )
     per_gpu_s: dict[str, float] = {}
     for name in ("10s", "1m"):
@@ -171,7 +182,7 @@ def summarise(stats: dict[str, Any], gpus: int, retention: Retention) -> None:
             )
     results = tiers["results"]
     print(f"results tier: {results['bytes'] / 2**20:.2f} MiB ({results['rows']:,} rows)")
-    if raw_bps is None or len(per_gpu_s) < 2:
+    if len(per_gpu_s) < 2:
         print("not enough data to extrapolate (run longer than the 1m horizon)")
         return
     defaults = Retention()

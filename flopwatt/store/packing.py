@@ -34,8 +34,8 @@ PACKED_MAGIC = b"FWZ1"
 _HEADER = struct.Struct("<4sII")
 """magic, sample count, bitmap of present columns (bit i ⇔ ``TELEMETRY_COLUMNS[i]``)."""
 
-_RAW, _DELTA, _SCALED, _XOR = 0, 1, 2, 3
-_SCALES = (1, 10, 100, 1000)
+RAW, DELTA, SCALED, XOR = 0, 1, 2, 3
+SCALES = (1, 10, 100, 1000)
 """Decimal scales tried for float columns (10**k), smallest first."""
 
 ZSTD_LEVEL = 9
@@ -53,19 +53,19 @@ def _unzigzag(z: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
     return ((z >> np.uint64(1)).view(np.int64)) ^ -((z & np.uint64(1)).view(np.int64))
 
 
-def _delta(values: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
+def delta(values: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
     # int64 arithmetic wraps modulo 2**64, which the cumulative sum undoes exactly.
     with np.errstate(over="ignore"):
         d = np.diff(values, prepend=np.int64(0))
     return _zigzag(d)
 
 
-def _undelta(z: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
+def undelta(z: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
     with np.errstate(over="ignore"):
         return np.cumsum(_unzigzag(z), dtype=np.int64)
 
 
-def _shuffle(words: npt.NDArray[Any]) -> bytes:
+def shuffle(words: npt.NDArray[Any]) -> bytes:
     """Byte planes: every value's byte 0, then every byte 1, ... (zstd sees runs of zeros)."""
     width = words.dtype.itemsize
     return (
@@ -76,26 +76,43 @@ def _shuffle(words: npt.NDArray[Any]) -> bytes:
     )
 
 
-def _unshuffle(data: bytes, n: int, dtype: str) -> npt.NDArray[Any]:
+def unshuffle(data: bytes, n: int, dtype: str) -> npt.NDArray[Any]:
     width = np.dtype(dtype).itemsize
     planes = np.frombuffer(data, dtype=np.uint8, count=n * width).reshape(width, n)
     return np.ascontiguousarray(planes.T).view(dtype).reshape(n)
 
 
-def _encode_float(values: npt.NDArray[Any]) -> tuple[int, int, npt.NDArray[Any]]:
+def encode_float(values: npt.NDArray[Any]) -> tuple[int, int, npt.NDArray[Any]]:
     """(encoding, scale exponent, words) for one float column."""
     if np.all(np.isfinite(values)):
         as64 = values.astype(np.float64)
-        for k, scale in enumerate(_SCALES):
+        for k, scale in enumerate(SCALES):
             scaled = np.round(as64 * scale)
             if np.all(np.abs(scaled) < 2**52):
                 back = (scaled / scale).astype(values.dtype)
                 if np.array_equal(
                     back.view(f"u{values.dtype.itemsize}"), values.view(f"u{values.dtype.itemsize}")
                 ):
-                    return _SCALED, k, _delta(scaled.astype(np.int64))
+                    return SCALED, k, delta(scaled.astype(np.int64))
     bits = values.view(f"<u{values.dtype.itemsize}")
-    return _XOR, 0, bits ^ np.concatenate((bits[:1] * 0, bits[:-1]))
+    return XOR, 0, bits ^ np.concatenate((bits[:1] * 0, bits[:-1]))
+
+
+def decode_words(
+    words: npt.NDArray[Any], code: int, k: int, dtype: np.dtype[Any]
+) -> npt.NDArray[Any]:
+    """Values of ``dtype`` from their transformed words (inverse of the encodings above).
+
+    Raises:
+        ValueError: an unknown encoding.
+    """
+    if code == DELTA:
+        return undelta(words.view(np.uint64)).astype(dtype)
+    if code == SCALED:
+        return (undelta(words.view(np.uint64)).astype(np.float64) / SCALES[k]).astype(dtype)
+    if code == XOR:
+        return np.bitwise_xor.accumulate(words).view(dtype)
+    raise ValueError(f"unknown encoding {code}")
 
 
 def pack_compact(
@@ -116,7 +133,7 @@ def pack_compact(
         raise ValueError(f"unknown telemetry columns {sorted(unknown)}")
     bitmap = 0
     codes = bytearray()
-    parts = [_shuffle(_delta(_delta(timestamps_unix_ns.astype(np.int64)).view(np.int64)))]
+    parts = [shuffle(delta(delta(timestamps_unix_ns.astype(np.int64)).view(np.int64)))]
     for i, spec in enumerate(TELEMETRY_COLUMNS):
         col = columns.get(spec.name)
         if col is None:
@@ -126,11 +143,11 @@ def pack_compact(
         bitmap |= 1 << i
         values = np.ascontiguousarray(col.astype(_LE_DTYPES[spec.name], copy=False))
         if values.dtype.kind == "f":
-            code, k, words = _encode_float(values)
+            code, k, words = encode_float(values)
         else:
-            code, k, words = _DELTA, 0, _delta(values.astype(np.int64))
+            code, k, words = DELTA, 0, delta(values.astype(np.int64))
         codes += bytes((code, k))
-        parts.append(_shuffle(words))
+        parts.append(shuffle(words))
     body = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(b"".join(parts))
     return _HEADER.pack(PACKED_MAGIC, n, bitmap) + bytes(codes) + body
 
@@ -160,26 +177,18 @@ def unpack_compact(
         width = np.dtype(dtype).itemsize * n
         if pos + width > len(raw):
             raise ValueError("compact telemetry chunk is truncated")
-        out = _unshuffle(raw[pos : pos + width], n, dtype)
+        out = unshuffle(raw[pos : pos + width], n, dtype)
         pos += width
         return out
 
-    ts = _undelta(_undelta(take("<u8")).view(np.uint64))
+    ts = undelta(undelta(take("<u8")).view(np.uint64))
     columns: dict[str, npt.NDArray[Any]] = {}
     for j, spec in enumerate(present):
         code, k = blob[codes_at + 2 * j], blob[codes_at + 2 * j + 1]
         dtype = _LE_DTYPES[spec.name]
-        if code == _DELTA:
-            columns[spec.name] = _undelta(take("<u8")).astype(dtype)
-        elif code == _SCALED:
-            scaled = _undelta(take("<u8")).astype(np.float64)
-            columns[spec.name] = (scaled / _SCALES[k]).astype(dtype)
-        elif code == _XOR:
-            word = f"<u{dtype.itemsize}"
-            bits = np.bitwise_xor.accumulate(take(word))
-            columns[spec.name] = bits.view(dtype)
-        else:
-            raise ValueError(f"compact telemetry chunk has unknown encoding {code}")
+        columns[spec.name] = decode_words(
+            take("<u8" if code != XOR else f"<u{dtype.itemsize}"), code, k, dtype
+        )
     if pos != len(raw):
         raise ValueError("compact telemetry chunk has trailing bytes")
     return ts, columns

@@ -38,6 +38,14 @@ import numpy.typing as npt
 import zstandard
 
 from flopwatt.records import TELEMETRY_COLUMNS
+from flopwatt.store.packing import (
+    DELTA,
+    decode_words,
+    delta,
+    encode_float,
+    shuffle,
+    unshuffle,
+)
 
 Arrays = dict[str, npt.NDArray[Any]]
 
@@ -276,8 +284,10 @@ def merge(a: Arrays, b: Arrays) -> Arrays:
 
 
 def encode(arrays: Mapping[str, npt.NDArray[Any]]) -> bytes:
-    """A window as a blob: header, array names and dtypes, then the byte-shuffled arrays
-    compressed with zstd.
+    """A window as a blob: header, array names with their dtype and encoding, then the
+    arrays, each transformed as compact chunks transform columns (integers: delta; floats:
+    exact short decimals scaled and delta, else XOR with the previous value; see
+    :mod:`flopwatt.store.packing`), byte-shuffled and compressed together with zstd. Lossless.
 
     Raises:
         ValueError: arrays of different lengths.
@@ -291,10 +301,13 @@ def encode(arrays: Mapping[str, npt.NDArray[Any]]) -> bytes:
         if a.shape != (n,):
             raise ValueError(f"rollup array {name} has {a.shape} values for {n} buckets")
         code = {"i": b"i", "u": b"u", "f": b"f"}[a.dtype.kind]
+        if a.dtype.kind == "f":
+            encoding, k, words = encode_float(a.astype("<f8"))
+        else:
+            encoding, k, words = DELTA, 0, delta(a.astype(np.int64))
         raw = name.encode()
-        head += bytes((len(raw),)) + raw + code
-        words = a.astype(a.dtype.newbyteorder("<"), copy=False).view(np.uint8).reshape(-1, 8)
-        body.append(words.T.tobytes())
+        head += bytes((len(raw),)) + raw + code + bytes((encoding, k))
+        body.append(shuffle(words))
     return bytes(head) + zstandard.ZstdCompressor(level=_LEVEL).compress(b"".join(body))
 
 
@@ -313,8 +326,9 @@ def decode(blob: bytes) -> Arrays:
         size = blob[pos]
         name = bytes(blob[pos + 1 : pos + 1 + size]).decode()
         code = chr(blob[pos + 1 + size])
-        specs.append((name, {"i": "<i8", "u": "<u8", "f": "<f8"}[code]))
-        pos += 2 + size
+        encoding, k = blob[pos + 2 + size], blob[pos + 3 + size]
+        specs.append((name, {"i": "<i8", "u": "<u8", "f": "<f8"}[code], encoding, k))
+        pos += 4 + size
     try:
         raw = zstandard.ZstdDecompressor().decompress(bytes(blob[pos:]))
     except zstandard.ZstdError as exc:
@@ -322,9 +336,9 @@ def decode(blob: bytes) -> Arrays:
     if len(raw) != 8 * n * count:
         raise ValueError("rollup window has the wrong size")
     out: Arrays = {}
-    for j, (name, dtype) in enumerate(specs):
-        planes = np.frombuffer(raw, dtype=np.uint8, count=8 * n, offset=8 * n * j)
-        out[name] = np.ascontiguousarray(planes.reshape(8, n).T).view(dtype).reshape(n)
+    for j, (name, dtype, encoding, k) in enumerate(specs):
+        words = unshuffle(raw[8 * n * j : 8 * n * (j + 1)], n, "<u8")
+        out[name] = decode_words(words, encoding, k, np.dtype(dtype))
     return out
 
 
