@@ -57,7 +57,7 @@ ENERGY = "energy_j"
 STAT_COLUMNS: tuple[str, ...] = tuple(c.name for c in TELEMETRY_COLUMNS if c.name != THROTTLE)
 """Columns summarised by n / sum / min / max / last (all but the throttle bitmask)."""
 
-_MAGIC = b"FWR1"
+_MAGIC = b"FWR2"
 _HEADER = struct.Struct("<4sIH")
 _LEVEL = 3
 """zstd level: windows are rewritten when late data merges in, so favour speed."""
@@ -283,6 +283,27 @@ def merge(a: Arrays, b: Arrays) -> Arrays:
     return reduce_entries(concat([a, b]))
 
 
+KNOWN_ARRAYS: tuple[str, ...] = (
+    "bucket",
+    "samples",
+    "t_first",
+    "t_last",
+    "interval_s",
+    *(f"{c}:{stat}" for c in STAT_COLUMNS for stat in ("n", "sum", "min", "max", "last")),
+    f"{ENERGY}:delta",
+    f"{ENERGY}:delta_s",
+    f"{THROTTLE}:n",
+    f"{THROTTLE}:or",
+    f"{THROTTLE}:last",
+    *(f"throttle_s:{bit}" for bit in range(64)),
+)
+"""Array names written as one byte (their index) rather than spelled out: a window's header
+would otherwise be ~1.3 KB of names, more than its data while it holds a few buckets."""
+_KNOWN_INDEX = {name: i for i, name in enumerate(KNOWN_ARRAYS)}
+_SPELLED = 255
+assert len(KNOWN_ARRAYS) < _SPELLED
+
+
 def encode(arrays: Mapping[str, npt.NDArray[Any]]) -> bytes:
     """A window as a blob: header, array names with their dtype and encoding, then the
     arrays, each transformed as compact chunks transform columns (integers: delta; floats:
@@ -305,8 +326,13 @@ def encode(arrays: Mapping[str, npt.NDArray[Any]]) -> bytes:
             encoding, k, words = encode_float(a.astype("<f8"))
         else:
             encoding, k, words = DELTA, 0, delta(a.astype(np.int64))
-        raw = name.encode()
-        head += bytes((len(raw),)) + raw + code + bytes((encoding, k))
+        index = _KNOWN_INDEX.get(name)
+        if index is None:
+            raw = name.encode()
+            head += bytes((_SPELLED, len(raw))) + raw
+        else:
+            head += bytes((index,))
+        head += code + bytes((encoding, k))
         body.append(shuffle(words))
     return bytes(head) + zstandard.ZstdCompressor(level=_LEVEL).compress(b"".join(body))
 
@@ -323,12 +349,20 @@ def decode(blob: bytes) -> Arrays:
     pos = _HEADER.size
     specs = []
     for _ in range(count):
-        size = blob[pos]
-        name = bytes(blob[pos + 1 : pos + 1 + size]).decode()
-        code = chr(blob[pos + 1 + size])
-        encoding, k = blob[pos + 2 + size], blob[pos + 3 + size]
+        index = blob[pos]
+        if index == _SPELLED:
+            size = blob[pos + 1]
+            name = bytes(blob[pos + 2 : pos + 2 + size]).decode()
+            pos += 2 + size
+        elif index < len(KNOWN_ARRAYS):
+            name = KNOWN_ARRAYS[index]
+            pos += 1
+        else:
+            raise ValueError(f"rollup window names an unknown array {index}")
+        code = chr(blob[pos])
+        encoding, k = blob[pos + 1], blob[pos + 2]
         specs.append((name, {"i": "<i8", "u": "<u8", "f": "<f8"}[code], encoding, k))
-        pos += 4 + size
+        pos += 3
     try:
         raw = zstandard.ZstdDecompressor().decompress(bytes(blob[pos:]))
     except zstandard.ZstdError as exc:
