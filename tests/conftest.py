@@ -82,3 +82,15 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     server = request.getfixturevalue("postgres")
     _databases[0] += 1
     return str(server.create_database(f"store_{_databases[0]}"))
+
+
+@pytest.fixture
+def store(db: str) -> Iterator[Any]:
+    """A store opened on :func:`db` (closed after the test)."""
+    from flopwatt.store import open_store
+
+    s = open_store(db, busy_timeout_s=5.0)
+    try:
+        yield s
+    finally:
+        s.close()

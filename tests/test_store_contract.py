@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import fields
 from typing import Any
 
 import numpy as np
-import pytest
 
 from flopwatt.analysis.comparison import SpecComparison
 from flopwatt.records import (
@@ -44,15 +42,6 @@ from flopwatt.store.chunks import unpack_chunk
 from flopwatt.store.schema import SCHEMA_VERSION, epoch_to_db
 
 AGENT, EPOCH = "node-a", 2**64 - 5  # an epoch that does not fit a signed 64-bit integer
-
-
-@pytest.fixture
-def store(db: str) -> Iterator[Store]:
-    s = open_store(db, busy_timeout_s=5.0)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def heartbeat(sequence: int, *, agent: str = AGENT, digest: bytes | None = None) -> MessageWrite:

@@ -3,12 +3,11 @@ bookkeeping intact, each tier is pruned at its horizon (the clock injected), a r
 pruned message is a duplicate (never stored again), the ledger tells pruned messages from gaps,
 and the size cap prunes the oldest data early.
 
-Uses the ``db`` fixture (conftest): a fresh SQLite file and a fresh database on a real
-PostgreSQL server."""
+Uses the ``db`` and ``store`` fixtures (conftest): a fresh SQLite file and a fresh database on
+a real PostgreSQL server."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
 
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 
 from flopwatt.records import DeviceInfo, NodeInfo, SeriesBlock
-from flopwatt.store import open_store, rollup
+from flopwatt.store import rollup
 from flopwatt.store.base import MessageWrite, Outcome, Registration, Store
 from flopwatt.store.inspect import check_store, store_stats
 from flopwatt.store.maintenance import Maintainer, MaintenanceConfig
@@ -29,15 +28,6 @@ T0 = 1_764_997_200 * S  # a whole hour
 AGENT, EPOCH = "node-r", 2**64 - 9
 GPUS = ("GPU-a", "GPU-b")
 PER_MESSAGE = 10  # samples per device per message (1 s at 10 Hz)
-
-
-@pytest.fixture
-def store(db: str) -> Iterator[Store]:
-    s = open_store(db, busy_timeout_s=5.0)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def _register(store: Store) -> None:
