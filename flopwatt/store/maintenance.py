@@ -140,6 +140,7 @@ class _Db:
 
         self.postgres = isinstance(db, str) and is_postgres_dsn(db)
         self.rowid = "ctid" if self.postgres else "rowid"
+        self._holding = False
         self.path: Path | None = None
         if self.postgres:
             import psycopg
@@ -199,9 +200,12 @@ class _Db:
     def try_lock(self) -> bool:
         """PostgreSQL: hold the maintenance role (a session advisory lock kept while this
         connection lives). SQLite: one collector per file, always."""
-        if not self.postgres:
+        if not self.postgres or self._holding:
             return True
-        return bool(self.one("SELECT pg_try_advisory_lock(?) AS ok", (MAINTENANCE_LOCK_KEY,))["ok"])
+        # Taken once: a session lock taken again would only stack, held until disconnect.
+        row = self.one("SELECT pg_try_advisory_lock(?) AS ok", (MAINTENANCE_LOCK_KEY,))
+        self._holding = bool(row["ok"])
+        return self._holding
 
     def size_bytes(self) -> int:
         """Bytes the store occupies (SQLite: pages in use, free pages excluded; PostgreSQL:
