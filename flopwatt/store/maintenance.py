@@ -53,6 +53,7 @@ from flopwatt.store.chunks import unpack_chunk
 from flopwatt.store.inspect import TierSize, tier_sizes
 from flopwatt.store.packing import pack_compact
 from flopwatt.store.retention import RAW, RESULTS, ROLLUP_TIERS, S_NS, Retention
+from flopwatt.store.sqlite import write_transaction
 
 log = logging.getLogger(__name__)
 
@@ -176,15 +177,8 @@ class _Db:
             with self.conn.transaction():
                 yield self
             return
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(self.conn):
             yield self
-            self.conn.execute("COMMIT")
-        except BaseException:
-            if self.conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    self.conn.execute("ROLLBACK")
-            raise
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         cur = self.conn.execute(self.q(sql), params)

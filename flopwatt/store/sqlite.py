@@ -77,6 +77,24 @@ PROBE_FREE_BYTES = 4 * 1024 * 1024
 """Free space a health probe waits for on the database's file system before it writes."""
 
 
+@contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` on ``conn`` (autocommit mode), rolled back on any
+    error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        # Also after a failed COMMIT: SQLite keeps the transaction open after some failures
+        # (SQLITE_BUSY) and rolls it back itself after others (SQLITE_FULL, I/O errors), and
+        # the connection must be usable for the next one either way.
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
 class SQLiteStore:
     """:class:`Store` on one SQLite file (created if missing).
 
@@ -165,18 +183,8 @@ class SQLiteStore:
     @contextmanager
     def _transaction_unlocked(self) -> Iterator[sqlite3.Connection]:
         """A write transaction on the write connection (the caller holds the write lock)."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-            self._conn.execute("COMMIT")
-        except BaseException:
-            # Also after a failed COMMIT: SQLite keeps the transaction open after some failures
-            # (SQLITE_BUSY) and rolls it back itself after others (SQLITE_FULL, I/O errors),
-            # and the connection must be usable for the next batch either way.
-            if self._conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.execute("ROLLBACK")
-            raise
+        with write_transaction(self._conn) as c:
+            yield c
 
     def _migrate(self) -> None:
         with self._transaction() as c:
