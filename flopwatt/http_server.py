@@ -10,16 +10,17 @@ from __future__ import annotations
 import logging
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 log = logging.getLogger(__name__)
 
-#: A route: returns (status, content type, body) for a GET.
-Route = Callable[[], tuple[int, str, bytes]]
+#: A route: returns (status, content type, body) for a GET, given its query parameters (the
+#: last value of each).
+Route = Callable[[Mapping[str, str]], tuple[int, str, bytes]]
 
 GZIP_LEVEL = 1
 """zlib level for gzip responses (fastest: metrics text compresses ~16:1 even so)."""
@@ -62,8 +63,8 @@ class HttpServer:
         self, host: str, port: int, metrics: Callable[[], bytes], healthy: Callable[[], bool]
     ) -> None:
         self.routes: dict[str, Route] = {
-            "/metrics": lambda: (200, CONTENT_TYPE_LATEST, metrics()),
-            "/healthz": lambda: (
+            "/metrics": lambda _query: (200, CONTENT_TYPE_LATEST, metrics()),
+            "/healthz": lambda _query: (
                 (200, "text/plain", b"ok\n")
                 if healthy()
                 else (503, "text/plain", b"shutting down\n")
@@ -73,12 +74,14 @@ class HttpServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                route = routes.get(urlsplit(self.path).path)
+                url = urlsplit(self.path)
+                route = routes.get(url.path)
                 if route is None:
                     self._send(404, "text/plain", b"not found\n")
                     return
+                query = dict(parse_qsl(url.query, keep_blank_values=True))
                 try:
-                    status, ctype, body = route()
+                    status, ctype, body = route(query)
                 except Exception:
                     log.exception("GET %s failed", self.path)
                     status, ctype, body = 500, "text/plain", b"internal error\n"

@@ -25,7 +25,7 @@ import multiprocessing as mp
 import pickle
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -259,7 +259,7 @@ class _Mirror:
 
         self.state.count(put)
 
-    def healthz(self) -> tuple[int, str, bytes]:
+    def healthz(self, _query: Mapping[str, str]) -> tuple[int, str, bytes]:
         if self._mono() - self.heard > FEED_STALE_S:
             return 503, "text/plain", b"not serving: the collector's main process is silent\n"
         if not self.health.serving:

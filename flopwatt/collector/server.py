@@ -531,7 +531,7 @@ async def _start(
                 return metrics.render_bytes()
 
             http = HttpServer(http_host, http_port, render, lambda: True)
-            http.routes["/healthz"] = lambda: (
+            http.routes["/healthz"] = lambda _query: (
                 (200, "text/plain", b"ok\n")
                 if health.serving
                 else (503, "text/plain", f"not serving: {health.view().reason}\n".encode())

@@ -31,6 +31,7 @@ from flopwatt.report.terminal import (
     summary_tables,
     terminal_sections,
 )
+from flopwatt.store.retention import RetentionError, parse_duration_s
 
 DEFAULT_DB = Path("flopwatt-data/flopwatt.db")
 _STDOUT_FORMATS = ("html", "md", "json", "csv")
@@ -42,7 +43,7 @@ def _load(
     """The report, and the collector's own HTML when it came from one."""
     try:
         if collector_url is not None:
-            page = fetch_report_html(collector_url)
+            page = fetch_report_html(collector_url, window_s=params.window_s)
             return report_from_html(page), page
         return as_report(db_path or str(DEFAULT_DB), parameters=params), None
     except (FileNotFoundError, ReportSourceError, ReportFormatError) as exc:
@@ -137,6 +138,17 @@ def _to_stdout(report: FleetReport, fmt: str, collector_page: str | None) -> Non
     show_default=True,
     help="|robust z| at which a GPU is an outlier within its cohort (with --db).",
 )
+@click.option(
+    "--window",
+    "window",
+    default="24h",
+    show_default=True,
+    metavar="DURATION",
+    help="Span of the 'telemetry over the window' table, ending now (90m, 24h, 7d, 1y): "
+    "energy, mean and peak power, clocks, temperature and throttle time per GPU, read from "
+    "raw samples where the store keeps them and from 10 s / 1 min rollups where they are "
+    "pruned; each row names its resolution.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option(
     "--verbose",
@@ -152,6 +164,7 @@ def report(
     out: str,
     stem: str,
     outlier_z: float,
+    window: str,
     as_json: bool,
     verbose: bool,
 ) -> None:
@@ -167,7 +180,11 @@ def report(
         wanted = parse_formats(parse_csv_option(formats))
     except ReportFormatError as exc:
         raise click.BadParameter(str(exc), param_hint="--format") from None
-    params = ReportParameters(outlier_z=outlier_z)
+    try:
+        window_s = float(parse_duration_s(window))
+    except RetentionError as exc:
+        raise click.BadParameter(str(exc), param_hint="--window") from None
+    params = ReportParameters(outlier_z=outlier_z, window_s=window_s)
     fleet_report, page = _load(db_path, collector_url, params)
 
     if not wanted:

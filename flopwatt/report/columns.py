@@ -17,12 +17,7 @@ from flopwatt.report.tables import (
     SKU_COLUMNS,
     VERDICT_COLUMNS,
 )
-
-"""Every format :func:`write_report` writes."""
-
-
-"""Version of the JSON document (and of the data embedded in the HTML)."""
-
+from flopwatt.report.window_table import WINDOW_COLUMNS
 
 TABLE_COLUMNS: Mapping[str, tuple[str, ...]] = {
     "gpus": GPU_COLUMNS,
@@ -30,13 +25,11 @@ TABLE_COLUMNS: Mapping[str, tuple[str, ...]] = {
     "outliers": OUTLIER_COLUMNS,
     "verdicts": VERDICT_COLUMNS,
     "models": MODEL_COLUMNS,
+    "window": WINDOW_COLUMNS,
 }
 
 
-SECTION_ORDER: tuple[str, ...] = ("verdicts", "outliers", "skus", "gpus", "models")
-"""The order tables appear in for people: the answer first, the detail last."""
-
-
+SECTION_ORDER: tuple[str, ...] = ("verdicts", "outliers", "skus", "gpus", "window", "models")
 """The order tables appear in for people: the answer first, the detail last."""
 
 
@@ -68,6 +61,20 @@ def _int_fmt(v: Any) -> str:
 
 def _bool_fmt(v: Any) -> str:
     return DASH if _missing(v) else ("yes" if bool(v) else "no")
+
+
+def span_text(v: Any) -> str:
+    """Seconds as a span for people: 45 s, 12 min, 5.5 h, 3.2 d (whole units shown whole)."""
+    if _missing(v):
+        return DASH
+    s = max(0.0, float(v))
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    if s < 172800:
+        return f"{s / 3600:g} h" if s % 3600 == 0 else f"{s / 3600:.1f} h"
+    return f"{s / 86400:g} d" if s % 86400 == 0 else f"{s / 86400:.1f} d"
 
 
 def _age_fmt(v: Any) -> str:
@@ -231,6 +238,26 @@ DISPLAY: Mapping[str, tuple[DisplayColumn, ...]] = {
         _c("energy_per_inference_j", "J per sample", _joules),
         _c("limiter", "likely limiter"),
     ),
+    "window": (
+        _c("hostname", "host"),
+        _c("device_index", "#", _int_fmt),
+        _c("sku", "SKU / device"),
+        _c("source", "source"),
+        _c("resolution", "resolution"),
+        _c("tiers", "tiers read"),
+        _c("window_start_utc", "from (UTC)"),
+        _c("window_covered_s", "span", span_text),
+        _c("observed_ratio", "observed", _pct),
+        _c("energy_j", "energy kWh", _num_fmt(1 / 3.6e6, ".3f")),
+        _c("energy_mean_power_w", "mean W (energy)", _watts),
+        _c("power_average_1s_mean_w", "mean W (1 s avg)", _watts),
+        _c("power_instant_max_w", "max W (instant)", _watts),
+        _c("energy_mean_power_over_limit_ratio", "W ÷ limit", _pct),
+        _c("sm_clock_mean_mhz", "mean SM MHz", _num_fmt(1.0, ".0f")),
+        _c("gpu_temperature_max_c", "max °C", _num_fmt(1.0, ".0f")),
+        _c("gpu_utilization_mean_ratio", "mean util.", _pct),
+        _c("throttle_time", "throttled (share of observed time)"),
+    ),
 }
 
 
@@ -285,6 +312,20 @@ TERMINAL_COLUMNS: Mapping[str, tuple[str, ...]] = {
         "outlier_kind",
         "last_seen_age_s",
     ),
+    "window": (
+        "hostname",
+        "device_index",
+        "sku",
+        "source",
+        "resolution",
+        "window_covered_s",
+        "observed_ratio",
+        "energy_j",
+        "energy_mean_power_w",
+        "power_instant_max_w",
+        "gpu_temperature_max_c",
+        "throttle_time",
+    ),
 }
 
 
@@ -294,6 +335,7 @@ TITLES: Mapping[str, str] = {
     "skus": "Per-SKU summary",
     "gpus": "Per-GPU table",
     "models": "Model results",
+    "window": "Telemetry over the window",
 }
 
 
@@ -320,6 +362,15 @@ EXPLANATIONS: Mapping[str, str] = {
         "per FLOP a chip must reach to hold its spec peak within TDP (the inverse view)."
     ),
     "models": "Latest model result per GPU, model, batch and precision.",
+    "window": (
+        "Per GPU, its telemetry over the last {window} before the report: energy from the "
+        "energy counter (exact), mean power from it and from the 1 s averaged readings, the "
+        "highest instant reading, and the share of observed time each throttle reason was "
+        "reported. Read from raw samples where the store still keeps them and from 10 s or "
+        "1 min rollups where they are pruned; 'resolution' names the coarsest tier read. The "
+        "figures are exact over what they cover at any resolution: it only sets how finely "
+        "the window's start is placed ('from')."
+    ),
 }
 
 

@@ -58,11 +58,15 @@ def as_report(
     """
     if isinstance(source, FleetReport):
         return source
+    now = time.time_ns() if now_unix_ns is None else now_unix_ns
     if not isinstance(source, ReportInputs):
         from flopwatt.report.loading import load_report_inputs
 
-        source = load_report_inputs(source if isinstance(source, str) else Path(source))
-    now = time.time_ns() if now_unix_ns is None else now_unix_ns
+        source = load_report_inputs(
+            source if isinstance(source, str) else Path(source),
+            now_unix_ns=now,
+            window_s=(parameters or ReportParameters()).window_s,
+        )
     return build_report(source, now_unix_ns=now, parameters=parameters)
 
 

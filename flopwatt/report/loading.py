@@ -9,7 +9,9 @@ transaction) — and reads, with the store's schema (the same SQL on both):
 * the latest result per (device, kind, precision, model, batch) with its spec comparison, the
   driver version and energy per inference decoded from ``result_json``;
 * the latest telemetry sample per device, decoded from its newest chunk (one indexed lookup per
-  device, never a scan of the telemetry table).
+  device, never a scan of the telemetry table);
+* each device's telemetry over the report's window (:mod:`flopwatt.store.window`: raw samples
+  where they are kept, rollups where they are gone), with the resolution it came from.
 
 :func:`fetch_report_html` downloads ``GET /report`` from a collector's HTTP side.
 """
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -33,31 +37,100 @@ from flopwatt.report.tables import (
     DEVICE_INPUT_COLUMNS,
     RESULT_INPUT_COLUMNS,
     TELEMETRY_INPUT_COLUMNS,
+    WINDOW_S,
     ReportInputs,
 )
-from flopwatt.store import describe_db, is_postgres
+from flopwatt.report.window_table import WINDOW_INPUT_COLUMNS
+from flopwatt.store import describe_db, is_postgres, rollup
 from flopwatt.store.chunks import unpack_chunk
 from flopwatt.store.inspect import RETENTION_SCHEMA, schema_version
 from flopwatt.store.packing import unpack_compact
 from flopwatt.store.readonly import StoreUnreadableError, connect_read_only
+from flopwatt.store.window import read_windows
 
 ReportSourceError = StoreUnreadableError
 """The store or collector could not be read for a report (the message says why)."""
 
 
-def load_report_inputs(db_path: Path | str) -> ReportInputs:
+def load_report_inputs(
+    db_path: Path | str, *, now_unix_ns: int | None = None, window_s: float = WINDOW_S
+) -> ReportInputs:
     """The report's input frames from the store at ``db_path`` (opened read-only).
+
+    Args:
+        db_path: a SQLite file or a PostgreSQL DSN.
+        now_unix_ns: the end of the telemetry window (default: now).
+        window_s: the telemetry window's length (s).
 
     Raises:
         FileNotFoundError: no such file.
         ReportSourceError: not a flopwatt store, or a newer schema.
     """
+    end = time.time_ns() if now_unix_ns is None else now_unix_ns
     with closing(connect_read_only(db_path)) as conn:
         devices = _devices(conn)
         results = _results(conn)
         telemetry = _telemetry(conn)
+        window = window_inputs(conn, end - round(window_s * 1e9), end)
     source = describe_db(db_path) if is_postgres(db_path) else str(Path(db_path))
-    return ReportInputs(devices, results, telemetry, source=source)
+    return ReportInputs(devices, results, telemetry, source=source, window=window)
+
+
+def _stat(summary: Mapping[str, np.ndarray[Any, Any]], name: str) -> float | None:
+    col = summary.get(name)
+    if col is None:
+        return None
+    v = float(col[0])
+    return v if math.isfinite(v) else None
+
+
+def _column_mean(summary: Mapping[str, np.ndarray[Any, Any]], column: str) -> float | None:
+    if f"{column}:n" not in summary:
+        return None
+    v = float(rollup.mean(summary, column)[0])
+    return v if math.isfinite(v) else None
+
+
+def window_inputs(conn: Any, start_unix_ns: int, end_unix_ns: int) -> pd.DataFrame:
+    """Each device's telemetry in ``[start_unix_ns, end_unix_ns]`` as the report's window
+    input frame (:data:`~flopwatt.report.window_table.WINDOW_INPUT_COLUMNS`)."""
+    records = []
+    for uuid, read in read_windows(conn, start_unix_ns, end_unix_ns).items():
+        s = read.summary
+        energy_s = _stat(s, f"{rollup.ENERGY}:delta_s")
+        throttle = {
+            int(name.split(":", 1)[1]): float(values[0])
+            for name, values in s.items()
+            if name.startswith("throttle_s:")
+        }
+        records.append(
+            {
+                "device_uuid": uuid,
+                "resolution": read.resolution,
+                "tiers": "+".join(read.tiers),
+                "window_start_unix_ns": read.start_unix_ns,
+                "window_end_unix_ns": read.end_unix_ns,
+                "first_sample_unix_ns": int(s["t_first"][0]),
+                "last_sample_unix_ns": int(s["t_last"][0]),
+                "samples": int(s["samples"][0]),
+                "observed_s": float(s["interval_s"][0]),
+                # Energy with no measured span (no counter, or one sample) is absent, not 0.
+                "energy_j": _stat(s, f"{rollup.ENERGY}:delta") if energy_s else None,
+                "energy_span_s": energy_s or None,
+                "power_average_1s_mean_w": _column_mean(s, "power_average_1s_w"),
+                "power_instant_mean_w": _column_mean(s, "power_instant_w"),
+                "power_instant_max_w": _stat(s, "power_instant_w:max"),
+                "sm_clock_mean_mhz": _column_mean(s, "sm_clock_mhz"),
+                "sm_clock_min_mhz": _stat(s, "sm_clock_mhz:min"),
+                "gpu_temperature_max_c": _stat(s, "gpu_temperature_c:max"),
+                "gpu_utilization_mean_ratio": _column_mean(s, "gpu_utilization_ratio"),
+                "throttle_reasons_mask": (
+                    int(s[f"{rollup.THROTTLE}:or"][0]) if f"{rollup.THROTTLE}:or" in s else None
+                ),
+                "throttle_seconds": throttle if f"{rollup.THROTTLE}:or" in s else None,
+            }
+        )
+    return pd.DataFrame.from_records(records, columns=list(WINDOW_INPUT_COLUMNS))
 
 
 def _devices(conn: Any) -> pd.DataFrame:
@@ -259,19 +332,27 @@ def report_url(collector_url: str) -> str:
     return base if base.endswith("/report") else f"{base}/report"
 
 
-def fetch_report_html(collector_url: str, *, timeout_s: float = 120.0) -> str:
-    """Download the HTML report a collector renders from its own store (``GET /report``).
+def fetch_report_html(
+    collector_url: str, *, window_s: float | None = None, timeout_s: float = 120.0
+) -> str:
+    """Download the HTML report a collector renders from its own store (``GET /report``),
+    with its telemetry table over ``window_s`` seconds (default: the collector's, 24 h).
 
     Raises:
         ReportSourceError: the collector could not be reached or did not answer 200.
     """
     url = report_url(collector_url)
+    if window_s is not None:
+        url += f"?window={round(window_s)}s"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             body: bytes = resp.read()
             charset = resp.headers.get_content_charset() or "utf-8"
     except urllib.error.HTTPError as exc:
-        raise ReportSourceError(f"{url} answered HTTP {exc.code}") from None
+        detail = exc.read().decode("utf-8", "replace").strip()[:200]
+        raise ReportSourceError(
+            f"{url} answered HTTP {exc.code}" + (f": {detail}" if detail else "")
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
         raise ReportSourceError(f"cannot reach {url}: {exc}") from None
     return body.decode(charset)

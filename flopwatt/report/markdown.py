@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from flopwatt.report.columns import DISPLAY, EXPLANATIONS, SECTION_ORDER, TITLES, display_rows
+from flopwatt.report.columns import (
+    DISPLAY,
+    EXPLANATIONS,
+    SECTION_ORDER,
+    TITLES,
+    display_rows,
+    span_text,
+)
 from flopwatt.report.json_doc import _utc
 from flopwatt.report.tables import (
     SIM,
@@ -37,7 +44,11 @@ def _md_table(table: str, df: pd.DataFrame) -> str:
 
 def _explain(table: str, p: ReportParameters) -> str:
     return EXPLANATIONS[table].format(
-        reached=p.spec_reached_ratio, z=p.outlier_z, floor=p.mad_floor_ratio, n=p.min_cohort
+        reached=p.spec_reached_ratio,
+        z=p.outlier_z,
+        floor=p.mad_floor_ratio,
+        n=p.min_cohort,
+        window=span_text(p.window_s),
     )
 
 

@@ -49,6 +49,12 @@ import numpy.typing as npt
 import pandas as pd
 
 from flopwatt.analysis.throttle import decode_throttle, likely_limiter
+from flopwatt.report.window_table import (
+    WINDOW_COLUMNS,
+    WINDOW_INPUT_COLUMNS,
+    WINDOW_INT_COLUMNS,
+    window_frame,
+)
 
 # --- parameters -------------------------------------------------------------------------------
 
@@ -66,6 +72,8 @@ SPEC_REACHED_RATIO = 0.90
 """Median sustained ÷ spec peak at or above which a SKU is said to reach its spec peak."""
 POWER_BOUND_RATIO = 0.95
 """Mean power ÷ enforced limit at or above which a run counts as power-bound."""
+WINDOW_S = 86_400.0
+"""The "telemetry over the window" table's span by default: the last 24 hours (s)."""
 
 SIM = "sim"
 HARDWARE = "hardware"
@@ -141,6 +149,10 @@ class ReportInputs:
     telemetry: pd.DataFrame
     source: str = ""
     """Where the data came from (a database path or a collector URL), for the report header."""
+    window: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=list(WINDOW_INPUT_COLUMNS))
+    )
+    """Telemetry over the report's window per device (:data:`WINDOW_INPUT_COLUMNS`)."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +164,8 @@ class ReportParameters:
     mad_floor_ratio: float = MAD_FLOOR_RATIO
     spec_reached_ratio: float = SPEC_REACHED_RATIO
     power_bound_ratio: float = POWER_BOUND_RATIO
+    window_s: float = WINDOW_S
+    """The span of the "telemetry over the window" table, ending at the report's time (s)."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +178,8 @@ class FleetReport:
     verdicts: pd.DataFrame
     models: pd.DataFrame
     generated_unix_ns: int
+    window: pd.DataFrame = field(default_factory=lambda: _empty(WINDOW_COLUMNS))
+    """Telemetry over the window, per GPU (:mod:`flopwatt.report.window_table`)."""
     source: str = ""
     parameters: ReportParameters = field(default_factory=ReportParameters)
 
@@ -172,7 +188,7 @@ class FleetReport:
         return {name: getattr(self, name) for name in TABLE_NAMES}
 
 
-TABLE_NAMES: tuple[str, ...] = ("gpus", "skus", "outliers", "verdicts", "models")
+TABLE_NAMES: tuple[str, ...] = ("gpus", "skus", "outliers", "verdicts", "models", "window")
 
 # --- output contract ------------------------------------------------------------------------
 
@@ -496,6 +512,7 @@ def build_report(
         outliers=outlier_table(gpus),
         verdicts=verdict_table(gpus, params=params),
         models=model_table(devices, results),
+        window=window_table(devices, _ensure(inputs.window, WINDOW_INPUT_COLUMNS)),
         generated_unix_ns=now_unix_ns,
         source=inputs.source,
         parameters=params,
@@ -726,6 +743,7 @@ _INT_COLUMNS = frozenset(
         "outliers",
         "power_bound_gpus",
         "batch",
+        *WINDOW_INT_COLUMNS,
     }
 )
 _BOOL_COLUMNS = frozenset({"outlier", "spec_reached", "spec_within_limit"})
@@ -943,3 +961,24 @@ def model_table(devices: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
     df["measured_unix_ns"] = df["finished_unix_ns"]
     df = df.sort_values(["hostname", "device_index", "model", "batch"], kind="stable")
     return _typed(df, MODEL_COLUMNS)
+
+
+def window_table(devices: pd.DataFrame, window: pd.DataFrame) -> pd.DataFrame:
+    """Telemetry over the report's window per GPU (:data:`WINDOW_COLUMNS`, see
+    :mod:`flopwatt.report.window_table`), sorted by hostname and device index."""
+    if window.empty:
+        return _empty(WINDOW_COLUMNS)
+    dev = devices.copy()
+    dev["source"] = [SIM if _truthy(s) else HARDWARE for s in dev["simulated"]]
+    dev = dev[
+        [
+            "device_uuid",
+            "hostname",
+            "device_index",
+            "sku",
+            "name",
+            "source",
+            "power_limit_enforced_w",
+        ]
+    ]
+    return _typed(window_frame(dev, window), WINDOW_COLUMNS)

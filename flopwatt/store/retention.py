@@ -53,7 +53,7 @@ def parse_duration_s(text: str) -> int:
         raise RetentionError(f"{text!r} is not a duration like 90s, 30m, 48h, 30d, 1y")
     seconds = round(float(m.group(1)) * _UNITS_S[m.group(2)])
     if seconds <= 0:
-        raise RetentionError(f"{text!r}: a horizon must be longer than 0")
+        raise RetentionError(f"{text!r}: a duration must be longer than 0")
     return seconds
 
 
