@@ -17,11 +17,11 @@ import pytest
 from flopwatt.records import DeviceInfo, NodeInfo, SeriesBlock
 from flopwatt.store import rollup
 from flopwatt.store.base import MessageWrite, Outcome, Registration, Store
-from flopwatt.store.inspect import check_store, store_stats
+from flopwatt.store.inspect import check_store, store_stats, table_bytes
 from flopwatt.store.maintenance import Maintainer, MaintenanceConfig
 from flopwatt.store.packing import unpack_compact
 from flopwatt.store.readonly import connect_read_only
-from flopwatt.store.retention import Retention
+from flopwatt.store.retention import Retention, partition_span_s
 
 S = 1_000_000_000
 T0 = 1_764_997_200 * S  # a whole hour
@@ -211,7 +211,9 @@ def test_each_tier_is_pruned_at_its_horizon(db: str, store: Store) -> None:
     """raw=1h, 10s=2h, 1m=4h (results: the longest, 4h), the clock moved forward: raw data and
     its messages go first (the stream counts them pruned: no gap, and a resend of one is a
     duplicate that is not stored again), then the 10 s windows, then the 1 min windows,
-    results and rejected-sample counts."""
+    results and rejected-sample counts. PostgreSQL drops whole time partitions: a rollup
+    window stays until all of its partition is past the horizon (one span later)."""
+    postgres = db.startswith("postgresql")
     _register(store)
     _store_seconds(store, 1, 120)
     now = [T0 + 10 * 60 * S]
@@ -235,10 +237,22 @@ def test_each_tier_is_pruned_at_its_horizon(db: str, store: Store) -> None:
         assert store.apply([telemetry(121, now[0])])[0].outcome is Outcome.STORED
         now[0] = T0 + 2 * 3600 * S + 600 * S + 200 * S
         m.run_pass()
+        if postgres:
+            # Whole partitions of 10 min (2 h / 7, rounded down to a span): the window's
+            # partition goes once all of it is past the horizon, one span later.
+            assert partition_span_s(2 * 3600) == 600
+            assert _n(store, "telemetry_rollups", "tier = '10s'") > 0
+            now[0] += 600 * S
+            m.run_pass()
         assert _n(store, "telemetry_rollups", "tier = '10s'") == 0
         assert _n(store, "telemetry_rollups", "tier = '1m'") > 0
         now[0] = T0 + 4 * 3600 * S + 3600 * S + 400 * S
         m.run_pass()
+        if postgres:
+            assert _n(store, "telemetry_rollups", "tier = '1m'") > 0
+            now[0] += partition_span_s(4 * 3600) * S
+            m.run_pass()
+            assert m.totals.dropped_partitions >= 3
         assert _n(store, "telemetry_rollups") == 0
         assert _n(store, "rejected_samples") == 0
         assert _n(store, "messages") == 0
@@ -252,27 +266,40 @@ def test_the_size_cap_prunes_the_oldest_raw_data_early(
     db: str,
     store: Store,
 ) -> None:
-    """A cap the store already exceeds: the oldest compact chunks go first (one episode,
-    counted), newest kept; horizons alone would have kept everything."""
+    """A cap the store exceeds by about half its raw data: the oldest compact chunks go first
+    (one episode, counted), the newest are kept, and the store really shrinks (PostgreSQL:
+    whole partitions dropped — deleting rows would leave the database as large); horizons
+    alone would have kept everything."""
     _register(store)
     _store_seconds(store, 1, 600)
     now = [T0 + 700 * S]
-    m = _maintainer(db, now)
+    m = _maintainer(db, now, "raw=1h")  # PostgreSQL: 1-minute raw partitions
     try:
         m.run_pass()
-        packed = _n(store, "telemetry_packed")
-        assert packed > 0
+        assert _n(store, "telemetry_packed") > 0
+        newest = store.query("SELECT MAX(t_last_unix_ns) AS t FROM telemetry_packed")[0]["t"]
         size = m.totals.store_bytes
         assert size is not None
-        cap = MaintenanceConfig(
-            retention=m.config.retention, max_db_bytes=size // 2, settle_s=60, rows_per_step=1
+        with closing(connect_read_only(db)) as conn:
+            sizes = table_bytes(conn, postgres=db.startswith("postgresql"))
+        assert sizes is not None
+        packed = sizes["telemetry_packed"]
+        assert packed > 0
+        # Over 90 % of the cap now; under 80 % once about half the chunks are gone.
+        cap = int(min(size / 0.9, (size - packed / 2) / 0.8))
+        m.config = MaintenanceConfig(
+            retention=m.config.retention, max_db_bytes=cap, settle_s=60, rows_per_step=1
         )
-        m.config = cap
         m.run_pass()
         assert m.totals.early_prune_episodes == 1
         assert m.totals.early_pruned_rows > 0
-        left = store.query("SELECT MIN(t_first_unix_ns) AS t FROM telemetry_packed")[0]["t"]
-        assert left is None or int(left) > T0
+        left = store.query(
+            "SELECT MIN(t_first_unix_ns) AS lo, MAX(t_last_unix_ns) AS hi FROM telemetry_packed"
+        )[0]
+        assert int(left["lo"]) > T0 and int(left["hi"]) == int(newest)
+        assert m.totals.store_bytes is not None and m.totals.store_bytes < size
+        if db.startswith("postgresql"):
+            assert m.totals.dropped_partitions > 0
         m.run_pass()
         assert m.totals.early_prune_episodes == 1  # still the same episode
     finally:

@@ -293,12 +293,20 @@ def _tables(conn: Any) -> tuple[str, ...]:
 
 def table_bytes(conn: Any, *, postgres: bool) -> dict[str, int] | None:
     """Bytes on disk per table with its indexes (SQLite: its pages, from ``dbstat``, None
-    where the build lacks it; PostgreSQL: ``pg_total_relation_size``)."""
+    where the build lacks it; PostgreSQL: ``pg_total_relation_size``, summed over a
+    partitioned table's partitions)."""
     if not postgres:
         return _sqlite_table_bytes(conn)
     out = {}
     for t in _tables(conn):
-        row = conn.execute("SELECT pg_total_relation_size(%s::regclass) AS b", (t,)).fetchone()
+        # A partitioned table has no storage of its own: its size is its partitions' (the
+        # tree of a plain table is empty).
+        row = conn.execute(
+            "SELECT pg_total_relation_size(%s::regclass) + COALESCE((SELECT "
+            "SUM(pg_total_relation_size(relid)) FROM pg_partition_tree(%s::regclass) "
+            "WHERE relid <> %s::regclass), 0) AS b",
+            (t, t, t),
+        ).fetchone()
         out[t] = _int(row["b"])
     return out
 

@@ -23,7 +23,12 @@ One :meth:`Maintainer.run_pass` does, in order:
    bounded), where the file was created with ``auto_vacuum=INCREMENTAL``.
 
 On PostgreSQL one replica maintains at a time (a session advisory lock); the others skip their
-passes until it is gone. Rows are deleted in batches there too (no time partitions yet).
+passes until it is gone. There the raw and rollup tiers live in time partitions
+(:mod:`flopwatt.store.partitions`), created before the rows that need them and dropped whole
+once all of a partition is past its horizon (data stays at most one partition span, about a
+seventh of the horizon, beyond it), and the size cap drops the oldest partitions: a deleted
+row's space would stay with PostgreSQL, a dropped partition's goes back to the disk. The
+message ledger and the results tier are deleted in batches on both engines.
 
 Errors: a pass that fails (database busy or unreachable) is logged and retried at the next
 interval; it never touches what ingest commits.
@@ -52,7 +57,21 @@ from flopwatt.store import rollup
 from flopwatt.store.chunks import unpack_chunk
 from flopwatt.store.inspect import TierSize, tier_sizes
 from flopwatt.store.packing import pack_compact
-from flopwatt.store.retention import RAW, RESULTS, ROLLUP_TIERS, S_NS, Retention
+from flopwatt.store.partitions import (
+    PACKED,
+    ROLLUP_PARENTS,
+    drop_partition,
+    ensure_partitions,
+    list_partitions,
+)
+from flopwatt.store.retention import (
+    RAW,
+    RESULTS,
+    ROLLUP_TIERS,
+    S_NS,
+    Retention,
+    partition_span_s,
+)
 from flopwatt.store.sqlite import write_transaction
 
 log = logging.getLogger(__name__)
@@ -102,6 +121,8 @@ class MaintenanceTotals:
     early_prune_episodes: int = 0
     early_pruned_rows: int = 0
     vacuumed_pages: int = 0
+    dropped_partitions: int = 0
+    """PostgreSQL time partitions dropped (at the horizon or under the size cap)."""
     last_pass_s: float = 0.0
     maintaining: bool = False
     """This process holds the maintenance role (always, on SQLite)."""
@@ -125,6 +146,7 @@ class MaintenanceTotals:
             "early_prune_episodes": self.early_prune_episodes,
             "early_pruned_rows": self.early_pruned_rows,
             "vacuumed_pages": self.vacuumed_pages,
+            "dropped_partitions": self.dropped_partitions,
             "last_pass_s": self.last_pass_s,
             "maintaining": self.maintaining,
             "store_bytes": self.store_bytes,
@@ -277,6 +299,7 @@ class Maintainer:
         self._db = _Db(db, busy_timeout_s)
         self.totals = MaintenanceTotals()
         self._under_pressure = False
+        self._cap_unreachable = False
 
     def close(self) -> None:
         self._db.close()
@@ -424,6 +447,8 @@ class Maintainer:
                 )
             )
         messages = {(r["agent_id"], int(r["epoch"]), int(r["sequence"])) for r in rows}
+        if self._db.postgres:
+            self._ensure_partitions(packed, upserts)
         with self._db.transaction() as db:
             db.executemany(
                 "INSERT INTO telemetry_packed (device_uuid, t_first_unix_ns, t_last_unix_ns, "
@@ -457,6 +482,19 @@ class Maintainer:
         t.compacted_source_bytes += source_bytes
         t.compacted_packed_bytes += sum(len(p[4]) for p in packed)
         return len(rows)
+
+    def _ensure_partitions(
+        self, packed: list[tuple[Any, ...]], upserts: list[tuple[Any, ...]]
+    ) -> None:
+        """PostgreSQL: the time partitions the rows about to be written need."""
+        r = self.config.retention
+        conn = self._db.conn
+        ensure_partitions(
+            conn, PACKED, [int(p[2]) for p in packed], partition_span_s(r.horizon_s(RAW))
+        )
+        for name, parent in ROLLUP_PARENTS.items():
+            keys = [int(u[2]) for u in upserts if u[0] == name]
+            ensure_partitions(conn, parent, keys, partition_span_s(r.horizon_s(name)))
 
     def _tails(self, uuids: list[str]) -> dict[str, rollup.Previous]:
         out: dict[str, rollup.Previous] = {}
@@ -494,14 +532,34 @@ class Maintainer:
         r = self.config.retention
         raw_cutoff = now_unix_ns - r.horizon_s(RAW) * S_NS
         results_cutoff = now_unix_ns - r.horizon_s(RESULTS) * S_NS
-        self._prune_packed(raw_cutoff, RAW)
+        if self._db.postgres:
+            self._drop_partitions(PACKED, raw_cutoff, RAW)
+        else:
+            self._prune_packed(raw_cutoff, RAW)
         self._prune_messages(raw_cutoff, results_cutoff)
         for name in ROLLUP_TIERS:
             tier = rollup.TIER_BY_NAME[name]
             # A window goes once all of it is past the horizon.
             cutoff = now_unix_ns - r.horizon_s(name) * S_NS - tier.window_ns
-            self._prune_rollups(name, cutoff, name)
+            if self._db.postgres:
+                self._drop_partitions(ROLLUP_PARENTS[name], cutoff, name)
+            else:
+                self._prune_rollups(name, cutoff, name)
         self._prune_results(results_cutoff)
+
+    def _drop_partitions(self, parent: str, cutoff: int, tier: str) -> int:
+        """PostgreSQL: drop every leaf of ``parent`` whose keys are all below ``cutoff``."""
+        dropped = 0
+        for p in list_partitions(self._db.conn, parent):
+            if p.hi is None or p.hi > cutoff:
+                continue
+            rows, data_bytes = drop_partition(self._db.conn, p)
+            self.totals.pruned_rows[tier] += rows
+            self.totals.pruned_bytes[tier] += data_bytes
+            self.totals.dropped_partitions += 1
+            dropped += 1
+            log.info("dropped partition %s (%d rows, %d bytes of data)", p.name, rows, data_bytes)
+        return dropped
 
     def _delete_batches(self, sql: str, params: Sequence[Any], tier: str) -> list[Any]:
         """Run a ``DELETE … RETURNING`` of at most ``rows_per_step`` rows until it deletes
@@ -624,6 +682,7 @@ class Maintainer:
         if size < PRESSURE_HIGH * cap:
             if self._under_pressure and size < PRESSURE_LOW * cap:
                 self._under_pressure = False
+                self._cap_unreachable = False
             return
         if not self._under_pressure:
             self._under_pressure = True
@@ -637,6 +696,9 @@ class Maintainer:
                 PRESSURE_LOW * 100,
             )
         target = PRESSURE_LOW * cap
+        if self._db.postgres:
+            self._cap_by_partitions(size, target, now_unix_ns)
+            return
         rid = self._db.rowid
         limit = self.config.rows_per_step
         steps: list[tuple[str, str, tuple[Any, ...]]] = [
@@ -675,6 +737,33 @@ class Maintainer:
                 size = self._db.size_bytes()
             if size < target:
                 return
+
+    def _cap_by_partitions(self, size: int, target: float, now_unix_ns: int) -> None:
+        """PostgreSQL: drop the oldest leaves — raw, then 10 s, then 1 min rollups — while the
+        database is over ``target``; each tier keeps its newest leaf (deleting rows would not
+        shrink the database: only dropping a leaf gives its space back)."""
+        results_s = self.config.retention.horizon_s(RESULTS)
+        for tier, parent in ((RAW, PACKED), *ROLLUP_PARENTS.items()):
+            leaves = list_partitions(self._db.conn, parent)
+            for p in leaves[:-1]:
+                if size < target:
+                    return
+                rows, data_bytes = drop_partition(self._db.conn, p)
+                self.totals.early_pruned_rows += rows
+                self.totals.pruned_rows[tier] += rows
+                self.totals.pruned_bytes[tier] += data_bytes
+                self.totals.dropped_partitions += 1
+                if tier == RAW and p.hi is not None:
+                    # The telemetry messages of what went are no longer needed either.
+                    self._prune_messages(p.hi, now_unix_ns - results_s * S_NS)
+                size = self._db.size_bytes()
+        if size >= target and not self._cap_unreachable:
+            self._cap_unreachable = True
+            log.warning(
+                "store still at %.1f MiB with only each tier's newest partition left: the "
+                "--max-db-bytes cap is too small for this fleet",
+                size / 2**20,
+            )
 
     # --- SQLite free pages ---------------------------------------------------------------
 

@@ -38,6 +38,22 @@ DEFAULT_DISK_SHARE = 0.8
 free on its file system (SQLite)."""
 
 
+PARTITION_SPANS_S: tuple[int, ...] = (60, 600, 3_600, 86_400, 7 * 86_400, 30 * 86_400)
+"""The spans a PostgreSQL time partition may have (s)."""
+PARTITIONS_PER_HORIZON = 7
+"""A tier's horizon holds about this many partitions (PostgreSQL)."""
+
+
+def partition_span_s(horizon_s: int) -> int:
+    """The span of a tier's PostgreSQL time partitions: the longest of
+    :data:`PARTITION_SPANS_S` that fits :data:`PARTITIONS_PER_HORIZON` times into the horizon
+    (at least a minute). Partitions are dropped whole once all of them is past the horizon,
+    so data stays at most one span (about 1/7 of the horizon) beyond it: raw 7 d → 1 d,
+    10 s 90 d → 7 d, 1 min 400 d → 30 d."""
+    fits = [s for s in PARTITION_SPANS_S if s * PARTITIONS_PER_HORIZON <= horizon_s]
+    return max(fits, default=PARTITION_SPANS_S[0])
+
+
 class RetentionError(ValueError):
     """A retention or size setting that cannot be used (the message says which and why)."""
 

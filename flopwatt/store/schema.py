@@ -3,6 +3,42 @@ Shared by the store engine and by readers that open a database directly (the rep
 
 from __future__ import annotations
 
+
+class PostgresOnly(str):
+    """A migration statement for PostgreSQL only (SQLite skips it; the version still counts)."""
+
+    __slots__ = ()
+
+
+def _legacy_partition(parent: str, column: str, source: str, where: str = "TRUE") -> str:
+    """PL/pgSQL: the rows of ``source`` (``where``) into one partition of ``parent`` that
+    reaches from the minimum to the next whole minute after the newest ``column`` (nothing
+    when there are none)."""
+    return PostgresOnly(
+        f"""DO $$
+DECLARE hi BIGINT;
+BEGIN
+    SELECT MAX({column}) INTO hi FROM {source} WHERE {where};
+    IF hi IS NOT NULL THEN
+        hi := (hi / 60000000000 + 1) * 60000000000;
+        EXECUTE format('CREATE TABLE %I PARTITION OF {parent} FOR VALUES FROM (MINVALUE) '
+                       'TO (%s)', '{parent}_legacy', hi);
+        INSERT INTO {parent} SELECT * FROM {source} WHERE {where};
+    END IF;
+END $$"""
+    )
+
+
+_ROLLUP_COLUMNS = """tier TEXT NOT NULL,
+                device_uuid TEXT NOT NULL,
+                window_start_unix_ns INTEGER NOT NULL,
+                t_first_unix_ns INTEGER NOT NULL,
+                t_last_unix_ns INTEGER NOT NULL,
+                n_samples INTEGER NOT NULL,
+                data BLOB NOT NULL,
+                PRIMARY KEY (tier, device_uuid, window_start_unix_ns)"""
+
+
 #: Schema migrations: (version, statements). Never edit a released entry; append a new one.
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (
@@ -216,6 +252,64 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                 name TEXT PRIMARY KEY,
                 value INTEGER NOT NULL
             )""",
+        ),
+    ),
+    (
+        6,
+        (
+            # PostgreSQL: the raw and rollup tiers in time partitions, dropped whole once past
+            # their horizon (flopwatt.store.partitions): a DELETE would leave the space to
+            # VACUUM and never give it back to the disk. Compact chunks by the time of their
+            # newest sample; rollups by tier, then by window start. Existing rows move into one
+            # "legacy" partition per table. SQLite keeps batched deletes.
+            PostgresOnly("ALTER TABLE telemetry_packed RENAME TO telemetry_packed_v5"),
+            PostgresOnly("DROP INDEX telemetry_packed_by_device"),
+            PostgresOnly("DROP INDEX telemetry_packed_by_time"),
+            PostgresOnly(
+                """CREATE TABLE telemetry_packed (
+                device_uuid TEXT NOT NULL,
+                t_first_unix_ns INTEGER NOT NULL,
+                t_last_unix_ns INTEGER NOT NULL,
+                n_samples INTEGER NOT NULL,
+                data BLOB NOT NULL
+            ) PARTITION BY RANGE (t_last_unix_ns)"""
+            ),
+            PostgresOnly(
+                "CREATE INDEX telemetry_packed_by_device ON telemetry_packed "
+                "(device_uuid, t_first_unix_ns)"
+            ),
+            PostgresOnly(
+                "CREATE INDEX telemetry_packed_by_time ON telemetry_packed (t_last_unix_ns)"
+            ),
+            _legacy_partition("telemetry_packed", "t_last_unix_ns", "telemetry_packed_v5"),
+            PostgresOnly("DROP TABLE telemetry_packed_v5"),
+            PostgresOnly("ALTER TABLE telemetry_rollups RENAME TO telemetry_rollups_v5"),
+            PostgresOnly("DROP INDEX telemetry_rollups_by_time"),
+            PostgresOnly("ALTER TABLE telemetry_rollups_v5 DROP CONSTRAINT telemetry_rollups_pkey"),
+            PostgresOnly(
+                f"CREATE TABLE telemetry_rollups ({_ROLLUP_COLUMNS}) PARTITION BY LIST (tier)"
+            ),
+            PostgresOnly(
+                "CREATE INDEX telemetry_rollups_by_time ON telemetry_rollups "
+                "(tier, window_start_unix_ns)"
+            ),
+            *(
+                PostgresOnly(
+                    f"CREATE TABLE telemetry_rollups_{tier} PARTITION OF telemetry_rollups "
+                    f"FOR VALUES IN ('{tier}') PARTITION BY RANGE (window_start_unix_ns)"
+                )
+                for tier in ("10s", "1m")
+            ),
+            *(
+                _legacy_partition(
+                    f"telemetry_rollups_{tier}",
+                    "window_start_unix_ns",
+                    "telemetry_rollups_v5",
+                    f"tier = '{tier}'",
+                )
+                for tier in ("10s", "1m")
+            ),
+            PostgresOnly("DROP TABLE telemetry_rollups_v5"),
         ),
     ),
 )

@@ -56,7 +56,7 @@ from flopwatt.store.base import (
     read_job_rows,
 )
 from flopwatt.store.chunks import pack_block_chunks
-from flopwatt.store.schema import MIGRATIONS, SCHEMA_VERSION, epoch_to_db
+from flopwatt.store.schema import MIGRATIONS, SCHEMA_VERSION, PostgresOnly, epoch_to_db
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,8 @@ class SQLiteStore:
                 if version <= current:
                     continue
                 for statement in statements:
-                    c.execute(statement)
+                    if not isinstance(statement, PostgresOnly):
+                        c.execute(statement)
                 c.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
 
     def _repair_progress(self) -> int:
