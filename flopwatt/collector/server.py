@@ -18,7 +18,6 @@ import contextlib
 import ipaddress
 import logging
 import socket
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -284,7 +283,7 @@ async def _probe_while_unhealthy(store: Store, writer: BatchWriter, health: Stor
             continue
         try:
             await asyncio.to_thread(store.probe)
-        except (sqlite3.Error, OSError) as exc:
+        except Exception as exc:  # any engine's error (sqlite3, psycopg, OSError): not yet
             health.failed(f"probe: {exc}")
             continue
         health.succeeded()

@@ -46,6 +46,10 @@ class Outcome(StrEnum):
     agent resends this one after it."""
 
 
+PROBE_BYTES = 1024 * 1024
+"""What a health probe writes (and removes) to find out whether the store can commit (B)."""
+
+
 @dataclass(frozen=True)
 class MessageWrite:
     """Everything one agent message adds to the store, prepared (validated) by ingest."""

@@ -27,6 +27,7 @@ health turns NOT_SERVING and agents get ``UNAVAILABLE``); nothing is acked that 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -37,6 +38,7 @@ from typing import Any
 from flopwatt.records import DeviceInfo, JobResult, JobState, NodeInfo
 from flopwatt.store.base import (
     COMPARISON_FIELDS,
+    PROBE_BYTES,
     JobRow,
     MessageWrite,
     Outcome,
@@ -177,10 +179,19 @@ class PostgresStore:
         row = self._query_one("SELECT max(version) AS v FROM schema_version")
         return int(row["v"]) if row and row["v"] is not None else 0
 
-    def probe(self) -> None:
-        """Raise unless the database takes a write (a committed no-op transaction)."""
+    def probe(self, size_bytes: int = PROBE_BYTES) -> None:
+        """Raise unless the database takes a write now: ``size_bytes`` of incompressible data
+        committed into a probe table (then truncated, which gives the space back at once). A
+        ``SELECT 1`` would pass on a full disk and turn the collector SERVING too early.
+
+        Raises:
+            psycopg.Error: it cannot (the message says why: unreachable, disk full…).
+        """
         with self._transaction() as c:
-            c.execute("SELECT 1")
+            c.execute("CREATE TABLE IF NOT EXISTS store_probe (data BYTEA NOT NULL)")
+            c.execute("INSERT INTO store_probe VALUES (%s)", (os.urandom(size_bytes),))
+        with self._transaction() as c:
+            c.execute("TRUNCATE store_probe")
 
     def checkpoint_if_larger(self, limit_bytes: int) -> bool:
         """PostgreSQL checkpoints by itself: nothing to do."""

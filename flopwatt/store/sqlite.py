@@ -45,6 +45,7 @@ from flopwatt.store.base import (
     AGENT_UPSERT,
     COMPARISON_FIELDS,
     DEVICE_UPSERT,
+    PROBE_BYTES,
     JobRow,
     MessageWrite,
     Outcome,
@@ -71,8 +72,6 @@ BUSY_TIMEOUT_MS = 10_000
 (ms)."""
 WAL_KEEP_BYTES = 16 * 1024 * 1024
 """WAL file size kept after a checkpoint resets it (larger is truncated to this)."""
-PROBE_BYTES = 1024 * 1024
-"""What a health probe writes (and removes) to find out whether the store can commit."""
 PROBE_FREE_BYTES = 4 * 1024 * 1024
 """Free space a health probe waits for on the database's file system before it writes."""
 
