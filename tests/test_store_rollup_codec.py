@@ -13,7 +13,14 @@ import pytest
 
 from flopwatt.records import TELEMETRY_COLUMNS
 from flopwatt.store import rollup
-from flopwatt.store.packing import pack_compact, unpack_compact
+from flopwatt.store.packing import (
+    SCALED,
+    XOR,
+    decode_words,
+    encode_floats,
+    pack_compact,
+    unpack_compact,
+)
 
 S = 1_000_000_000
 T0 = 1_764_997_200 * S  # a whole hour
@@ -68,6 +75,32 @@ def test_compact_chunks_are_small_for_milliwatt_telemetry() -> None:
     ts, cols = _series(600)
     per_sample = len(pack_compact(ts, cols)) / 600
     assert per_sample < 20
+
+
+def test_float_columns_pick_the_smallest_exact_decimal_scale_or_xor() -> None:
+    """Hand cases, several columns of two dtypes encoded together: milliwatts scale by 1000,
+    half-degrees by 10 (0.5 is not a whole number, 5 tenths are), whole values by 1, a NaN or
+    full-precision noise falls back to XOR; each column decodes to its exact bits."""
+    cols = [
+        np.array([301.125, 300.5, 299.001]),
+        np.array([60.5, 61.0, 61.5], dtype=np.float32),
+        np.array([1.0, np.nan, 3.0]),
+        np.array([700.0, 700.0, 700.0]),
+        np.array([0.1, 0.2, 1 / 3]),
+        np.array([0.93, 0.94, 1.0], dtype=np.float32),
+    ]
+    got = encode_floats(cols)
+    assert [(code, k) for code, k, _ in got] == [
+        (SCALED, 3),
+        (SCALED, 1),
+        (XOR, 0),
+        (SCALED, 0),
+        (XOR, 0),
+        (SCALED, 2),
+    ]
+    for col, (code, k, words) in zip(cols, got, strict=True):
+        back = decode_words(words, code, k, col.dtype)
+        assert back.tobytes() == col.tobytes()
 
 
 def test_a_corrupt_compact_chunk_is_an_error() -> None:

@@ -257,20 +257,34 @@ PACK_SPLIT_BELOW_BYTES = 16_000
 
 
 def _packs(
-    ts: npt.NDArray[np.int64], cols: dict[str, npt.NDArray[Any]]
+    ts: npt.NDArray[np.int64],
+    cols: dict[str, npt.NDArray[Any]],
+    bytes_per_sample: float | None = None,
 ) -> list[tuple[int, int, bytes]]:
-    """(first index, end index, blob) of the compact chunks for one device's run."""
-    blob = pack_compact(ts, cols)
+    """(first index, end index, blob) of the compact chunks for one device's run.
+
+    ``bytes_per_sample``: what recent runs packed to; where it says the run's blob falls in
+    the split range, the pieces are packed straight away rather than the whole run first
+    (packing is most of compaction's time). Without it, or when the estimate was wrong, the
+    whole run is packed and measured."""
     n = int(ts.shape[0])
+
+    def pieces(count: int) -> list[tuple[int, int, bytes]]:
+        bounds = np.linspace(0, n, count + 1).astype(int).tolist()
+        return [
+            (lo, hi, pack_compact(ts[lo:hi], {k: v[lo:hi] for k, v in cols.items()}))
+            for lo, hi in itertools.pairwise(bounds)
+            if hi > lo
+        ]
+
+    if bytes_per_sample is not None:
+        guess = n * bytes_per_sample
+        if 1.5 * PACK_TARGET_BYTES < guess < 0.8 * PACK_SPLIT_BELOW_BYTES:
+            return pieces(-(-int(guess) // PACK_TARGET_BYTES))
+    blob = pack_compact(ts, cols)
     if not PACK_TARGET_BYTES < len(blob) < PACK_SPLIT_BELOW_BYTES:
         return [(0, n, blob)]
-    pieces = -(-len(blob) // PACK_TARGET_BYTES)
-    bounds = np.linspace(0, n, pieces + 1).astype(int).tolist()
-    return [
-        (lo, hi, pack_compact(ts[lo:hi], {k: v[lo:hi] for k, v in cols.items()}))
-        for lo, hi in itertools.pairwise(bounds)
-        if hi > lo
-    ]
+    return pieces(-(-len(blob) // PACK_TARGET_BYTES))
 
 
 class Maintainer:
@@ -300,6 +314,8 @@ class Maintainer:
         self.totals = MaintenanceTotals()
         self._under_pressure = False
         self._cap_unreachable = False
+        self._bytes_per_sample: float | None = None
+        """What the last device run packed to (B/sample): sizes the next run's pieces."""
 
     def close(self) -> None:
         self._db.close()
@@ -417,8 +433,10 @@ class Maintainer:
                 if not np.array_equal(order, np.arange(ts.shape[0])):
                     ts = ts[order]
                     cols = {n: v[order] for n, v in cols.items()}
-                for lo, hi, blob in _packs(ts, cols):
+                made = _packs(ts, cols, self._bytes_per_sample)
+                for lo, hi, blob in made:
                     packed.append((uuid, int(ts[lo]), int(ts[hi - 1]), hi - lo, blob))
+                self._bytes_per_sample = sum(len(b) for _, _, b in made) / max(len(ts), 1)
                 samples += int(ts.shape[0])
                 entries.append(rollup.sample_entries(ts, cols, previous))
                 energy = cols.get(rollup.ENERGY)

@@ -21,7 +21,7 @@ was given.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -82,20 +82,63 @@ def unshuffle(data: bytes, n: int, dtype: str) -> npt.NDArray[Any]:
     return np.ascontiguousarray(planes.T).view(dtype).reshape(n)
 
 
-def encode_float(values: npt.NDArray[Any]) -> tuple[int, int, npt.NDArray[Any]]:
-    """(encoding, scale exponent, words) for one float column."""
-    if np.all(np.isfinite(values)):
-        as64 = values.astype(np.float64)
+def encode_floats(
+    columns: Sequence[npt.NDArray[Any]],
+) -> list[tuple[int, int, npt.NDArray[Any]]]:
+    """(encoding, scale exponent, words) for each float column (all of one length): exact
+    short decimals ``SCALED`` (the smallest of :data:`SCALES` that gives back every value bit
+    for bit; words: the scaled integers, delta, zigzag), anything else ``XOR`` with the previous
+    value's bits (words as wide as the values). Columns of a dtype are transformed as one
+    matrix: a few numpy calls for a few dozen short columns, not a few per column."""
+    out: list[tuple[int, int, npt.NDArray[Any]]] = [(XOR, 0, np.zeros(0))] * len(columns)
+    groups: dict[np.dtype[Any], list[int]] = {}
+    for i, c in enumerate(columns):
+        groups.setdefault(c.dtype, []).append(i)
+    for dtype, index in groups.items():
+        matrix = np.stack([columns[i] for i in index])
+        unsigned = f"u{dtype.itemsize}"
+        bits = matrix.view(unsigned)
+        xor = bits.copy()
+        xor[:, 1:] ^= bits[:, :-1]
+        scaled_words = np.empty(matrix.shape, dtype=np.uint64)
+        codes = np.full(len(index), XOR, dtype=np.uint8)
+        ks = np.zeros(len(index), dtype=np.uint8)
+        wide = matrix.astype(np.float64)
+        left = np.flatnonzero(np.isfinite(matrix).all(axis=1))
         for k, scale in enumerate(SCALES):
-            scaled = np.round(as64 * scale)
-            if np.all(np.abs(scaled) < 2**52):
-                back = (scaled / scale).astype(values.dtype)
-                if np.array_equal(
-                    back.view(f"u{values.dtype.itemsize}"), values.view(f"u{values.dtype.itemsize}")
-                ):
-                    return SCALED, k, delta(scaled.astype(np.int64))
-    bits = values.view(f"<u{values.dtype.itemsize}")
-    return XOR, 0, bits ^ np.concatenate((bits[:1] * 0, bits[:-1]))
+            if left.size == 0:
+                break
+            scaled = np.round(wide[left] * scale)
+            exact = (np.abs(scaled) < 2**52).all(axis=1)
+            with np.errstate(invalid="ignore", over="ignore"):
+                back = (scaled / scale).astype(dtype).view(unsigned)
+            exact &= (back == bits[left]).all(axis=1)
+            hit = left[exact]
+            if hit.size:
+                scaled_words[hit] = delta_rows(scaled[exact].astype(np.int64))
+                codes[hit] = SCALED
+                ks[hit] = k
+            left = left[~exact]
+        for j, i in enumerate(index):
+            if codes[j] == SCALED:
+                out[i] = (SCALED, int(ks[j]), scaled_words[j])
+            else:
+                out[i] = (XOR, 0, xor[j])
+    return out
+
+
+def delta_rows(matrix: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
+    """:func:`delta` of every row of an int64 matrix at once."""
+    with np.errstate(over="ignore"):
+        d = np.diff(matrix, axis=1, prepend=np.zeros((matrix.shape[0], 1), dtype=np.int64))
+    return _zigzag(d)
+
+
+def shuffle_rows(words: npt.NDArray[np.uint64]) -> bytes:
+    """:func:`shuffle` of every row of a uint64 matrix, concatenated row after row."""
+    m, n = words.shape
+    planes = words.astype("<u8", copy=False).view(np.uint8).reshape(m, n, 8)
+    return np.ascontiguousarray(planes.transpose(0, 2, 1)).tobytes()
 
 
 def decode_words(
@@ -132,8 +175,7 @@ def pack_compact(
     if unknown:
         raise ValueError(f"unknown telemetry columns {sorted(unknown)}")
     bitmap = 0
-    codes = bytearray()
-    parts = [shuffle(delta(delta(timestamps_unix_ns.astype(np.int64)).view(np.int64)))]
+    present: list[npt.NDArray[Any]] = []
     for i, spec in enumerate(TELEMETRY_COLUMNS):
         col = columns.get(spec.name)
         if col is None:
@@ -141,11 +183,19 @@ def pack_compact(
         if col.shape != (n,):
             raise ValueError(f"column {spec.name} has {col.shape} values for {n} samples")
         bitmap |= 1 << i
-        values = np.ascontiguousarray(col.astype(_LE_DTYPES[spec.name], copy=False))
-        if values.dtype.kind == "f":
-            code, k, words = encode_float(values)
-        else:
-            code, k, words = DELTA, 0, delta(values.astype(np.int64))
+        present.append(np.ascontiguousarray(col.astype(_LE_DTYPES[spec.name], copy=False)))
+    floats = [i for i, v in enumerate(present) if v.dtype.kind == "f"]
+    ints = [i for i, v in enumerate(present) if v.dtype.kind != "f"]
+    encoded: list[tuple[int, int, npt.NDArray[Any]]] = [(DELTA, 0, np.zeros(0))] * len(present)
+    for i, e in zip(floats, encode_floats([present[i] for i in floats]), strict=True):
+        encoded[i] = e
+    if ints:
+        words = delta_rows(np.stack([present[i].astype(np.int64) for i in ints]))
+        for j, i in enumerate(ints):
+            encoded[i] = (DELTA, 0, words[j])
+    codes = bytearray()
+    parts = [shuffle(delta(delta(timestamps_unix_ns.astype(np.int64)).view(np.int64)))]
+    for code, k, words in encoded:
         codes += bytes((code, k))
         parts.append(shuffle(words))
     body = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(b"".join(parts))
