@@ -928,10 +928,18 @@ def retention_compare(args: argparse.Namespace, tmp: Path) -> int:
     rolled = conn.execute(
         "SELECT COALESCE(SUM(n_samples), 0) FROM telemetry_rollups WHERE tier = '10s'"
     ).fetchone()[0]
+    (waiting,) = conn.execute("SELECT COALESCE(SUM(n_samples), 0) FROM telemetry_chunks").fetchone()
     conn.close()
     print(
         f"    during the second run: {rolled:,} samples compacted and rolled up, "
         f"{pruned:,} messages pruned at the raw horizon"
+    )
+    rate = args.streams * args.gpus * args.hz
+    settle, interval = float(PRUNING_ALL_ALONG[5]), float(PRUNING_ALL_ALONG[3])
+    print(
+        f"    at the end: {waiting:,} samples not compacted yet = {waiting / rate:.1f} s of the "
+        f"offered load (keeping up leaves the settle time {settle:g} s plus up to one pass "
+        f"interval {interval:g} s and one pass)"
     )
     if off.ack_p99_s and on.ack_p99_s:
         ratio = on.ack_p99_s / off.ack_p99_s

@@ -32,6 +32,7 @@ import numpy as np
 
 from flopwatt.agent.spool import Spool
 from flopwatt.store.chunks import unpack_chunk
+from flopwatt.store.packing import unpack_compact
 from flopwatt.store.schema import epoch_from_db
 from flopwatt.v1 import agent_pb2
 
@@ -142,37 +143,60 @@ def _contiguous(sequences: set[int]) -> int:
     return c
 
 
+_SOURCES = {
+    # table → (how its rows of one agent are selected, how a blob is decoded)
+    "telemetry_chunks": ("agent_id = ?", unpack_chunk),
+    # Compact chunks (store maintenance) are per device: the agent's through the devices table.
+    "telemetry_packed": (
+        "device_uuid IN (SELECT device_uuid FROM devices WHERE agent_id = ?)",
+        unpack_compact,
+    ),
+}
+
+
+def _tables(conn: sqlite3.Connection) -> list[str]:
+    present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return [t for t in _SOURCES if t in present]
+
+
 def _duplicate_samples(conn: sqlite3.Connection, agent_id: str, decode_all: bool) -> int:
-    """Samples stored more than once: the same device and timestamp in two chunks."""
+    """Samples stored more than once: the same device and timestamp in two chunks (fresh
+    per-message chunks and compact ones alike)."""
     stamps: dict[str, list[np.ndarray[Any, Any]]] = defaultdict(list)
+    tables = _tables(conn)
     if decode_all:
-        for uuid, blob in conn.execute(
-            "SELECT device_uuid, data FROM telemetry_chunks WHERE agent_id = ?", (agent_id,)
-        ):
-            stamps[uuid].append(unpack_chunk(bytes(blob))[0])
+        for table in tables:
+            where, decode = _SOURCES[table]
+            for uuid, blob in conn.execute(
+                f"SELECT device_uuid, data FROM {table} WHERE {where}", (agent_id,)
+            ):
+                stamps[uuid].append(decode(bytes(blob))[0])
     else:
-        spans: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
-        for rowid, uuid, t0, t1 in conn.execute(
-            "SELECT rowid, device_uuid, t_first_unix_ns, t_last_unix_ns FROM telemetry_chunks "
-            "WHERE agent_id = ?",
-            (agent_id,),
-        ):
-            spans[uuid].append((t0, t1, rowid))
+        spans: dict[str, list[tuple[int, int, str, int]]] = defaultdict(list)
+        for table in tables:
+            where, _ = _SOURCES[table]
+            for rowid, uuid, t0, t1 in conn.execute(
+                f"SELECT rowid, device_uuid, t_first_unix_ns, t_last_unix_ns FROM {table} "
+                f"WHERE {where}",
+                (agent_id,),
+            ):
+                spans[uuid].append((t0, t1, table, rowid))
         for uuid, rows in spans.items():
             rows.sort()
             # Only chunks whose [first, last] overlaps an earlier one can share a timestamp.
-            overlap: set[int] = set()
-            reach, reach_rowid = None, -1
-            for t0, t1, rowid in rows:
+            overlap: set[tuple[str, int]] = set()
+            reach: int | None = None
+            reach_row = ("", -1)
+            for t0, t1, table, rowid in rows:
                 if reach is not None and t0 <= reach:
-                    overlap.update((reach_rowid, rowid))
+                    overlap.update((reach_row, (table, rowid)))
                 if reach is None or t1 > reach:
-                    reach, reach_rowid = t1, rowid
-            for rowid in sorted(overlap):
+                    reach, reach_row = t1, (table, rowid)
+            for table, rowid in sorted(overlap):
                 (blob,) = conn.execute(
-                    "SELECT data FROM telemetry_chunks WHERE rowid = ?", (rowid,)
+                    f"SELECT data FROM {table} WHERE rowid = ?", (rowid,)
                 ).fetchone()
-                stamps[uuid].append(unpack_chunk(bytes(blob))[0])
+                stamps[uuid].append(_SOURCES[table][1](bytes(blob))[0])
     duplicates = 0
     for arrays in stamps.values():
         all_ts = np.concatenate(arrays)

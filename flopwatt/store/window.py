@@ -322,8 +322,8 @@ def _read_device(
         if name == RAW:
             runs = _runs(_packed(conn, uuid, begin, end))
             entries = _entries(runs, None, begin)
-            if until is not None:
-                entries = [{k: v[e["t_last"] < until] for k, v in e.items()} for e in entries]
+            stop = end + 1 if until is None else until
+            entries = [{k: v[e["t_last"] < stop] for k, v in e.items()} for e in entries]
             got = [e for e in entries if e["t_last"].size]
             for e in got:
                 e["bucket"] = np.zeros(e["t_last"].shape[0], dtype=np.int64)
