@@ -121,6 +121,57 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "flopwatt_gpu_power_limit_watts", MetricType.GAUGE, "watts", "Enforced power limit.", _gpu()
     ),
+    MetricSpec(
+        "flopwatt_gpu_pipe_active_ratio",
+        MetricType.GAUGE,
+        "ratio",
+        "Fraction of the latest sample's interval a math pipe was active (NVML GPM, Hopper and "
+        'newer): pipe="tensor" (any tensor pipe), "tensor_hmma" (FP16/BF16/TF32 matrix), '
+        '"tensor_imma" (INT8 matrix), "tensor_dfma" (FP64 matrix), "fp64", "fp32", "fp16" '
+        "(non-tensor). Absent where the GPU has no GPM.",
+        _gpu("pipe"),
+    ),
+    MetricSpec(
+        "flopwatt_gpu_sm_active_ratio",
+        MetricType.GAUGE,
+        "ratio",
+        "Share of SMs busy over the latest sample's interval (NVML GPM SM_UTIL).",
+        _gpu(),
+    ),
+    MetricSpec(
+        "flopwatt_gpu_sm_occupancy_ratio",
+        MetricType.GAUGE,
+        "ratio",
+        "Resident warps ÷ the maximum over the latest sample's interval (NVML GPM SM_OCCUPANCY).",
+        _gpu(),
+    ),
+    MetricSpec(
+        "flopwatt_gpu_dram_bandwidth_ratio",
+        MetricType.GAUGE,
+        "ratio",
+        "DRAM bandwidth used ÷ its maximum over the latest sample's interval (NVML GPM "
+        "DRAM_BW_UTIL).",
+        _gpu(),
+    ),
+    MetricSpec(
+        "flopwatt_gpu_estimated_flops_per_second",
+        MetricType.GAUGE,
+        "flops_per_second",
+        "ESTIMATED delivered FLOP/s of whatever runs on the GPU over the latest sample's "
+        "interval: Σ pipe activity × that pipe's peak × SM clock ÷ the peak's clock (see the "
+        "README's live-efficiency method). precision = the dominant pipe's; basis = "
+        '"measured" (this GPU\'s sustained GEMM peaks), "spec" (dense spec peaks) or "mixed".',
+        _gpu("precision", "basis"),
+    ),
+    MetricSpec(
+        "flopwatt_gpu_estimated_mfu_ratio",
+        MetricType.GAUGE,
+        "ratio",
+        "ESTIMATED model FLOP/s utilisation: flopwatt_gpu_estimated_flops_per_second ÷ the "
+        "dense spec peak of its dominant precision (an upper bound: pipe activity counts "
+        "issue slots, not useful FLOPs).",
+        _gpu("precision", "basis"),
+    ),
     # --- benchmark results ------------------------------------------------------------------
     MetricSpec(
         "flopwatt_gemm_burst_flops_per_second",

@@ -54,6 +54,8 @@ class DeviceCapabilities:
     ecc: bool = False
     utilization: bool = False
     clocks: bool = False
+    gpm: bool = False
+    """NVML GPM pipe activity (:data:`GPM_COLUMNS`)."""
 
 
 class DeviceKind(StrEnum):
@@ -117,7 +119,33 @@ TELEMETRY_COLUMNS: tuple[ColumnSpec, ...] = (
     ColumnSpec("throttle_reasons", np.dtype("<u8")),
     ColumnSpec("power_limit_w", np.dtype("<f8")),
     ColumnSpec("memory_used_bytes", np.dtype("<u8")),
+    # NVML GPM pipe activity (ratios 0–1 over the interval since the previous sample).
+    ColumnSpec("sm_active_ratio", np.dtype("<f4")),
+    ColumnSpec("sm_occupancy_ratio", np.dtype("<f4")),
+    ColumnSpec("tensor_active_ratio", np.dtype("<f4")),
+    ColumnSpec("tensor_hmma_active_ratio", np.dtype("<f4")),
+    ColumnSpec("tensor_imma_active_ratio", np.dtype("<f4")),
+    ColumnSpec("tensor_dfma_active_ratio", np.dtype("<f4")),
+    ColumnSpec("fp64_active_ratio", np.dtype("<f4")),
+    ColumnSpec("fp32_active_ratio", np.dtype("<f4")),
+    ColumnSpec("fp16_active_ratio", np.dtype("<f4")),
+    ColumnSpec("dram_bandwidth_ratio", np.dtype("<f4")),
 )
+"""Every telemetry column, in wire and storage order: a new column is only ever appended (the
+stored chunks' column bitmaps index this tuple)."""
+GPM_COLUMNS: tuple[str, ...] = (
+    "sm_active_ratio",
+    "sm_occupancy_ratio",
+    "tensor_active_ratio",
+    "tensor_hmma_active_ratio",
+    "tensor_imma_active_ratio",
+    "tensor_dfma_active_ratio",
+    "fp64_active_ratio",
+    "fp32_active_ratio",
+    "fp16_active_ratio",
+    "dram_bandwidth_ratio",
+)
+"""The columns NVML GPM fills (absent on devices without GPM)."""
 COLUMN_DTYPES: dict[str, np.dtype[Any]] = {c.name: c.dtype for c in TELEMETRY_COLUMNS}
 TELEMETRY_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in TELEMETRY_COLUMNS)
 POWER_COLUMNS: tuple[str, ...] = ("power_instant_w", "power_average_1s_w")

@@ -96,3 +96,13 @@ def test_no_activity_reported_is_no_estimate_never_zero(registry: Registry) -> N
     assert estimate({"tensor_hmma_active_ratio": float("nan")}, 1980, peaks, spec) is None
     idle = estimate({"tensor_hmma_active_ratio": 0.0}, 210, peaks, spec)
     assert idle is not None and idle.flops_per_s == 0.0  # reported idle is a real zero
+
+
+def test_fp64_tensor_peaks_hold_at_max_boost(registry: Registry) -> None:
+    """H100's 67 TFLOP/s FP64 tensor peak is quoted at the 1,980 MHz boost clock, not the
+    1,830 MHz tensor-peak clock of the FP16 path: fully busy at 1,980 MHz is 67 TFLOP/s."""
+    spec = registry.get(H100)
+    est = estimate({"tensor_dfma_active_ratio": 1.0}, 1980, pipe_peaks(spec), spec)
+    assert est is not None
+    assert est.flops_per_s == pytest.approx(67e12)
+    assert est.precision is Precision.FP64 and est.mfu_ratio == pytest.approx(1.0)

@@ -92,9 +92,16 @@ ADDED_SINCE_GOLDEN = (
     "flopwatt_collector_child_restarts_total",
     "flopwatt_collector_metrics_scrapes_total",
     *(m.name for m in METRICS if m.name.startswith("flopwatt_store_")),
+    "flopwatt_gpu_pipe_active_ratio",
+    "flopwatt_gpu_sm_active_ratio",
+    "flopwatt_gpu_sm_occupancy_ratio",
+    "flopwatt_gpu_dram_bandwidth_ratio",
+    "flopwatt_gpu_estimated_flops_per_second",
+    "flopwatt_gpu_estimated_mfu_ratio",
 )
 """Families added after the golden file was captured (the collector's store and child process
-health, store retention); they are checked by their own tests."""
+health, store retention, GPM activity and live efficiency); they are checked by their own
+tests."""
 
 
 def _without_added(text: str) -> str:

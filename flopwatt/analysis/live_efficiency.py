@@ -106,8 +106,7 @@ def _spec_peak(spec: GpuSpec, pipe: Pipe) -> tuple[float, float | None] | None:
         peak = spec.peak(Precision.FP16, pipe.unit)  # parts without BF16 list FP16 (Volta)
     if peak is None:
         return None
-    clock = spec.tensor_peak_clock_mhz if pipe.unit is PeakUnit.TENSOR else spec.boost_clock_mhz
-    return peak.flops_per_s, clock
+    return peak.flops_per_s, spec.peak_clock_mhz(peak.precision, pipe.unit)
 
 
 def pipe_peaks(
@@ -126,9 +125,7 @@ def pipe_peaks(
             # tensor pipe then, never to the vector pipe of the same precision as well.
             on_tensor = spec is not None and spec.peak(pipe.precision, PeakUnit.TENSOR)
             if (pipe.unit is PeakUnit.TENSOR) == bool(on_tensor):
-                out[pipe.column] = PipePeak(
-                    m.flops_per_s, m.sm_clock_mean_mhz, PeakBasis.MEASURED
-                )
+                out[pipe.column] = PipePeak(m.flops_per_s, m.sm_clock_mean_mhz, PeakBasis.MEASURED)
                 continue
         if spec_peak is not None:
             out[pipe.column] = PipePeak(spec_peak[0], spec_peak[1], PeakBasis.SPEC)

@@ -131,6 +131,15 @@ class GpuSpec:
         found = [p for (prec, _), p in self.peaks.items() if prec is precision]
         return max(found, key=lambda p: p.flops_per_s) if found else None
 
+    def peak_clock_mhz(self, precision: Precision, unit: PeakUnit) -> float | None:
+        """The SM clock a peak is quoted at (MHz): the tensor-peak clock for tensor paths
+        (H100: 1,830 MHz), the max boost clock for CUDA-core paths and for FP64, whose tensor
+        peak NVIDIA also quotes at max boost (reference §6). None where the reference has no
+        such clock."""
+        if unit is PeakUnit.TENSOR and precision is not Precision.FP64:
+            return self.tensor_peak_clock_mhz or self.boost_clock_mhz
+        return self.boost_clock_mhz
+
     def tensor_fma_per_clk(self, precision: Precision = Precision.FP16) -> float | None:
         """Dense FMA per tensor core per clock at ``precision``, derived at the tensor-peak clock.
 

@@ -333,7 +333,13 @@ class Ingest:
         r = write.result
         if r is not None:
             if r.gemm is not None:
-                self.state.apply_gemm(r.device_uuid, r.gemm, write.comparison, r.finished_unix_ns)
+                self.state.apply_gemm(
+                    r.device_uuid,
+                    r.gemm,
+                    write.comparison,
+                    r.finished_unix_ns,
+                    r.conditions.sm_clock_mean_mhz,
+                )
             elif r.model is not None:
                 self.state.apply_model(r.device_uuid, r.model, r.finished_unix_ns)
 
@@ -359,7 +365,11 @@ class Ingest:
                         SpecComparison, {k: row[k] for k in SpecComparison.__dataclass_fields__}
                     )
                 self.state.apply_gemm(
-                    result.device_uuid, result.gemm, comparison, result.finished_unix_ns
+                    result.device_uuid,
+                    result.gemm,
+                    comparison,
+                    result.finished_unix_ns,
+                    result.conditions.sm_clock_mean_mhz,
                 )
             elif result.model is not None:
                 self.state.apply_model(result.device_uuid, result.model, result.finished_unix_ns)

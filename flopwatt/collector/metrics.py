@@ -48,6 +48,8 @@ import numpy as np
 import numpy.typing as npt
 
 from flopwatt.analysis.comparison import physics_energy_per_flop_j
+from flopwatt.analysis.live_efficiency import PIPES, MeasuredPeak, PipePeak, pipe_peaks
+from flopwatt.analysis.live_efficiency import estimate as estimate_live
 from flopwatt.analysis.precision import Precision
 from flopwatt.analysis.registry import GpuSpec
 from flopwatt.analysis.throttle import THROTTLE_BITS
@@ -72,6 +74,18 @@ _KIND_SERIES = (
     ("memory_temperature_c", "flopwatt_gpu_temperature_celsius", "memory"),
     ("gpu_utilization_ratio", "flopwatt_gpu_utilization_ratio", "gpu"),
     ("memory_utilization_ratio", "flopwatt_gpu_utilization_ratio", "memory"),
+    *(
+        (column, "flopwatt_gpu_pipe_active_ratio", column.removesuffix("_active_ratio"))
+        for column in (
+            "tensor_active_ratio",
+            "tensor_hmma_active_ratio",
+            "tensor_imma_active_ratio",
+            "tensor_dfma_active_ratio",
+            "fp64_active_ratio",
+            "fp32_active_ratio",
+            "fp16_active_ratio",
+        )
+    ),
 )
 # (column, family, scale from the column's unit to the family's base unit).
 _SIMPLE_SERIES = (
@@ -81,7 +95,13 @@ _SIMPLE_SERIES = (
     ("sm_clock_mhz", "flopwatt_gpu_sm_clock_hertz", _MHZ),
     ("mem_clock_mhz", "flopwatt_gpu_memory_clock_hertz", _MHZ),
     ("memory_used_bytes", "flopwatt_gpu_memory_used_bytes", 1.0),
+    ("sm_active_ratio", "flopwatt_gpu_sm_active_ratio", 1.0),
+    ("sm_occupancy_ratio", "flopwatt_gpu_sm_occupancy_ratio", 1.0),
+    ("dram_bandwidth_ratio", "flopwatt_gpu_dram_bandwidth_ratio", 1.0),
 )
+_PIPE_NAMES = tuple(p.column for p in PIPES)
+_PIPE_INDEXES = np.array([COLUMN_INDEX[c] for c in _PIPE_NAMES], dtype=np.intp)
+_SM_CLOCK_COLUMN = COLUMN_INDEX["sm_clock_mhz"]
 _THROTTLE_FAMILY = "flopwatt_gpu_throttle_active"
 _LIMIT_FAMILY = "flopwatt_gpu_power_limit_watts"
 _THROTTLE_COLUMN = COLUMN_INDEX["throttle_reasons"]
@@ -333,6 +353,9 @@ class FleetMetrics:
         self._agents: dict[str, tuple[NodeInfo, _AgentText]] = {}
         self._tails: dict[_SeriesKey, str] = {}
         self._result_lines: dict[str, _ResultLines] = {}
+        self._peaks: dict[
+            str, tuple[GpuSpec | None, Mapping[str, GemmLatest] | None, Mapping[str, PipePeak]]
+        ] = {}
         self._sku_lines: dict[str, dict[str, _Lines]] = {}
 
     def warm(self, devices: Iterable[DeviceState] = ()) -> None:
@@ -442,6 +465,7 @@ class FleetMetrics:
             rows = layout.rows if fresh.all() else layout.rows[fresh[layout.agent_of]]
 
             self._gpu_series(view, rows, chunks)
+            self._estimates(view, rows, chunks)
             self._results(view, rows, chunks)
             skus: dict[str, GpuSpec] = {}
             for i in np.flatnonzero(fresh).tolist():
@@ -489,6 +513,65 @@ class FleetMetrics:
         if len(rows):
             prefixes = kept.prefix[_LIMIT_KEY][rows].tolist()
             chunks[_LIMIT_FAMILY].append(_interleave(prefixes, _value_texts(v)))
+
+    def _estimates(
+        self, view: ScrapeView, rows: npt.NDArray[np.intp], chunks: dict[str, list[_Lines]]
+    ) -> None:
+        """The live-efficiency estimate of each device in ``rows`` whose latest sample has GPM
+        pipe activity (:mod:`flopwatt.analysis.live_efficiency`)."""
+        if not len(rows):
+            return
+        have = view.present[rows][:, _PIPE_INDEXES].any(axis=1)
+        if not have.any():
+            return
+        uuid_of = {r: uuid for uuid, r in view.rows.items()}
+        gemm_of = {uuid: gemm for uuid, gemm, _ in view.results}
+        values, present = view.values, view.present
+        flops: _Lines = []
+        mfu: _Lines = []
+        for r in rows[have].tolist():
+            uuid = uuid_of[r]
+            d = view.devices[uuid]
+            peaks = self._pipe_peaks(uuid, d.spec, gemm_of.get(uuid))
+            activity = {
+                name: float(values[r, c]) if present[r, c] else None
+                for name, c in zip(_PIPE_NAMES, _PIPE_INDEXES.tolist(), strict=True)
+            }
+            clock = float(values[r, _SM_CLOCK_COLUMN]) if present[r, _SM_CLOCK_COLUMN] else None
+            est = estimate_live(activity, clock, peaks, d.spec)
+            if est is None:
+                continue
+            head = f'{{{self._rows.labels[r]},precision="{est.precision.value}",'
+            head += f'basis="{est.basis.value}"}} '
+            flops.append(
+                f"\nflopwatt_gpu_estimated_flops_per_second{head}{_num(est.flops_per_s)}".encode()
+            )
+            if est.mfu_ratio is not None:
+                mfu.append(
+                    f"\nflopwatt_gpu_estimated_mfu_ratio{head}{_num(est.mfu_ratio)}".encode()
+                )
+        chunks["flopwatt_gpu_estimated_flops_per_second"].append(flops)
+        chunks["flopwatt_gpu_estimated_mfu_ratio"].append(mfu)
+
+    def _pipe_peaks(
+        self, uuid: str, spec: GpuSpec | None, gemm: Mapping[str, GemmLatest] | None
+    ) -> Mapping[str, PipePeak]:
+        """A device's pipe peaks, kept while its spec and GEMM results stay the same."""
+        kept = self._peaks.get(uuid)
+        if kept is not None and kept[0] is spec and kept[1] is gemm:
+            return kept[2]
+        measured: dict[Precision, MeasuredPeak] = {}
+        for precision, g in (gemm or {}).items():
+            try:
+                p = Precision.parse(precision)
+            except ValueError:
+                continue
+            value = g.result.sustained_flops_per_s or g.result.burst_flops_per_s
+            if value and value > 0:
+                measured[p] = MeasuredPeak(value, g.sm_clock_mean_mhz)
+        peaks = pipe_peaks(spec, measured)
+        self._peaks[uuid] = (spec, gemm, peaks)
+        return peaks
 
     def _results(
         self, view: ScrapeView, rows: npt.NDArray[np.intp], chunks: dict[str, list[_Lines]]

@@ -72,6 +72,8 @@ class GemmLatest:
     result: GemmResult
     comparison: SpecComparison | None
     finished_unix_ns: int
+    sm_clock_mean_mhz: float | None = None
+    """The SM clock the GEMM ran at (its conditions), for peaks scaled to another clock."""
 
 
 @dataclass
@@ -241,7 +243,7 @@ class ScrapeView:
 StateEvent = tuple[Any, ...]
 """One change to a :class:`FleetState`, as journalled for another process: ("register", node,
 epoch, devices, now_unix_ns), ("latest", blocks), ("gemm", uuid, result, comparison,
-finished_unix_ns) or ("model", uuid, result, finished_unix_ns)."""
+finished_unix_ns, sm_clock_mean_mhz) or ("model", uuid, result, finished_unix_ns)."""
 
 
 @dataclass(frozen=True)
@@ -445,17 +447,20 @@ class FleetState:
         result: GemmResult,
         comparison: SpecComparison | None,
         finished_unix_ns: int,
+        sm_clock_mean_mhz: float | None = None,
     ) -> None:
         """Record a committed GEMM result (the newest per precision wins)."""
         with self._lock:
             if self._journal is not None:
-                self._journal.append(("gemm", uuid, result, comparison, finished_unix_ns))
+                self._journal.append(
+                    ("gemm", uuid, result, comparison, finished_unix_ns, sm_clock_mean_mhz)
+                )
             d = self._devices.get(uuid)
             if d is None:
                 return
             prev = d.gemm.get(result.precision)
             if prev is None or prev.finished_unix_ns <= finished_unix_ns:
-                latest = GemmLatest(result, comparison, finished_unix_ns)
+                latest = GemmLatest(result, comparison, finished_unix_ns, sm_clock_mean_mhz)
                 d.gemm = {**d.gemm, result.precision: latest}
                 self._with_results.add(uuid)
 

@@ -45,8 +45,8 @@ Per sample, in this order (W = watts, °C, MHz, bytes, J; "not finite" = NaN or 
 12. ``clock_out_of_range`` — ``sm_clock_mhz`` (``mem_clock_mhz``) is above ``CLOCK_FACTOR``
     (1.5) × the device's registered ``sm_clock_max_mhz`` (``mem_clock_max_mhz``), or above
     ``MAX_CLOCK_MHZ`` (10,000 MHz) when that maximum is unknown.
-13. ``utilization_out_of_range`` — ``gpu_utilization_ratio`` or ``memory_utilization_ratio`` is
-    below 0 or above 1.
+13. ``utilization_out_of_range`` — a utilization or GPM activity ratio (``gpu_`` /
+    ``memory_utilization_ratio``, :data:`~flopwatt.records.GPM_COLUMNS`) is below 0 or above 1.
 14. ``memory_used_out_of_range`` — ``memory_used_bytes`` is above the device's registered
     ``memory_total_bytes`` (when that is > 0).
 15. ``energy_decreasing`` — ``energy_j`` is lower than the device's reference energy: the
@@ -78,7 +78,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from flopwatt.records import POWER_COLUMNS, DeviceInfo, DeviceSeries, SeriesBlock
+from flopwatt.records import GPM_COLUMNS, POWER_COLUMNS, DeviceInfo, DeviceSeries, SeriesBlock
 
 POWER_LIMIT_FACTOR = 1.5
 """Power above this multiple of the device's power limit is not a believable reading."""
@@ -98,7 +98,7 @@ MAX_CLOCK_MHZ = 10_000.0
 ENERGY_COLUMN = "energy_j"
 POWER_LIMIT_COLUMN = "power_limit_w"
 TEMPERATURE_COLUMNS = ("gpu_temperature_c", "memory_temperature_c")
-UTILIZATION_COLUMNS = ("gpu_utilization_ratio", "memory_utilization_ratio")
+UTILIZATION_COLUMNS = ("gpu_utilization_ratio", "memory_utilization_ratio", *GPM_COLUMNS)
 MEMORY_USED_COLUMN = "memory_used_bytes"
 
 

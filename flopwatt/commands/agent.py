@@ -72,6 +72,14 @@ def _sku_choices() -> list[str]:
     "each optionally @GPU_INDEX (repeatable).",
 )
 @click.option(
+    "--sim-workload",
+    "sim_workloads",
+    multiple=True,
+    help="What the simulated GPUs run besides flopwatt's jobs, seen through GPM on Hopper and "
+    "newer: train:MFU, inference:MFU (MFU in (0, 1], e.g. train:0.42) or idle (allocated, "
+    "computing nothing), each optionally @GPU_INDEX (repeatable).",
+)
+@click.option(
     "--spool",
     "spool_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -131,6 +139,7 @@ def agent(
     sim_gpus: int,
     sim_seed: int,
     sim_faults: tuple[str, ...],
+    sim_workloads: tuple[str, ...],
     spool_path: Path | None,
     spool_max_mb: float,
     interval_s: float,
@@ -150,6 +159,7 @@ def agent(
     from flopwatt.agent.devices import open_backend
     from flopwatt.agent.devices.base import BackendUnavailable
     from flopwatt.agent.devices.sim import parse_fault
+    from flopwatt.agent.devices.sim_workload import parse_workload
 
     host = hostname or default_hostname()
     if device_backend == "sim":
@@ -163,6 +173,11 @@ def agent(
                 parse_fault(fault)
             except ValueError as exc:
                 raise click.BadParameter(str(exc), param_hint="--sim-fault") from None
+        for workload in sim_workloads:
+            try:
+                parse_workload(workload)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--sim-workload") from None
     if token_file is not None:
         try:
             read_token_file(token_file)
@@ -175,6 +190,7 @@ def agent(
             gpus=sim_gpus,
             seed=sim_seed,
             faults=list(sim_faults),
+            workloads=list(sim_workloads),
             host=host,
         )
     except (BackendUnavailable, ValueError) as exc:

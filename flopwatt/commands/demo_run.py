@@ -18,6 +18,7 @@ from pathlib import Path
 from flopwatt.agent.agent import Agent, AgentConfig
 from flopwatt.agent.devices import open_backend
 from flopwatt.agent.devices.sim import SimBackend
+from flopwatt.agent.devices.sim_workload import has_gpm
 from flopwatt.channel import ClientCredentials
 from flopwatt.collector.jobs import Selector
 from flopwatt.collector.server import CollectorConfig, RunningCollector, run_server
@@ -39,6 +40,18 @@ class SimNode:
     sku: str
     gpus: int
     faults: tuple[str, ...] = ()
+    workloads: tuple[str, ...] = ()
+    """Background workloads (``--sim-workload`` syntax): what the node's GPUs run between
+    flopwatt's own jobs, seen through GPM on Hopper and newer."""
+
+
+DEMO_WORKLOADS: tuple[tuple[str, ...], ...] = (
+    ("train:0.42",),
+    ("inference:0.2", "idle@6", "idle@7"),
+    ("train:0.31",),
+)
+"""Workloads of the nodes of GPM-capable SKUs, by node: a training job, a serving node with two
+GPUs allocated but idle, a less efficient training job."""
 
 
 def default_fleet(
@@ -48,7 +61,11 @@ def default_fleet(
 
     On the second node of the second SKU one GPU is slowed to 80 % (an outlier with no throttle
     reason); on the first node of the last SKU one GPU is held at half its TDP (a power cap).
+    Nodes of GPM-capable SKUs (Hopper) run :data:`DEMO_WORKLOADS` between flopwatt's jobs.
     """
+    from flopwatt.analysis.registry import load_registry
+
+    registry = load_registry()
     nodes: list[SimNode] = []
     for s, sku in enumerate(skus):
         for n in range(nodes_per_sku):
@@ -57,7 +74,12 @@ def default_fleet(
                 faults += ("slow:0.8@3",)
             if s == len(skus) - 1 and n == 0:
                 faults += (f"power-cap:{_half_tdp(sku)}@5",)
-            nodes.append(SimNode(f"{_short(sku)}-node-{n + 1}", sku, GPUS_PER_NODE, faults))
+            workloads: tuple[str, ...] = ()
+            if has_gpm(registry.get(sku)):
+                workloads = DEMO_WORKLOADS[n % len(DEMO_WORKLOADS)]
+            nodes.append(
+                SimNode(f"{_short(sku)}-node-{n + 1}", sku, GPUS_PER_NODE, faults, workloads)
+            )
     t4_sku, t4_gpus = T4_NODE
     if t4_sku not in skus:
         nodes.append(SimNode("t4-node-1", t4_sku, t4_gpus))
@@ -173,6 +195,7 @@ def _make_agents(config: DemoConfig, collector: RunningCollector, data: Path) ->
             gpus=node.gpus,
             seed=config.seed,
             faults=list(node.faults),
+            workloads=list(node.workloads),
             host=node.hostname,
         )
         agents.append(

@@ -283,22 +283,28 @@ def merge(a: Arrays, b: Arrays) -> Arrays:
     return reduce_entries(concat([a, b]))
 
 
+_STATS = ("n", "sum", "min", "max", "last")
+_FIRST_STAT_COLUMNS = STAT_COLUMNS[:11]
+"""The summarised columns of the first rollup format: their array indexes are fixed."""
 KNOWN_ARRAYS: tuple[str, ...] = (
     "bucket",
     "samples",
     "t_first",
     "t_last",
     "interval_s",
-    *(f"{c}:{stat}" for c in STAT_COLUMNS for stat in ("n", "sum", "min", "max", "last")),
+    *(f"{c}:{stat}" for c in _FIRST_STAT_COLUMNS for stat in _STATS),
     f"{ENERGY}:delta",
     f"{ENERGY}:delta_s",
     f"{THROTTLE}:n",
     f"{THROTTLE}:or",
     f"{THROTTLE}:last",
     *(f"throttle_s:{bit}" for bit in range(64)),
+    # Columns added later are appended, never inserted: stored windows name arrays by index.
+    *(f"{c}:{stat}" for c in STAT_COLUMNS[11:] for stat in _STATS),
 )
 """Array names written as one byte (their index) rather than spelled out: a window's header
-would otherwise be ~1.3 KB of names, more than its data while it holds a few buckets."""
+would otherwise be ~1.3 KB of names, more than its data while it holds a few buckets. Only
+ever appended to."""
 _KNOWN_INDEX = {name: i for i, name in enumerate(KNOWN_ARRAYS)}
 _SPELLED = 255
 assert len(KNOWN_ARRAYS) < _SPELLED

@@ -47,7 +47,7 @@ class NodeInfo(_message.Message):
     def __init__(self, hostname: _Optional[str] = ..., agent_version: _Optional[str] = ..., software: _Optional[_Union[SoftwareVersions, _Mapping]] = ..., device_backend: _Optional[str] = ...) -> None: ...
 
 class DeviceCapabilities(_message.Message):
-    __slots__ = ("energy_counter", "power_instant", "power_average_1s", "memory_temperature", "throttle_reasons", "ecc", "utilization", "clocks")
+    __slots__ = ("energy_counter", "power_instant", "power_average_1s", "memory_temperature", "throttle_reasons", "ecc", "utilization", "clocks", "gpm")
     ENERGY_COUNTER_FIELD_NUMBER: _ClassVar[int]
     POWER_INSTANT_FIELD_NUMBER: _ClassVar[int]
     POWER_AVERAGE_1S_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class DeviceCapabilities(_message.Message):
     ECC_FIELD_NUMBER: _ClassVar[int]
     UTILIZATION_FIELD_NUMBER: _ClassVar[int]
     CLOCKS_FIELD_NUMBER: _ClassVar[int]
+    GPM_FIELD_NUMBER: _ClassVar[int]
     energy_counter: bool
     power_instant: bool
     power_average_1s: bool
@@ -64,7 +65,8 @@ class DeviceCapabilities(_message.Message):
     ecc: bool
     utilization: bool
     clocks: bool
-    def __init__(self, energy_counter: _Optional[bool] = ..., power_instant: _Optional[bool] = ..., power_average_1s: _Optional[bool] = ..., memory_temperature: _Optional[bool] = ..., throttle_reasons: _Optional[bool] = ..., ecc: _Optional[bool] = ..., utilization: _Optional[bool] = ..., clocks: _Optional[bool] = ...) -> None: ...
+    gpm: bool
+    def __init__(self, energy_counter: _Optional[bool] = ..., power_instant: _Optional[bool] = ..., power_average_1s: _Optional[bool] = ..., memory_temperature: _Optional[bool] = ..., throttle_reasons: _Optional[bool] = ..., ecc: _Optional[bool] = ..., utilization: _Optional[bool] = ..., clocks: _Optional[bool] = ..., gpm: _Optional[bool] = ...) -> None: ...
 
 class DeviceInfo(_message.Message):
     __slots__ = ("uuid", "index", "name", "pci_bus_id", "pci_device_id", "memory_total_bytes", "power_limit_enforced_w", "power_limit_default_w", "power_limit_min_w", "power_limit_max_w", "sm_clock_max_mhz", "mem_clock_max_mhz", "capabilities", "kind", "simulated", "sim_sku", "torch_index", "power_usage_is_average")

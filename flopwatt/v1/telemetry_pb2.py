@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66lopwatt/v1/telemetry.proto\x12\x0b\x66lopwatt.v1\"\xf8\x02\n\x0c\x44\x65viceSeries\x12\x13\n\x0b\x64\x65vice_uuid\x18\x01 \x01(\t\x12\x19\n\x11timestamp_unix_ns\x18\x02 \x01(\x0c\x12\x17\n\x0fpower_instant_w\x18\x03 \x01(\x0c\x12\x1a\n\x12power_average_1s_w\x18\x04 \x01(\x0c\x12\x10\n\x08\x65nergy_j\x18\x05 \x01(\x0c\x12\x14\n\x0csm_clock_mhz\x18\x06 \x01(\x0c\x12\x15\n\rmem_clock_mhz\x18\x07 \x01(\x0c\x12\x19\n\x11gpu_temperature_c\x18\x08 \x01(\x0c\x12\x1c\n\x14memory_temperature_c\x18\t \x01(\x0c\x12\x1d\n\x15gpu_utilization_ratio\x18\n \x01(\x0c\x12 \n\x18memory_utilization_ratio\x18\x0b \x01(\x0c\x12\x18\n\x10throttle_reasons\x18\x0c \x01(\x0c\x12\x15\n\rpower_limit_w\x18\r \x01(\x0c\x12\x19\n\x11memory_used_bytes\x18\x0e \x01(\x0c\"Q\n\x0eTelemetryBatch\x12)\n\x06series\x18\x01 \x03(\x0b\x32\x19.flopwatt.v1.DeviceSeries\x12\x14\n\x0cmissed_ticks\x18\x02 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66lopwatt/v1/telemetry.proto\x12\x0b\x66lopwatt.v1\"\x9f\x05\n\x0c\x44\x65viceSeries\x12\x13\n\x0b\x64\x65vice_uuid\x18\x01 \x01(\t\x12\x19\n\x11timestamp_unix_ns\x18\x02 \x01(\x0c\x12\x17\n\x0fpower_instant_w\x18\x03 \x01(\x0c\x12\x1a\n\x12power_average_1s_w\x18\x04 \x01(\x0c\x12\x10\n\x08\x65nergy_j\x18\x05 \x01(\x0c\x12\x14\n\x0csm_clock_mhz\x18\x06 \x01(\x0c\x12\x15\n\rmem_clock_mhz\x18\x07 \x01(\x0c\x12\x19\n\x11gpu_temperature_c\x18\x08 \x01(\x0c\x12\x1c\n\x14memory_temperature_c\x18\t \x01(\x0c\x12\x1d\n\x15gpu_utilization_ratio\x18\n \x01(\x0c\x12 \n\x18memory_utilization_ratio\x18\x0b \x01(\x0c\x12\x18\n\x10throttle_reasons\x18\x0c \x01(\x0c\x12\x15\n\rpower_limit_w\x18\r \x01(\x0c\x12\x19\n\x11memory_used_bytes\x18\x0e \x01(\x0c\x12\x17\n\x0fsm_active_ratio\x18\x0f \x01(\x0c\x12\x1a\n\x12sm_occupancy_ratio\x18\x10 \x01(\x0c\x12\x1b\n\x13tensor_active_ratio\x18\x11 \x01(\x0c\x12 \n\x18tensor_hmma_active_ratio\x18\x12 \x01(\x0c\x12 \n\x18tensor_imma_active_ratio\x18\x13 \x01(\x0c\x12 \n\x18tensor_dfma_active_ratio\x18\x14 \x01(\x0c\x12\x19\n\x11\x66p64_active_ratio\x18\x15 \x01(\x0c\x12\x19\n\x11\x66p32_active_ratio\x18\x16 \x01(\x0c\x12\x19\n\x11\x66p16_active_ratio\x18\x17 \x01(\x0c\x12\x1c\n\x14\x64ram_bandwidth_ratio\x18\x18 \x01(\x0c\"Q\n\x0eTelemetryBatch\x12)\n\x06series\x18\x01 \x03(\x0b\x32\x19.flopwatt.v1.DeviceSeries\x12\x14\n\x0cmissed_ticks\x18\x02 \x01(\rb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,7 +32,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flopwatt.v1.telemetry_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DEVICESERIES']._serialized_start=45
-  _globals['_DEVICESERIES']._serialized_end=421
-  _globals['_TELEMETRYBATCH']._serialized_start=423
-  _globals['_TELEMETRYBATCH']._serialized_end=504
+  _globals['_DEVICESERIES']._serialized_end=716
+  _globals['_TELEMETRYBATCH']._serialized_start=718
+  _globals['_TELEMETRYBATCH']._serialized_end=799
 # @@protoc_insertion_point(module_scope)

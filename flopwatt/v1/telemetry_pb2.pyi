@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DeviceSeries(_message.Message):
-    __slots__ = ("device_uuid", "timestamp_unix_ns", "power_instant_w", "power_average_1s_w", "energy_j", "sm_clock_mhz", "mem_clock_mhz", "gpu_temperature_c", "memory_temperature_c", "gpu_utilization_ratio", "memory_utilization_ratio", "throttle_reasons", "power_limit_w", "memory_used_bytes")
+    __slots__ = ("device_uuid", "timestamp_unix_ns", "power_instant_w", "power_average_1s_w", "energy_j", "sm_clock_mhz", "mem_clock_mhz", "gpu_temperature_c", "memory_temperature_c", "gpu_utilization_ratio", "memory_utilization_ratio", "throttle_reasons", "power_limit_w", "memory_used_bytes", "sm_active_ratio", "sm_occupancy_ratio", "tensor_active_ratio", "tensor_hmma_active_ratio", "tensor_imma_active_ratio", "tensor_dfma_active_ratio", "fp64_active_ratio", "fp32_active_ratio", "fp16_active_ratio", "dram_bandwidth_ratio")
     DEVICE_UUID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     POWER_INSTANT_W_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,16 @@ class DeviceSeries(_message.Message):
     THROTTLE_REASONS_FIELD_NUMBER: _ClassVar[int]
     POWER_LIMIT_W_FIELD_NUMBER: _ClassVar[int]
     MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SM_ACTIVE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    SM_OCCUPANCY_RATIO_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_ACTIVE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_HMMA_ACTIVE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_IMMA_ACTIVE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_DFMA_ACTIVE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    FP64_ACTIVE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    FP32_ACTIVE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    FP16_ACTIVE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    DRAM_BANDWIDTH_RATIO_FIELD_NUMBER: _ClassVar[int]
     device_uuid: str
     timestamp_unix_ns: bytes
     power_instant_w: bytes
@@ -36,7 +46,17 @@ class DeviceSeries(_message.Message):
     throttle_reasons: bytes
     power_limit_w: bytes
     memory_used_bytes: bytes
-    def __init__(self, device_uuid: _Optional[str] = ..., timestamp_unix_ns: _Optional[bytes] = ..., power_instant_w: _Optional[bytes] = ..., power_average_1s_w: _Optional[bytes] = ..., energy_j: _Optional[bytes] = ..., sm_clock_mhz: _Optional[bytes] = ..., mem_clock_mhz: _Optional[bytes] = ..., gpu_temperature_c: _Optional[bytes] = ..., memory_temperature_c: _Optional[bytes] = ..., gpu_utilization_ratio: _Optional[bytes] = ..., memory_utilization_ratio: _Optional[bytes] = ..., throttle_reasons: _Optional[bytes] = ..., power_limit_w: _Optional[bytes] = ..., memory_used_bytes: _Optional[bytes] = ...) -> None: ...
+    sm_active_ratio: bytes
+    sm_occupancy_ratio: bytes
+    tensor_active_ratio: bytes
+    tensor_hmma_active_ratio: bytes
+    tensor_imma_active_ratio: bytes
+    tensor_dfma_active_ratio: bytes
+    fp64_active_ratio: bytes
+    fp32_active_ratio: bytes
+    fp16_active_ratio: bytes
+    dram_bandwidth_ratio: bytes
+    def __init__(self, device_uuid: _Optional[str] = ..., timestamp_unix_ns: _Optional[bytes] = ..., power_instant_w: _Optional[bytes] = ..., power_average_1s_w: _Optional[bytes] = ..., energy_j: _Optional[bytes] = ..., sm_clock_mhz: _Optional[bytes] = ..., mem_clock_mhz: _Optional[bytes] = ..., gpu_temperature_c: _Optional[bytes] = ..., memory_temperature_c: _Optional[bytes] = ..., gpu_utilization_ratio: _Optional[bytes] = ..., memory_utilization_ratio: _Optional[bytes] = ..., throttle_reasons: _Optional[bytes] = ..., power_limit_w: _Optional[bytes] = ..., memory_used_bytes: _Optional[bytes] = ..., sm_active_ratio: _Optional[bytes] = ..., sm_occupancy_ratio: _Optional[bytes] = ..., tensor_active_ratio: _Optional[bytes] = ..., tensor_hmma_active_ratio: _Optional[bytes] = ..., tensor_imma_active_ratio: _Optional[bytes] = ..., tensor_dfma_active_ratio: _Optional[bytes] = ..., fp64_active_ratio: _Optional[bytes] = ..., fp32_active_ratio: _Optional[bytes] = ..., fp16_active_ratio: _Optional[bytes] = ..., dram_bandwidth_ratio: _Optional[bytes] = ...) -> None: ...
 
 class TelemetryBatch(_message.Message):
     __slots__ = ("series", "missed_ticks")

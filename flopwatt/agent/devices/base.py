@@ -53,6 +53,17 @@ class Snapshot:
     throttle_reasons: int | None = None
     power_limit_w: float | None = None
     memory_used_bytes: int | None = None
+    # NVML GPM pipe activity over the interval since the previous snapshot (ratios 0–1).
+    sm_active_ratio: float | None = None
+    sm_occupancy_ratio: float | None = None
+    tensor_active_ratio: float | None = None
+    tensor_hmma_active_ratio: float | None = None
+    tensor_imma_active_ratio: float | None = None
+    tensor_dfma_active_ratio: float | None = None
+    fp64_active_ratio: float | None = None
+    fp32_active_ratio: float | None = None
+    fp16_active_ratio: float | None = None
+    dram_bandwidth_ratio: float | None = None
 
     def available(self) -> frozenset[str]:
         """Names of the readings present in this snapshot (timestamp excluded)."""

@@ -66,6 +66,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flopwatt.agent.devices.base import Device, DeviceLost, Snapshot
+from flopwatt.agent.devices.sim_workload import (
+    SimWorkload,
+    has_gpm,
+    job_activity,
+    parse_workload,
+    with_noise,
+    workload_activity,
+)
 from flopwatt.analysis.precision import Precision
 from flopwatt.analysis.registry import (
     GpuSpec,
@@ -505,8 +513,10 @@ class SimDevice:
         faults: Sequence[SimFault] = (),
         clock_ns: Callable[[], int] = time.monotonic_ns,
         spread: DeviceSpread | None = None,
+        workload: SimWorkload | None = None,
     ) -> None:
-        """A GPU of ``spec``; ``spread`` None draws it from the UUID (``DeviceSpread.for_uuid``).
+        """A GPU of ``spec``; ``spread`` None draws it from the UUID (``DeviceSpread.for_uuid``);
+        ``workload``: what it is busy with while flopwatt runs no job on it (none: idle).
 
         Raises:
             ValueError: a ``power-cap`` fault above the SKU's TDP (NVML's maximum limit).
@@ -515,6 +525,8 @@ class SimDevice:
         self._clock_ns = clock_ns
         # The node's name is part of the seed: two simulated nodes must never share GPU UUIDs.
         self._rng = np.random.default_rng([seed, zlib.crc32(host.encode()), index])
+        # GPM noise draws from its own stream: power noise stays what it was without GPM.
+        self._gpm_rng = np.random.default_rng([seed, zlib.crc32(host.encode()), index, 1])
         self._lock = threading.Lock()
         self._slow = 1.0
         self._lost_after_ns: int | None = None
@@ -545,7 +557,11 @@ class SimDevice:
         self._r_th = (TEMP_AT_TDP_C - INLET_C) / self._tdp_w
         self._boost_mhz = spec.boost_clock_mhz or 1500.0
         self._tensor_mhz = spec.tensor_peak_clock_mhz or self._boost_mhz
-        self._load = _Load()
+        self._gpm = has_gpm(spec)
+        self._workload = workload
+        self._background = self._background_load(workload)
+        self._load = self._background
+        self._job = False
         now = clock_ns()
         self._start_ns = now
         self._state = _State(
@@ -579,6 +595,7 @@ class SimDevice:
                 ecc=False,
                 utilization=True,
                 clocks=True,
+                gpm=self._gpm,
             ),
             simulated=True,
             sim_sku=spec.sku,
@@ -675,10 +692,44 @@ class SimDevice:
             return self._slow * self._state.clock_mhz / self._base_clock_mhz(self._load.precision)
 
     def set_load(self, precision: Precision | None, intensity: float) -> None:
-        """Start (intensity > 0) or stop (0) a workload at ``precision``."""
+        """Start (intensity > 0) or stop (0) flopwatt's own job at ``precision``; when it
+        stops, the background workload (if any) resumes."""
         with self._lock:
             self._advance(self._clock_ns())
-            self._load = _Load(precision, max(0.0, min(1.0, intensity)))
+            self._job = intensity > 0
+            self._load = (
+                _Load(precision, max(0.0, min(1.0, intensity))) if self._job else self._background
+            )
+
+    def _background_load(self, workload: SimWorkload | None) -> _Load:
+        """The load a background workload puts on the BF16 datapath: its FLOP/s ÷ what a GEMM
+        achieves there (so power and clocks follow it like any load)."""
+        if workload is None or workload.mfu_ratio <= 0:
+            return _Load()
+        peak = self.spec.best_peak(Precision.BF16) or self.spec.best_peak(Precision.FP16)
+        achievable = self.achievable_flops_per_s(Precision.BF16) or self.achievable_flops_per_s(
+            Precision.FP16
+        )
+        if peak is None or not achievable:
+            return _Load()
+        return _Load(Precision.BF16, min(1.0, workload.mfu_ratio * peak.flops_per_s / achievable))
+
+    @property
+    def workload(self) -> SimWorkload | None:
+        """The background workload (None: idle unless flopwatt runs a job)."""
+        return self._workload
+
+    def _activity(self) -> dict[str, float]:
+        """GPM columns now (the lock held): flopwatt's job, else the background workload."""
+        load = self._load
+        if self._job and load.precision is not None and load.intensity > 0:
+            base = self._base_clock_mhz(load.precision)
+            achievable = self.achievable_flops_per_s(load.precision) or 0.0
+            delivered = achievable * load.intensity * self._slow * self._state.clock_mhz / base
+            return job_activity(self.spec, load.precision, delivered, self._state.clock_mhz)
+        if self._workload is not None:
+            return workload_activity(self.spec, self._workload)
+        return workload_activity(self.spec, SimWorkload("idle", 0.0))
 
     def achievable_flops_per_s(self, precision: Precision) -> float | None:
         """Large-GEMM throughput at ``precision`` at the unthrottled clock (FLOP/s; OP/s for
@@ -722,6 +773,8 @@ class SimDevice:
                 s.recent.popleft()
             average = sum(p for _, p in s.recent) / len(s.recent)
             load = self._load.intensity
+            gpm = with_noise(self._activity(), self._gpm_rng) if self._gpm else {}
+            held = load > 0 or self._workload is not None
             # NVML reports power in whole milliwatts and energy in whole millijoules: the sim
             # gives the same resolution, so that what the store keeps (and compresses) is what
             # a real fleet sends.
@@ -738,7 +791,8 @@ class SimDevice:
                 memory_utilization_ratio=0.6 * load,
                 throttle_reasons=s.throttle,
                 power_limit_w=self._limit_w,
-                memory_used_bytes=int(self._info.memory_total_bytes * (0.7 if load else 0.01)),
+                memory_used_bytes=int(self._info.memory_total_bytes * (0.7 if held else 0.01)),
+                **gpm,
             )
 
 
@@ -758,6 +812,7 @@ class SimBackend:
         gpus: int = 8,
         seed: int = 0,
         faults: Sequence[str | SimFault] = (),
+        workloads: Sequence[str | SimWorkload] = (),
         host: str = "sim",
         registry: Registry | None = None,
         clock_ns: Callable[[], int] = time.monotonic_ns,
@@ -781,6 +836,16 @@ class SimBackend:
         for f in parsed:
             if not 0 <= f.index < gpus:
                 raise ValueError(f"fault {f.kind} names GPU {f.index}, but there are {gpus}")
+        loads = [w if isinstance(w, SimWorkload) else parse_workload(w) for w in workloads]
+        for w in loads:
+            if w.index is not None and not 0 <= w.index < gpus:
+                raise ValueError(f"workload {w.kind} names GPU {w.index}, but there are {gpus}")
+
+        def workload_of(i: int) -> SimWorkload | None:
+            # The last one naming this GPU wins over the last one for every GPU.
+            mine = [w for w in loads if w.index == i] or [w for w in loads if w.index is None]
+            return mine[-1] if mine else None
+
         devices = [
             SimDevice(
                 spec,
@@ -789,6 +854,7 @@ class SimBackend:
                 seed=seed,
                 faults=[f for f in parsed if f.index == i],
                 clock_ns=clock_ns,
+                workload=workload_of(i),
             )
             for i in range(gpus)
         ]
