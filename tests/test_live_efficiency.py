@@ -56,9 +56,7 @@ def test_pipes_add_up_and_the_largest_names_the_precision(registry: Registry) ->
     dominated by BF16; the basis is mixed."""
     spec = registry.get(H100)
     peaks = pipe_peaks(spec, {Precision.BF16: MeasuredPeak(700e12, 1755.0)})
-    est = estimate(
-        {"tensor_hmma_active_ratio": 0.3, "fp32_active_ratio": 0.2}, 1980, peaks, spec
-    )
+    est = estimate({"tensor_hmma_active_ratio": 0.3, "fp32_active_ratio": 0.2}, 1980, peaks, spec)
     assert est is not None
     hmma = 0.3 * 700e12 * 1980 / 1755
     assert est.flops_per_s_by_pipe["tensor_hmma_active_ratio"] == pytest.approx(hmma)

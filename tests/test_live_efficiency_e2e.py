@@ -1,0 +1,105 @@
+"""Live efficiency end to end, on the simulator where the truth is known by construction: sim
+agents running background workloads stream GPM pipe activity through a real collector (gRPC on
+loopback, SQLite), and ``/metrics`` shows the estimated FLOP/s and MFU the workloads were built
+with; a GPU without GPM (A100) shows no estimate and no activity — absent, never 0.
+Also the wire contract for the new columns, and the sim workload grammar."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flopwatt.agent.agent import Agent, AgentConfig
+from flopwatt.agent.devices.sim import SimBackend
+from flopwatt.agent.devices.sim_workload import parse_workload
+from flopwatt.channel import ClientCredentials
+from flopwatt.records import GPM_COLUMNS, DeviceSeries, TelemetryBatch
+from flopwatt.wire import telemetry_from_proto, telemetry_to_proto
+from tests.collector_helpers import collector, find, http_get, samples
+from tests.test_agent_e2e import run_agents, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _agent(tmp_path: Path, name: str, target: str, sku: str, workloads: list[str]) -> Agent:
+    config = AgentConfig(
+        hostname=name,
+        collector=ClientCredentials(target),
+        spool_path=tmp_path / f"spool-{name}.db",
+        interval_s=0.05,
+        batch_interval_s=0.2,
+        backoff_base_s=0.2,
+        backoff_cap_s=1.0,
+    )
+    backend = SimBackend.from_options(sku=sku, gpus=2, seed=1, host=name, workloads=workloads)
+    return Agent(config, backend)
+
+
+def test_gpm_columns_round_trip_the_wire_bit_for_bit() -> None:
+    ts = np.array([1, 2, 3], dtype=np.int64) * 10**9
+    cols = {c: np.array([0.0, 0.5, 1.0], dtype=np.float32) for c in GPM_COLUMNS}
+    cols["power_instant_w"] = np.array([100.0, 200.0, 300.0])
+    batch = TelemetryBatch((DeviceSeries("GPU-x", ts, cols),))
+    back = telemetry_from_proto(telemetry_to_proto(batch))
+    (series,) = back.series
+    assert set(series.columns) == set(cols)
+    for name, values in cols.items():
+        assert series.columns[name].tobytes() == values.tobytes(), name
+
+
+def test_the_workload_grammar_says_what_it_accepts() -> None:
+    assert parse_workload("train:0.42").mfu_ratio == 0.42
+    assert parse_workload("inference:0.2@3").index == 3
+    assert parse_workload("idle").mfu_ratio == 0.0
+    for bad in ("train", "train:1.5", "train:0", "sleep:0.3", "idle:0.3", "train:0.4@x"):
+        with pytest.raises(ValueError, match=r"accepted|MFU must be"):
+            parse_workload(bad)
+
+
+async def test_estimated_mfu_on_metrics_is_what_the_sim_workload_runs(tmp_path: Path) -> None:
+    async with collector(tmp_path) as c:
+        h100 = _agent(
+            tmp_path, "h100-a", c.grpc_address, "H100-SXM5-80GB", ["train:0.42", "idle@1"]
+        )
+        a100 = _agent(tmp_path, "a100-a", c.grpc_address, "A100-SXM4-80GB", ["train:0.42"])
+        stop, tasks = await run_agents([h100, a100])
+        try:
+            await wait_for(
+                lambda: all(a.uplink.stats.acked_messages >= 3 for a in (h100, a100)), 30, "acks"
+            )
+            values: list[float] = []
+            for _ in range(8):
+                _, text = await http_get(c.http_url + "/metrics")
+                parsed = samples(text)
+                values += find(
+                    parsed, "flopwatt_gpu_estimated_mfu_ratio", hostname="h100-a", gpu_index="0"
+                )
+                await asyncio.sleep(0.2)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+    # The training GPU: 42 % by construction (2 % activity noise per sample).
+    assert values and statistics.mean(values) == pytest.approx(0.42, rel=0.05)
+    mfu = [
+        (dict(lbls), v)
+        for (n, lbls), v in parsed.items()
+        if n == "flopwatt_gpu_estimated_mfu_ratio"
+    ]
+    by_gpu = {(lbls["hostname"], lbls["gpu_index"]): (lbls, v) for lbls, v in mfu}
+    labels, _ = by_gpu[("h100-a", "0")]
+    assert (labels["precision"], labels["basis"]) == ("bf16", "spec")
+    # The idle-but-allocated GPU: a real zero (GPM reports no activity), not absent.
+    assert by_gpu[("h100-a", "1")][1] == 0.0
+    # No GPM on A100: no estimate, no activity series — absent, not 0.
+    assert not [k for k in by_gpu if k[0] == "a100-a"]
+    assert not find(parsed, "flopwatt_gpu_pipe_active_ratio", hostname="a100-a")
+    hmma = find(parsed, "flopwatt_gpu_pipe_active_ratio", hostname="h100-a", pipe="tensor_hmma")
+    assert len(hmma) == 2
+    flops = find(
+        parsed, "flopwatt_gpu_estimated_flops_per_second", hostname="h100-a", gpu_index="0"
+    )
+    assert flops and flops[0] == pytest.approx(0.42 * 989.5e12, rel=0.08)
