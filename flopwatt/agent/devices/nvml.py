@@ -21,6 +21,9 @@ Per sampler tick a device reads everything in one go (:meth:`NvmlDevice.snapshot
   value), utilisation (percent → ratio), the clock-event (throttle) reasons bitmask, the
   enforced power limit (mW → W) and memory used (bytes).
 
+GPM pipe activity (Hopper and newer, not under MIG) is read per tick pair by
+:class:`~flopwatt.agent.devices.nvml_gpm.GpmReader`; the probe says why where it is absent.
+
 ECC volatile error counts and XID events are read only where cheap, by :meth:`NvmlDevice.health`
 (the :class:`~flopwatt.agent.devices.base.Snapshot` has no fields for them).
 
@@ -52,6 +55,7 @@ from flopwatt.agent.devices.base import (
     PermissionDenied,
     Snapshot,
 )
+from flopwatt.agent.devices.nvml_gpm import GpmReader
 from flopwatt.records import DeviceCapabilities, DeviceInfo, DeviceKind, SoftwareVersions
 
 log = logging.getLogger(__name__)
@@ -484,6 +488,7 @@ class NvmlDevice:
         self._ecc = False
         self._xid_set: Any = None
         self._xid_counts: Counter[int] = Counter()
+        self._gpm: GpmReader | None = None
         self._info = self._probe(ident, torch_index)
 
     # -- identity --------------------------------------------------------------------------
@@ -567,6 +572,9 @@ class NvmlDevice:
         self._probe_throttle()
         self._probe_ecc()
         self._probe_xid()
+        self._gpm = GpmReader.probe(self._nvml, h, self._missing)
+        if self._gpm is not None:
+            self._supported.add("gpm")
 
         fields = set(self._field_names)
         usage = "power_usage" in self._supported
@@ -579,6 +587,7 @@ class NvmlDevice:
             ecc=self._ecc,
             utilization="utilization" in self._supported,
             clocks="sm_clock" in self._supported,
+            gpm=self._gpm is not None,
         )
         info = DeviceInfo(
             uuid=ident.uuid,
@@ -877,6 +886,9 @@ class NvmlDevice:
         )
         limit_mw = self._read(tick, "power_limit", api.nvmlDeviceGetEnforcedPowerLimit, h)
         memory = self._read(tick, "memory", api.nvmlDeviceGetMemoryInfo, h)
+        gpm = (
+            self._read(tick, "gpm", self._gpm.read, now_unix_ns) if self._gpm is not None else None
+        )
 
         if tick.attempted and tick.unmapped_failures == tick.attempted:
             self._strikes += 1
@@ -900,6 +912,7 @@ class NvmlDevice:
             throttle_reasons=None if reasons is None else int(reasons),
             power_limit_w=_mw_to_w(limit_mw),
             memory_used_bytes=None if memory is None else int(memory.used),
+            **(gpm or {}),
         )
 
     def health(self) -> NvmlHealth:
@@ -964,6 +977,9 @@ class NvmlDevice:
             if self._xid_set is not None:
                 self._free_event_set(self._xid_set)
                 self._xid_set = None
+            if self._gpm is not None:
+                self._gpm.close()
+                self._gpm = None
 
 
 def _mw_to_w(mw: float | None) -> float | None:
