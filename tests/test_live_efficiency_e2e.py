@@ -18,6 +18,8 @@ from flopwatt.agent.devices.sim import SimBackend
 from flopwatt.agent.devices.sim_workload import parse_workload
 from flopwatt.channel import ClientCredentials
 from flopwatt.records import GPM_COLUMNS, DeviceSeries, TelemetryBatch
+from flopwatt.report.files import as_report
+from flopwatt.report.tables import ReportParameters
 from flopwatt.wire import telemetry_from_proto, telemetry_to_proto
 from tests.collector_helpers import collector, find, http_get, samples
 from tests.test_agent_e2e import run_agents, wait_for
@@ -103,3 +105,32 @@ async def test_estimated_mfu_on_metrics_is_what_the_sim_workload_runs(tmp_path: 
         parsed, "flopwatt_gpu_estimated_flops_per_second", hostname="h100-a", gpu_index="0"
     )
     assert flops and flops[0] == pytest.approx(0.42 * 989.5e12, rel=0.08)
+
+
+async def test_the_report_window_estimates_live_efficiency(tmp_path: Path) -> None:
+    """The same fleet through the store into the report's window table: the training GPU's
+    estimated MFU over the window is its workload's, from the spec; the idle GPU's is 0; the
+    A100 (no GPM) has no estimate."""
+    db = tmp_path / "live.db"
+    async with collector(tmp_path, db_path=db) as c:
+        h100 = _agent(
+            tmp_path, "h100-r", c.grpc_address, "H100-SXM5-80GB", ["train:0.42", "idle@1"]
+        )
+        a100 = _agent(tmp_path, "a100-r", c.grpc_address, "A100-SXM4-80GB", ["train:0.42"])
+        stop, tasks = await run_agents([h100, a100])
+        try:
+            await wait_for(
+                lambda: all(a.uplink.stats.acked_messages >= 6 for a in (h100, a100)), 30, "acks"
+            )
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+    report = as_report(db, parameters=ReportParameters(window_s=3600))
+    rows = {(r["hostname"], r["device_index"]): r for r in report.window.to_dict("records")}
+    train = rows[("h100-r", 0)]
+    assert train["estimated_mfu_ratio"] == pytest.approx(0.42, rel=0.03)
+    assert (train["estimate_precision"], train["estimate_basis"]) == ("bf16", "spec")
+    assert train["estimated_energy_per_flop_j"] > 0
+    assert rows[("h100-r", 1)]["estimated_mfu_ratio"] == 0.0
+    assert np.isnan(rows[("a100-r", 0)]["estimated_mfu_ratio"])
+    assert rows[("a100-r", 0)]["estimate_basis"] is None

@@ -257,6 +257,11 @@ DISPLAY: Mapping[str, tuple[DisplayColumn, ...]] = {
         _c("gpu_temperature_max_c", "max °C", _num_fmt(1.0, ".0f")),
         _c("gpu_utilization_mean_ratio", "mean util.", _pct),
         _c("throttle_time", "throttled (share of observed time)"),
+        _c("tensor_active_mean_ratio", "tensor active", _pct),
+        _c("estimated_flops_per_s", "est. TFLOP/s", tflops_text),
+        _c("estimated_mfu_ratio", "est. MFU", _pct),
+        _c("estimate_basis", "est. basis"),
+        _c("estimated_energy_per_flop_j", "est. pJ/FLOP", _pj),
     ),
 }
 
@@ -325,6 +330,7 @@ TERMINAL_COLUMNS: Mapping[str, tuple[str, ...]] = {
         "power_instant_max_w",
         "gpu_temperature_max_c",
         "throttle_time",
+        "estimated_mfu_ratio",
     ),
 }
 
@@ -369,7 +375,11 @@ EXPLANATIONS: Mapping[str, str] = {
         "reported. Read from raw samples where the store still keeps them and from 10 s or "
         "1 min rollups where they are pruned; 'resolution' names the coarsest tier read. The "
         "figures are exact over what they cover at any resolution: it only sets how finely "
-        "the window's start is placed ('from')."
+        "the window's start is placed ('from'). Where a GPU has GPM (Hopper and newer), the "
+        "ESTIMATED FLOP/s of whatever ran on it: mean pipe activity × each pipe's peak (this "
+        "GPU's measured GEMM peak, else the spec) × mean SM clock ÷ the peak's clock; est. MFU "
+        "= that ÷ the dense spec peak; an upper bound, since activity counts issue slots, not "
+        "useful FLOPs."
     ),
 }
 

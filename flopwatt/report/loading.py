@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from flopwatt.jsonable import from_jsonable
-from flopwatt.records import DeviceInfo, JobResult, NodeInfo
+from flopwatt.records import GPM_COLUMNS, DeviceInfo, JobResult, NodeInfo
 from flopwatt.report.tables import (
     DEVICE_INPUT_COLUMNS,
     RESULT_INPUT_COLUMNS,
@@ -128,6 +128,12 @@ def window_inputs(conn: Any, start_unix_ns: int, end_unix_ns: int) -> pd.DataFra
                     int(s[f"{rollup.THROTTLE}:or"][0]) if f"{rollup.THROTTLE}:or" in s else None
                 ),
                 "throttle_seconds": throttle if f"{rollup.THROTTLE}:or" in s else None,
+                "sm_active_mean_ratio": _column_mean(s, "sm_active_ratio"),
+                "tensor_active_mean_ratio": _column_mean(s, "tensor_active_ratio"),
+                "pipe_activity": {
+                    c: v for c in GPM_COLUMNS if (v := _column_mean(s, c)) is not None
+                }
+                or None,
             }
         )
     return pd.DataFrame.from_records(records, columns=list(WINDOW_INPUT_COLUMNS))

@@ -48,11 +48,15 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from flopwatt.analysis.live_efficiency import MeasuredPeak
+from flopwatt.analysis.precision import Precision
+from flopwatt.analysis.registry import GpuSpec, Registry, UnknownSkuError, load_registry
 from flopwatt.analysis.throttle import decode_throttle, likely_limiter
 from flopwatt.report.window_table import (
     WINDOW_COLUMNS,
     WINDOW_INPUT_COLUMNS,
     WINDOW_INT_COLUMNS,
+    add_live_estimates,
     window_frame,
 )
 
@@ -490,6 +494,7 @@ def build_report(
     *,
     now_unix_ns: int,
     parameters: ReportParameters | None = None,
+    registry: Registry | None = None,
 ) -> FleetReport:
     """Compute every table of the fleet report from ``inputs``.
 
@@ -497,6 +502,8 @@ def build_report(
         inputs: the device, result and telemetry frames (missing columns count as all-absent).
         now_unix_ns: the report's time (wall clock, ns since the Unix epoch), for ages.
         parameters: thresholds (defaults: :class:`ReportParameters`).
+        registry: spec peaks for the live-efficiency estimate (default: the shipped one,
+            loaded only when a GPU reports GPM activity).
 
     Raises:
         KeyError: a frame lacks its key column (``device_uuid``).
@@ -512,7 +519,9 @@ def build_report(
         outliers=outlier_table(gpus),
         verdicts=verdict_table(gpus, params=params),
         models=model_table(devices, results),
-        window=window_table(devices, _ensure(inputs.window, WINDOW_INPUT_COLUMNS)),
+        window=window_table(
+            devices, _ensure(inputs.window, WINDOW_INPUT_COLUMNS), results, registry
+        ),
         generated_unix_ns=now_unix_ns,
         source=inputs.source,
         parameters=params,
@@ -963,22 +972,57 @@ def model_table(devices: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
     return _typed(df, MODEL_COLUMNS)
 
 
-def window_table(devices: pd.DataFrame, window: pd.DataFrame) -> pd.DataFrame:
+def window_table(
+    devices: pd.DataFrame,
+    window: pd.DataFrame,
+    results: pd.DataFrame | None = None,
+    registry: Registry | None = None,
+) -> pd.DataFrame:
     """Telemetry over the report's window per GPU (:data:`WINDOW_COLUMNS`, see
-    :mod:`flopwatt.report.window_table`), sorted by hostname and device index."""
+    :mod:`flopwatt.report.window_table`), sorted by hostname and device index. The live
+    efficiency estimate takes spec peaks from ``registry`` (loaded only when a row has GPM
+    activity) and measured GEMM peaks from ``results``."""
     if window.empty:
         return _empty(WINDOW_COLUMNS)
     dev = devices.copy()
     dev["source"] = [SIM if _truthy(s) else HARDWARE for s in dev["simulated"]]
     dev = dev[
-        [
-            "device_uuid",
-            "hostname",
-            "device_index",
-            "sku",
-            "name",
-            "source",
-            "power_limit_enforced_w",
-        ]
-    ]
-    return _typed(window_frame(dev, window), WINDOW_COLUMNS)
+        ["device_uuid", "hostname", "device_index", "sku", "name", "source",
+         "power_limit_enforced_w"]
+    ]  # fmt: skip
+    df = window_frame(dev, window)
+    specs: dict[str, GpuSpec] = {}
+    if any(isinstance(a, Mapping) and a for a in df["pipe_activity"]):
+        registry = registry or load_registry()
+        for sku in {s for s in df["sku"] if isinstance(s, str)}:
+            try:
+                specs[sku] = registry.get(sku)
+            except UnknownSkuError:
+                continue
+    df = add_live_estimates(df, specs, _measured_peaks(results))
+    return _typed(df, WINDOW_COLUMNS)
+
+
+def _measured_peaks(
+    results: pd.DataFrame | None,
+) -> dict[str, dict[Precision, MeasuredPeak]]:
+    """Each device's latest GEMM FLOP/s per precision (sustained, else burst) and the SM clock
+    it ran at."""
+    out: dict[str, dict[Precision, MeasuredPeak]] = {}
+    if results is None or results.empty:
+        return out
+    for rec in results[results["kind"] == "gemm"].to_dict("records"):
+        value = rec.get("sustained_flops_per_s")
+        if _isnan(value):
+            value = rec.get("burst_flops_per_s")
+        if _isnan(value) or not value or value <= 0:
+            continue
+        try:
+            precision = Precision.parse(str(rec["precision"]))
+        except ValueError:
+            continue
+        clock: Any = rec.get("sm_clock_mean_mhz")
+        out.setdefault(str(rec["device_uuid"]), {})[precision] = MeasuredPeak(
+            float(value), None if _isnan(clock) else float(clock)
+        )
+    return out

@@ -15,7 +15,13 @@ Figures and their units:
   reading (the rollups keep every bucket's maximum, so it is exact at any resolution);
 * ``observed_s`` — the seconds the device was seen reporting (gaps over 5 s not counted);
   ``observed_ratio`` = that ÷ the span covered;
-* ``throttle_time`` — per throttle reason seen, its share of ``observed_s``.
+* ``throttle_time`` — per throttle reason seen, its share of ``observed_s``;
+* live efficiency, where the GPU has GPM (:mod:`flopwatt.analysis.live_efficiency`): the
+  ESTIMATED delivered FLOP/s of whatever ran, from the window's mean pipe activity and mean SM
+  clock, with ``estimate_basis`` (this GPU's measured GEMM peaks, the spec, or mixed) and the
+  dominant precision; ``estimated_mfu_ratio`` = that ÷ the dense spec peak;
+  ``estimated_energy_per_flop_j`` = the window's energy ÷ (estimated FLOP/s × the seconds the
+  energy spans). An estimate: pipe activity counts issue slots, not useful FLOPs.
 
 ``resolution`` is the coarsest tier read (``raw``, ``10s``, ``1m``): figures are exact over the
 samples they cover at any resolution; the resolution is how finely the window's start could be
@@ -31,6 +37,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flopwatt.analysis.live_efficiency import MeasuredPeak, estimate, pipe_peaks
+from flopwatt.analysis.precision import Precision
+from flopwatt.analysis.registry import GpuSpec
 from flopwatt.analysis.throttle import THROTTLE_BITS, decode_throttle
 
 WINDOW_INPUT_COLUMNS: tuple[str, ...] = (
@@ -54,9 +63,13 @@ WINDOW_INPUT_COLUMNS: tuple[str, ...] = (
     "gpu_utilization_mean_ratio",
     "throttle_reasons_mask",
     "throttle_seconds",
+    "sm_active_mean_ratio",
+    "tensor_active_mean_ratio",
+    "pipe_activity",
 )
 """One row per device with telemetry in the window; ``throttle_seconds`` maps a reason bit to
-the seconds it was reported."""
+the seconds it was reported; ``pipe_activity`` each GPM column's sample-weighted mean (None
+where the device has no GPM)."""
 
 WINDOW_COLUMNS: tuple[str, ...] = (
     "hostname",
@@ -87,6 +100,13 @@ WINDOW_COLUMNS: tuple[str, ...] = (
     "gpu_utilization_mean_ratio",
     "throttle_reasons",
     "throttle_time",
+    "sm_active_mean_ratio",
+    "tensor_active_mean_ratio",
+    "estimated_flops_per_s",
+    "estimated_mfu_ratio",
+    "estimate_precision",
+    "estimate_basis",
+    "estimated_energy_per_flop_j",
 )
 
 WINDOW_INT_COLUMNS: frozenset[str] = frozenset(
@@ -156,3 +176,45 @@ def window_frame(devices: pd.DataFrame, window: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(
         ["hostname", "device_index"], kind="stable", na_position="last"
     ).reset_index(drop=True)
+
+
+def add_live_estimates(
+    df: pd.DataFrame,
+    specs: Mapping[str, GpuSpec],
+    measured: Mapping[str, Mapping[Precision, MeasuredPeak]],
+) -> pd.DataFrame:
+    """The live-efficiency columns of :func:`window_frame`'s rows (see the module docstring):
+    ``specs`` by SKU, ``measured`` GEMM peaks by device UUID. Rows without GPM activity keep
+    them absent."""
+    out = df.copy()
+    cols: dict[str, list[Any]] = {
+        "estimated_flops_per_s": [],
+        "estimated_mfu_ratio": [],
+        "estimate_precision": [],
+        "estimate_basis": [],
+        "estimated_energy_per_flop_j": [],
+    }
+    for rec in df.to_dict("records"):
+        activity = rec.get("pipe_activity")
+        sku = rec.get("sku")
+        spec = specs.get(sku) if isinstance(sku, str) else None
+        est = None
+        if isinstance(activity, Mapping) and activity:
+            clock = rec.get("sm_clock_mean_mhz")
+            clock = float(clock) if clock is not None and np.isfinite(clock) else None
+            peaks = pipe_peaks(spec, measured.get(str(rec["device_uuid"])))
+            est = estimate(activity, clock, peaks, spec)
+        cols["estimated_flops_per_s"].append(None if est is None else est.flops_per_s)
+        cols["estimated_mfu_ratio"].append(None if est is None else est.mfu_ratio)
+        cols["estimate_precision"].append(None if est is None else est.precision.value)
+        cols["estimate_basis"].append(None if est is None else est.basis.value)
+        energy: Any = rec.get("energy_j")
+        span: Any = rec.get("energy_span_s")
+        per_flop = None
+        measurable = energy is not None and span and np.isfinite(energy) and np.isfinite(span)
+        if est is not None and est.flops_per_s > 0 and measurable:
+            per_flop = float(energy) / (est.flops_per_s * float(span))
+        cols["estimated_energy_per_flop_j"].append(per_flop)
+    for name, values in cols.items():
+        out[name] = values
+    return out
