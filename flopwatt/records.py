@@ -130,6 +130,17 @@ TELEMETRY_COLUMNS: tuple[ColumnSpec, ...] = (
     ColumnSpec("fp32_active_ratio", np.dtype("<f4")),
     ColumnSpec("fp16_active_ratio", np.dtype("<f4")),
     ColumnSpec("dram_bandwidth_ratio", np.dtype("<f4")),
+    # Health counters (read every few seconds, repeated in between).
+    ColumnSpec("ecc_corrected_volatile_total", np.dtype("<u8")),
+    ColumnSpec("ecc_uncorrected_volatile_total", np.dtype("<u8")),
+    ColumnSpec("remapped_rows_correctable_total", np.dtype("<u8")),
+    ColumnSpec("remapped_rows_uncorrectable_total", np.dtype("<u8")),
+    ColumnSpec("row_remap_pending", np.dtype("<u8")),
+    ColumnSpec("row_remap_failed", np.dtype("<u8")),
+    ColumnSpec("pcie_replay_total", np.dtype("<u8")),
+    ColumnSpec("nvlink_crc_errors_total", np.dtype("<u8")),
+    ColumnSpec("xid_events_total", np.dtype("<u8")),
+    ColumnSpec("xid_last", np.dtype("<u8")),
 )
 """Every telemetry column, in wire and storage order: a new column is only ever appended (the
 stored chunks' column bitmaps index this tuple)."""
@@ -146,6 +157,20 @@ GPM_COLUMNS: tuple[str, ...] = (
     "dram_bandwidth_ratio",
 )
 """The columns NVML GPM fills (absent on devices without GPM)."""
+HEALTH_COLUMNS: tuple[str, ...] = (
+    "ecc_corrected_volatile_total",
+    "ecc_uncorrected_volatile_total",
+    "remapped_rows_correctable_total",
+    "remapped_rows_uncorrectable_total",
+    "row_remap_pending",
+    "row_remap_failed",
+    "pcie_replay_total",
+    "nvlink_crc_errors_total",
+    "xid_events_total",
+    "xid_last",
+)
+"""Health counters: what names a bad GPU besides its efficiency."""
+assert len(TELEMETRY_COLUMNS) <= 32, "stored chunks index columns in a 32-bit bitmap"
 COLUMN_DTYPES: dict[str, np.dtype[Any]] = {c.name: c.dtype for c in TELEMETRY_COLUMNS}
 TELEMETRY_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in TELEMETRY_COLUMNS)
 POWER_COLUMNS: tuple[str, ...] = ("power_instant_w", "power_average_1s_w")

@@ -134,3 +134,21 @@ async def test_the_report_window_estimates_live_efficiency(tmp_path: Path) -> No
     assert rows[("h100-r", 1)]["estimated_mfu_ratio"] == 0.0
     assert np.isnan(rows[("a100-r", 0)]["estimated_mfu_ratio"])
     assert rows[("a100-r", 0)]["estimate_basis"] is None
+
+
+def test_sim_health_faults_show_in_the_counters() -> None:
+    """xid:79, ecc:3 and row-remap set the counters a real GPU would; a healthy GPU reads 0;
+    V100 (no row remapping before Ampere) has no remap counters at all."""
+    b = SimBackend.from_options(
+        sku="H100-SXM5-80GB", gpus=3, faults=["xid:79@0", "ecc:3@1", "row-remap@2"]
+    )
+    s0, s1, s2 = (d.snapshot(0) for d in b.sim_devices())
+    assert (s0.xid_events_total, s0.xid_last) == (1, 79)
+    assert s1.ecc_uncorrected_volatile_total == 3 and s1.xid_last == 0
+    assert (s2.remapped_rows_uncorrectable_total, s2.row_remap_pending) == (1, 1)
+    assert s0.nvlink_crc_errors_total == 0  # SXM: NVLink, no errors
+    v100 = SimBackend.from_options(sku="V100-SXM2-32GB", gpus=1).sim_devices()[0].snapshot(0)
+    assert v100.row_remap_pending is None and v100.ecc_uncorrected_volatile_total == 0
+    for bad in ("xid:0", "xid:abc", "ecc:0", "row-remap:2"):
+        with pytest.raises(ValueError):
+            SimBackend.from_options(sku="H100-SXM5-80GB", gpus=1, faults=[bad])

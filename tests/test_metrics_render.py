@@ -98,10 +98,18 @@ ADDED_SINCE_GOLDEN = (
     "flopwatt_gpu_dram_bandwidth_ratio",
     "flopwatt_gpu_estimated_flops_per_second",
     "flopwatt_gpu_estimated_mfu_ratio",
+    "flopwatt_gpu_ecc_errors_total",
+    "flopwatt_gpu_remapped_rows_total",
+    "flopwatt_gpu_row_remap_pending",
+    "flopwatt_gpu_row_remap_failed",
+    "flopwatt_gpu_pcie_replays_total",
+    "flopwatt_gpu_nvlink_crc_errors_total",
+    "flopwatt_gpu_xid_events_total",
+    "flopwatt_gpu_xid_last",
 )
 """Families added after the golden file was captured (the collector's store and child process
-health, store retention, GPM activity and live efficiency); they are checked by their own
-tests."""
+health, store retention, GPM activity, live efficiency, GPU health counters); they are
+checked by their own tests."""
 
 
 def _without_added(text: str) -> str:

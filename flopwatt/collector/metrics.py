@@ -86,6 +86,10 @@ _KIND_SERIES = (
             "fp16_active_ratio",
         )
     ),
+    ("ecc_corrected_volatile_total", "flopwatt_gpu_ecc_errors_total", "corrected"),
+    ("ecc_uncorrected_volatile_total", "flopwatt_gpu_ecc_errors_total", "uncorrected"),
+    ("remapped_rows_correctable_total", "flopwatt_gpu_remapped_rows_total", "correctable"),
+    ("remapped_rows_uncorrectable_total", "flopwatt_gpu_remapped_rows_total", "uncorrectable"),
 )
 # (column, family, scale from the column's unit to the family's base unit).
 _SIMPLE_SERIES = (
@@ -98,6 +102,12 @@ _SIMPLE_SERIES = (
     ("sm_active_ratio", "flopwatt_gpu_sm_active_ratio", 1.0),
     ("sm_occupancy_ratio", "flopwatt_gpu_sm_occupancy_ratio", 1.0),
     ("dram_bandwidth_ratio", "flopwatt_gpu_dram_bandwidth_ratio", 1.0),
+    ("row_remap_pending", "flopwatt_gpu_row_remap_pending", 1.0),
+    ("row_remap_failed", "flopwatt_gpu_row_remap_failed", 1.0),
+    ("pcie_replay_total", "flopwatt_gpu_pcie_replays_total", 1.0),
+    ("nvlink_crc_errors_total", "flopwatt_gpu_nvlink_crc_errors_total", 1.0),
+    ("xid_events_total", "flopwatt_gpu_xid_events_total", 1.0),
+    ("xid_last", "flopwatt_gpu_xid_last", 1.0),
 )
 _PIPE_NAMES = tuple(p.column for p in PIPES)
 _PIPE_INDEXES = np.array([COLUMN_INDEX[c] for c in _PIPE_NAMES], dtype=np.intp)

@@ -68,8 +68,10 @@ def _sku_choices() -> list[str]:
     "--sim-fault",
     "sim_faults",
     multiple=True,
-    help="slow:FRACTION, power-cap:WATTS, lost-after:SECONDSs or stuck-power, "
-    "each optionally @GPU_INDEX (repeatable).",
+    help="slow:FRACTION, power-cap:WATTS, lost-after:SECONDSs, stuck-power, xid:CODE (a "
+    "critical XID seen, e.g. xid:79), ecc:COUNT (uncorrected ECC errors) or row-remap (a row "
+    "remapped for an uncorrectable error, pending a reset), each optionally @GPU_INDEX "
+    "(repeatable).",
 )
 @click.option(
     "--sim-workload",

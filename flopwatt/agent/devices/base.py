@@ -64,6 +64,17 @@ class Snapshot:
     fp32_active_ratio: float | None = None
     fp16_active_ratio: float | None = None
     dram_bandwidth_ratio: float | None = None
+    # Health counters (see flopwatt.records.HEALTH_COLUMNS).
+    ecc_corrected_volatile_total: int | None = None
+    ecc_uncorrected_volatile_total: int | None = None
+    remapped_rows_correctable_total: int | None = None
+    remapped_rows_uncorrectable_total: int | None = None
+    row_remap_pending: int | None = None
+    row_remap_failed: int | None = None
+    pcie_replay_total: int | None = None
+    nvlink_crc_errors_total: int | None = None
+    xid_events_total: int | None = None
+    xid_last: int | None = None
 
     def available(self) -> frozenset[str]:
         """Names of the readings present in this snapshot (timestamp excluded)."""

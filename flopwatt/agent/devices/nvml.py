@@ -191,6 +191,10 @@ NVML_ERROR_TABLE: Mapping[str, type[DeviceError]] = MappingProxyType(
 #: ``NVML_ERROR_UNKNOWN``) after which a device is declared lost.
 UNRESPONSIVE_TICKS = 3
 
+HEALTH_INTERVAL_S = 5.0
+"""How often the health counters (ECC, row remapping, PCIe replays, NVLink CRC, XID) are read;
+between reads the last values are repeated (s)."""
+
 
 def nvml_error_codes(nvml: object) -> dict[int, type[DeviceError]]:
     """:data:`NVML_ERROR_TABLE` keyed by the code values of ``nvml`` (a ``pynvml`` module or a
@@ -237,6 +241,8 @@ class _Constants:
     ecc_uncorrected: int
     ecc_volatile: int
     event_xid: int | None
+    nvlink_crc: int | None
+    nvlink_max_links: int
 
     @classmethod
     def resolve(cls, nvml: object) -> _Constants:
@@ -288,6 +294,8 @@ class _Constants:
             ecc_uncorrected=need("NVML_MEMORY_ERROR_TYPE_UNCORRECTED"),
             ecc_volatile=need("NVML_VOLATILE_ECC"),
             event_xid=maybe("nvmlEventTypeXidCriticalError"),
+            nvlink_crc=maybe("NVML_NVLINK_ERROR_DL_CRC_FLIT"),
+            nvlink_max_links=maybe("NVML_NVLINK_MAX_LINKS") or 18,
         )
 
 
@@ -489,6 +497,13 @@ class NvmlDevice:
         self._xid_set: Any = None
         self._xid_counts: Counter[int] = Counter()
         self._gpm: GpmReader | None = None
+        self._remap_fn: Callable[..., Any] | None = None
+        self._replay_fn: Callable[..., Any] | None = None
+        self._nvlink_fn: Callable[..., Any] | None = None
+        self._nvlinks: list[int] = []
+        self._xid_last = 0
+        self._health_cache: dict[str, int] = {}
+        self._health_read_ns = 0
         self._info = self._probe(ident, torch_index)
 
     # -- identity --------------------------------------------------------------------------
@@ -572,6 +587,7 @@ class NvmlDevice:
         self._probe_throttle()
         self._probe_ecc()
         self._probe_xid()
+        self._probe_health_counters()
         self._gpm = GpmReader.probe(self._nvml, h, self._missing)
         if self._gpm is not None:
             self._supported.add("gpm")
@@ -886,14 +902,16 @@ class NvmlDevice:
         )
         limit_mw = self._read(tick, "power_limit", api.nvmlDeviceGetEnforcedPowerLimit, h)
         memory = self._read(tick, "memory", api.nvmlDeviceGetMemoryInfo, h)
-        gpm = (
-            self._read(tick, "gpm", self._gpm.read, now_unix_ns) if self._gpm is not None else None
-        )
+        extra: dict[str, Any] = {}
+        if self._gpm is not None:
+            extra.update(self._read(tick, "gpm", self._gpm.read, now_unix_ns) or {})
+        extra.update(self._health_columns(tick, now_unix_ns))
 
         if tick.attempted and tick.unmapped_failures == tick.attempted:
             self._strikes += 1
             if self._strikes >= UNRESPONSIVE_TICKS:
                 raise DeviceLost(f"every reading failed for {self._strikes} ticks in a row")
+            extra = {}  # an unresponsive tick repeats no earlier GPM or health values
         else:
             self._strikes = 0
 
@@ -912,8 +930,85 @@ class NvmlDevice:
             throttle_reasons=None if reasons is None else int(reasons),
             power_limit_w=_mw_to_w(limit_mw),
             memory_used_bytes=None if memory is None else int(memory.used),
-            **(gpm or {}),
+            **extra,
         )
+
+    def _health_columns(self, tick: _Tick, now_unix_ns: int) -> dict[str, int]:
+        """The health counters (:data:`~flopwatt.records.HEALTH_COLUMNS`), read every
+        :data:`HEALTH_INTERVAL_S` and repeated in between (they change rarely; NVLink is one
+        call per link). A counter that fails to read keeps its last value for this tick."""
+        if now_unix_ns - self._health_read_ns < HEALTH_INTERVAL_S * 1e9 and self._health_cache:
+            return dict(self._health_cache)
+        api, c, h = self._api, self._c, self._handle
+        out = dict(self._health_cache)
+        if self._ecc:
+            for column, kind in (
+                ("ecc_corrected_volatile_total", c.ecc_corrected),
+                ("ecc_uncorrected_volatile_total", c.ecc_uncorrected),
+            ):
+                n = self._read(
+                    tick, "ecc", api.nvmlDeviceGetTotalEccErrors, h, kind, c.ecc_volatile
+                )
+                if n is not None:
+                    out[column] = int(n)
+        if "remapped_rows" in self._supported and self._remap_fn is not None:
+            rows = self._read(tick, "remapped_rows", self._remap_fn, h)
+            if rows is not None:
+                corr, unc, pending, failed = (int(x) for x in rows[:4])
+                out["remapped_rows_correctable_total"] = corr
+                out["remapped_rows_uncorrectable_total"] = unc
+                out["row_remap_pending"] = 1 if pending else 0
+                out["row_remap_failed"] = 1 if failed else 0
+        if "pcie_replay" in self._supported and self._replay_fn is not None:
+            n = self._read(tick, "pcie_replay", self._replay_fn, h)
+            if n is not None:
+                out["pcie_replay_total"] = int(n)
+        if self._nvlinks and self._nvlink_fn is not None and c.nvlink_crc is not None:
+            total = 0
+            for link in self._nvlinks:
+                n = self._read(tick, "nvlink_errors", self._nvlink_fn, h, link, c.nvlink_crc)
+                if n is None:
+                    break
+                total += int(n)
+            else:
+                out["nvlink_crc_errors_total"] = total
+        if self._xid_set is not None:
+            self._drain_xids()
+            out["xid_events_total"] = sum(self._xid_counts.values())
+            out["xid_last"] = self._xid_last
+        self._health_cache = out
+        self._health_read_ns = now_unix_ns
+        return dict(out)
+
+    def _probe_health_counters(self) -> None:
+        """Row remapping (Ampere and newer), the PCIe replay counter and NVLink CRC errors
+        (per link: the links that answer at probe are summed)."""
+        c, h = self._c, self._handle
+        self._remap_fn = self._nvml.optional("nvmlDeviceGetRemappedRows")
+        if self._remap_fn is not None:
+            self._probe_reading("remapped_rows", self._remap_fn, h)
+        else:
+            self._missing.setdefault("remapped_rows", "not in this nvidia-ml-py")
+        self._replay_fn = self._nvml.optional("nvmlDeviceGetPcieReplayCounter")
+        if self._replay_fn is not None:
+            self._probe_reading("pcie_replay", self._replay_fn, h)
+        self._nvlink_fn = self._nvml.optional("nvmlDeviceGetNvLinkErrorCounter")
+        if self._nvlink_fn is None or c.nvlink_crc is None:
+            return
+        for link in range(c.nvlink_max_links):
+            try:
+                self._nvml.call(self._nvlink_fn, h, link, c.nvlink_crc)
+            except (DeviceLost, BackendUnavailable):
+                raise
+            except DeviceError:
+                # Links are numbered from 0; the first that does not answer ends them
+                # (NVML_NVLINK_MAX_LINKS is an upper bound, not this GPU's count).
+                break
+            self._nvlinks.append(link)
+        if self._nvlinks:
+            self._supported.add("nvlink_errors")
+        else:
+            self._missing.setdefault("nvlink_errors", "no NVLink")
 
     def health(self) -> NvmlHealth:
         """ECC volatile error counts and XID events since open, where this GPU offers them
@@ -970,6 +1065,7 @@ class NvmlDevice:
                 return
             if xid is not None and event.eventType & xid:
                 self._xid_counts[int(event.eventData)] += 1
+                self._xid_last = int(event.eventData)
                 log.warning("GPU %s: XID %d", self.uuid, event.eventData)
 
     def _close(self) -> None:

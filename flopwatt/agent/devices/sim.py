@@ -62,6 +62,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -429,7 +430,7 @@ class SimFault:
 
 def parse_fault(text: str) -> SimFault:
     """Parse ``KIND[:ARG][@INDEX]`` (``slow:0.85@2``, ``power-cap:350``, ``lost-after:30s``,
-    ``stuck-power@1``).
+    ``stuck-power@1``, ``xid:79@2``, ``ecc:3``, ``row-remap@5``).
 
     Raises:
         ValueError: unknown kind or bad argument (the message lists what is accepted).
@@ -440,7 +441,10 @@ def parse_fault(text: str) -> SimFault:
         index = int(index_text) if index_text else 0
     except ValueError:
         raise ValueError(f"bad GPU index in fault {text!r}") from None
-    accepted = "slow:FRACTION, power-cap:WATTS, lost-after:SECONDSs, stuck-power (each @INDEX)"
+    accepted = (
+        "slow:FRACTION, power-cap:WATTS, lost-after:SECONDSs, stuck-power, xid:CODE, "
+        "ecc:COUNT, row-remap (each @INDEX)"
+    )
     if kind == "slow":
         value = _number(arg, text)
         if not 0 < value <= 1:
@@ -456,6 +460,18 @@ def parse_fault(text: str) -> SimFault:
         return SimFault("lost-after", value, index)
     if kind == "stuck-power" and not arg:
         return SimFault("stuck-power", None, index)
+    if kind == "xid":
+        code = _number(arg, text)
+        if code != int(code) or not 0 < code < 1000:
+            raise ValueError(f"an XID code is a whole number 1..999, got {arg!r}")
+        return SimFault("xid", code, index)
+    if kind == "ecc":
+        count = _number(arg, text)
+        if count != int(count) or count <= 0:
+            raise ValueError(f"ecc needs a whole count of uncorrected errors > 0, got {arg!r}")
+        return SimFault("ecc", count, index)
+    if kind == "row-remap" and not arg:
+        return SimFault("row-remap", None, index)
     raise ValueError(f"unknown sim fault {text!r}; accepted: {accepted}")
 
 
@@ -532,6 +548,11 @@ class SimDevice:
         self._lost_after_ns: int | None = None
         self._stuck = False
         self._limit_w = spec.tdp_w or 300.0
+        self._xid_last = 0
+        self._xid_events = 0
+        self._ecc_uncorrected = 0
+        self._remapped_uncorrectable = 0
+        self._remap_pending = 0
         for f in faults:
             if f.kind == "slow" and f.value is not None:
                 self._slow = f.value
@@ -547,6 +568,14 @@ class SimDevice:
                 self._lost_after_ns = int(f.value * 1e9)
             elif f.kind == "stuck-power":
                 self._stuck = True
+            elif f.kind == "xid" and f.value is not None:
+                self._xid_last = int(f.value)
+                self._xid_events += 1
+            elif f.kind == "ecc" and f.value is not None:
+                self._ecc_uncorrected += int(f.value)
+            elif f.kind == "row-remap":
+                self._remapped_uncorrectable += 1
+                self._remap_pending = 1
         uid = uuidlib.UUID(bytes=self._rng.bytes(16), version=4)
         # The spread follows the device (its UUID), not the run: the same GPU is the same draw of
         # silicon every time. Tests inject NOMINAL to see the cited figures exactly.
@@ -714,6 +743,26 @@ class SimDevice:
             return _Load()
         return _Load(Precision.BF16, min(1.0, workload.mfu_ratio * peak.flops_per_s / achievable))
 
+    def _health(self) -> dict[str, int]:
+        """Health counters: zero on a healthy GPU, as ``xid:``, ``ecc:`` and ``row-remap``
+        faults set them. Row remapping exists from Ampere on, ECC counters on data-center parts
+        (every simulated SKU), NVLink on SXM parts."""
+        out = {
+            "ecc_corrected_volatile_total": 0,
+            "ecc_uncorrected_volatile_total": self._ecc_uncorrected,
+            "pcie_replay_total": 0,
+            "xid_events_total": self._xid_events,
+            "xid_last": self._xid_last,
+        }
+        if self.spec.architecture not in ("Volta", "Turing"):
+            out["remapped_rows_correctable_total"] = 0
+            out["remapped_rows_uncorrectable_total"] = self._remapped_uncorrectable
+            out["row_remap_pending"] = self._remap_pending
+            out["row_remap_failed"] = 0
+        if "SXM" in self.spec.sku:
+            out["nvlink_crc_errors_total"] = 0
+        return out
+
     @property
     def workload(self) -> SimWorkload | None:
         """The background workload (None: idle unless flopwatt runs a job)."""
@@ -773,7 +822,8 @@ class SimDevice:
                 s.recent.popleft()
             average = sum(p for _, p in s.recent) / len(s.recent)
             load = self._load.intensity
-            gpm = with_noise(self._activity(), self._gpm_rng) if self._gpm else {}
+            extra: dict[str, Any] = with_noise(self._activity(), self._gpm_rng) if self._gpm else {}
+            extra.update(self._health())
             held = load > 0 or self._workload is not None
             # NVML reports power in whole milliwatts and energy in whole millijoules: the sim
             # gives the same resolution, so that what the store keeps (and compresses) is what
@@ -792,7 +842,7 @@ class SimDevice:
                 throttle_reasons=s.throttle,
                 power_limit_w=self._limit_w,
                 memory_used_bytes=int(self._info.memory_total_bytes * (0.7 if held else 0.01)),
-                **gpm,
+                **extra,
             )
 
 
