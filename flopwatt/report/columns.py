@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from flopwatt.report.suspects import SUSPECT_COLUMNS, THROTTLED_SHARE
 from flopwatt.report.tables import (
     GPU_COLUMNS,
     MODEL_COLUMNS,
@@ -26,10 +27,19 @@ TABLE_COLUMNS: Mapping[str, tuple[str, ...]] = {
     "verdicts": VERDICT_COLUMNS,
     "models": MODEL_COLUMNS,
     "window": WINDOW_COLUMNS,
+    "suspects": SUSPECT_COLUMNS,
 }
 
 
-SECTION_ORDER: tuple[str, ...] = ("verdicts", "outliers", "skus", "gpus", "window", "models")
+SECTION_ORDER: tuple[str, ...] = (
+    "verdicts",
+    "suspects",
+    "outliers",
+    "skus",
+    "gpus",
+    "window",
+    "models",
+)
 """The order tables appear in for people: the answer first, the detail last."""
 
 
@@ -238,6 +248,15 @@ DISPLAY: Mapping[str, tuple[DisplayColumn, ...]] = {
         _c("energy_per_inference_j", "J per sample", _joules),
         _c("limiter", "likely limiter"),
     ),
+    "suspects": (
+        _c("severity", "severity"),
+        _c("hostname", "host"),
+        _c("device_index", "#", _int_fmt),
+        _c("sku", "SKU / device"),
+        _c("source", "source"),
+        _c("reasons", "why"),
+        _c("estimated_mfu_ratio", "est. MFU", _pct),
+    ),
     "window": (
         _c("hostname", "host"),
         _c("device_index", "#", _int_fmt),
@@ -317,6 +336,7 @@ TERMINAL_COLUMNS: Mapping[str, tuple[str, ...]] = {
         "outlier_kind",
         "last_seen_age_s",
     ),
+    "suspects": ("severity", "hostname", "device_index", "sku", "source", "reasons"),
     "window": (
         "hostname",
         "device_index",
@@ -342,6 +362,7 @@ TITLES: Mapping[str, str] = {
     "gpus": "Per-GPU table",
     "models": "Model results",
     "window": "Telemetry over the window",
+    "suspects": "Suspect GPUs",
 }
 
 
@@ -368,6 +389,14 @@ EXPLANATIONS: Mapping[str, str] = {
         "per FLOP a chip must reach to hold its spec peak within TDP (the inverse view)."
     ),
     "models": "Latest model result per GPU, model, batch and precision.",
+    "suspects": (
+        "GPUs worth a look, most severe first. critical: a critical XID, uncorrected ECC "
+        "errors, a failed row remap or one pending a reset; warning: PCIe replays, NVLink CRC "
+        "errors, rows remapped for correctable errors; performance: an outlier of its cohort "
+        "(slow, hungry) or throttled by a limiting reason for at least "
+        f"{THROTTLED_SHARE:.0%} of the window's observed time. Health counters are the newest "
+        "the GPU reported; a counter the GPU does not offer is absent, never counted as 0."
+    ),
     "window": (
         "Per GPU, its telemetry over the last {window} before the report: energy from the "
         "energy counter (exact), mean power from it and from the 1 s averaged readings, the "

@@ -33,6 +33,7 @@ import pandas as pd
 
 from flopwatt.jsonable import from_jsonable
 from flopwatt.records import GPM_COLUMNS, DeviceInfo, JobResult, NodeInfo
+from flopwatt.report.suspects import HEALTH_INPUT_COLUMNS
 from flopwatt.report.tables import (
     DEVICE_INPUT_COLUMNS,
     RESULT_INPUT_COLUMNS,
@@ -327,6 +328,7 @@ def _telemetry(conn: Any) -> pd.DataFrame:
                 "last_sample_unix_ns": int(ts[i]),
                 "last_power_w": power,
                 "last_temperature_c": _last_finite(columns, "gpu_temperature_c", i),
+                **{c: _last_finite(columns, c, i) for c in HEALTH_INPUT_COLUMNS},
             }
         )
     return pd.DataFrame.from_records(records, columns=list(TELEMETRY_INPUT_COLUMNS))

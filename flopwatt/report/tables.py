@@ -52,6 +52,12 @@ from flopwatt.analysis.live_efficiency import MeasuredPeak
 from flopwatt.analysis.precision import Precision
 from flopwatt.analysis.registry import GpuSpec, Registry, UnknownSkuError, load_registry
 from flopwatt.analysis.throttle import decode_throttle, likely_limiter
+from flopwatt.report.suspects import (
+    HEALTH_INPUT_COLUMNS,
+    SUSPECT_COLUMNS,
+    SUSPECT_INT_COLUMNS,
+    suspect_frame,
+)
 from flopwatt.report.window_table import (
     WINDOW_COLUMNS,
     WINDOW_INPUT_COLUMNS,
@@ -140,6 +146,7 @@ TELEMETRY_INPUT_COLUMNS: tuple[str, ...] = (
     "last_sample_unix_ns",
     "last_power_w",
     "last_temperature_c",
+    *HEALTH_INPUT_COLUMNS,
 )
 """The latest telemetry sample per device (power: 1 s average where present, else instant)."""
 
@@ -184,6 +191,8 @@ class FleetReport:
     generated_unix_ns: int
     window: pd.DataFrame = field(default_factory=lambda: _empty(WINDOW_COLUMNS))
     """Telemetry over the window, per GPU (:mod:`flopwatt.report.window_table`)."""
+    suspects: pd.DataFrame = field(default_factory=lambda: _empty(SUSPECT_COLUMNS))
+    """GPUs worth a look, and why (:mod:`flopwatt.report.suspects`)."""
     source: str = ""
     parameters: ReportParameters = field(default_factory=ReportParameters)
 
@@ -192,7 +201,15 @@ class FleetReport:
         return {name: getattr(self, name) for name in TABLE_NAMES}
 
 
-TABLE_NAMES: tuple[str, ...] = ("gpus", "skus", "outliers", "verdicts", "models", "window")
+TABLE_NAMES: tuple[str, ...] = (
+    "gpus",
+    "skus",
+    "outliers",
+    "verdicts",
+    "models",
+    "window",
+    "suspects",
+)
 
 # --- output contract ------------------------------------------------------------------------
 
@@ -513,15 +530,16 @@ def build_report(
     results = _latest(_ensure(inputs.results, RESULT_INPUT_COLUMNS))
     telemetry = _ensure(inputs.telemetry, TELEMETRY_INPUT_COLUMNS)
     gpus = gpu_table(devices, results, telemetry, now_unix_ns=now_unix_ns, params=params)
+    window_input = _ensure(inputs.window, WINDOW_INPUT_COLUMNS)
+    window = window_table(devices, window_input, results, registry)
     return FleetReport(
         gpus=gpus,
         skus=sku_summary(gpus),
         outliers=outlier_table(gpus),
         verdicts=verdict_table(gpus, params=params),
         models=model_table(devices, results),
-        window=window_table(
-            devices, _ensure(inputs.window, WINDOW_INPUT_COLUMNS), results, registry
-        ),
+        window=window,
+        suspects=suspect_table(devices, telemetry, gpus, window_input, window),
         generated_unix_ns=now_unix_ns,
         source=inputs.source,
         parameters=params,
@@ -753,6 +771,7 @@ _INT_COLUMNS = frozenset(
         "power_bound_gpus",
         "batch",
         *WINDOW_INT_COLUMNS,
+        *SUSPECT_INT_COLUMNS,
     }
 )
 _BOOL_COLUMNS = frozenset({"outlier", "spec_reached", "spec_within_limit"})
@@ -1026,3 +1045,26 @@ def _measured_peaks(
             float(value), None if _isnan(clock) else float(clock)
         )
     return out
+
+
+def _with_source(devices: pd.DataFrame) -> pd.DataFrame:
+    dev = devices.copy()
+    dev["source"] = [SIM if _truthy(s) else HARDWARE for s in dev["simulated"]]
+    return dev
+
+
+def suspect_table(
+    devices: pd.DataFrame,
+    telemetry: pd.DataFrame,
+    gpus: pd.DataFrame,
+    window_input: pd.DataFrame,
+    window: pd.DataFrame,
+) -> pd.DataFrame:
+    """The suspect GPUs (:data:`SUSPECT_COLUMNS`, see :mod:`flopwatt.report.suspects`), most
+    severe first."""
+    win = window_input
+    if len(window):
+        win = win.merge(
+            window[["device_uuid", "estimated_mfu_ratio"]], on="device_uuid", how="left"
+        )
+    return _typed(suspect_frame(_with_source(devices), telemetry, gpus, win), SUSPECT_COLUMNS)
