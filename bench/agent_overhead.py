@@ -5,7 +5,10 @@ the per-tick sampling cost (reading every device once), and whether torch was lo
 
 Target: ≤ 0.5 % of one core per GPU, RSS ≤ 100 MB with torch not loaded in the agent process.
 
-Usage: python bench/agent_overhead.py [--seconds 60] [--gpus 8] [--hz 10]
+H100 sims report GPM pipe activity (a ``--workload``, by default a training job at 42 % MFU)
+and health counters every tick, as a Hopper GPU does through NVML.
+
+Usage: python bench/agent_overhead.py [--seconds 60] [--gpus 8] [--hz 10] [--workload train:0.42]
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ from flopwatt.channel import ClientCredentials
 
 target, spool = sys.argv[1], sys.argv[2]
 seconds, gpus, hz = float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-backend = SimBackend.from_options(sku="H100-SXM5-80GB", gpus=gpus, seed=1, host="bench-node")
+workloads = [w for w in sys.argv[6].split(",") if w]
+backend = SimBackend.from_options(
+    sku="H100-SXM5-80GB", gpus=gpus, seed=1, host="bench-node", workloads=workloads
+)
 config = AgentConfig("bench-node", ClientCredentials(target), Path(spool), interval_s=1 / hz)
 agent = Agent(config, backend)
 
@@ -73,6 +79,12 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--hz", type=float, default=10.0)
+    ap.add_argument(
+        "--workload",
+        default="train:0.42",
+        help="sim workload of every GPU (its GPM activity is sampled and shipped with the "
+        "health counters; '' for none)",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="flopwatt-agent-bench-") as tmp_s:
         tmp = Path(tmp_s)
@@ -109,6 +121,7 @@ def main() -> int:
                     str(args.seconds),
                     str(args.gpus),
                     str(args.hz),
+                    args.workload,
                 ],
                 capture_output=True,
                 text=True,
@@ -125,7 +138,8 @@ def main() -> int:
     cpu_pct = 100 * r["cpu_s"] / r["wall_s"]
     print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
     print(
-        f"agent: {args.gpus} simulated GPUs sampled at {args.hz:g} Hz for {r['wall_s']:.0f} s "
+        f"agent: {args.gpus} simulated H100 GPUs (GPM + health counters, workload "
+        f"{args.workload or 'none'}) sampled at {args.hz:g} Hz for {r['wall_s']:.0f} s "
         f"({r['acked_messages']} batches acked by a real collector)"
     )
     print(
