@@ -68,6 +68,9 @@ SIM_AGENTS: tuple[tuple[str, str, int, tuple[str, ...]], ...] = (
     ("node-t4", "T4", 2, ("power-cap:50@1",)),
 )
 
+#: Background workloads (GPM on Hopper): the live-efficiency dashboard needs a busy GPU and an
+#: idle one.
+SIM_WORKLOADS: dict[str, tuple[str, ...]] = {"node-h100": ("train:0.42@0", "idle@1")}
 
 # --- reading dashboards ---------------------------------------------------------------------
 
@@ -362,7 +365,14 @@ def _sim_agent(
         backoff_cap_s=1.0,
         job_options={"sustain_s": 1.0, "model_window_s": 0.3},
     )
-    backend = SimBackend.from_options(sku=sku, gpus=gpus, faults=faults, seed=len(name), host=name)
+    backend = SimBackend.from_options(
+        sku=sku,
+        gpus=gpus,
+        faults=faults,
+        seed=len(name),
+        host=name,
+        workloads=SIM_WORKLOADS.get(name, ()),
+    )
     return Agent(cfg, backend)
 
 
