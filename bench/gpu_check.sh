@@ -5,7 +5,9 @@
 # sustained bf16 GEMM (8192^3, torch) runs for ~20 s on torch device 0, then prints: each GPU's
 # identity and one snapshot, the energy-counter delta against trapezoid-integrated power (instant
 # and 1-s average) with their ratios, min/mean SM clock, the throttle reasons seen, and the
-# achieved TFLOP/s. Exits non-zero with a clear message when there is no GPU or NVML. Then, unless
+# achieved TFLOP/s, and (on Hopper and newer) the live-efficiency estimate from GPM pipe activity
+# against the GEMM's measured FLOP/s (target ±10 %). Exits non-zero with a clear message when
+# there is no GPU or NVML. Then, unless
 # BENCH=0, runs `flopwatt bench gemm` (bf16/fp16/fp8, 30-s sustained) and `flopwatt bench model`
 # (resnet50/vit_b_16, fp16), each skipped with the reason when a dependency is missing there.
 #
@@ -251,6 +253,42 @@ section("GEMM throughput")
 flops = 2.0 * N**3 * iters
 print(f"  bf16 {N}^3 x {iters} in {gemm_s:.2f} s (CUDA events): {flops / gemm_s / 1e12:.1f} TFLOP/s")
 
+# The live-efficiency estimate (flopwatt/analysis/live_efficiency.py) against a GEMM of known
+# FLOP/s: mean GPM pipe activity and SM clock over the GEMM window, spec peaks as the basis
+# (a measured basis would be circular here). Issue 14 asks for ±10 %.
+section("live efficiency: GPM estimate vs the GEMM's measured FLOP/s")
+live_verdict = "skipped"
+if not gemm_dev.info.capabilities.gpm:
+    print(f"  no GPM on this GPU: {dict(gemm_dev.missing()).get('gpm', 'not supported')}")
+else:
+    from flopwatt.analysis.live_efficiency import PIPES, estimate, pipe_peaks
+    from flopwatt.analysis.registry import load_registry
+
+    spec = load_registry().match_device(gemm_dev.info.name, gemm_dev.info.pci_device_id).spec
+    # Skip the first second of the window: the pipe ramps up and GPM intervals straddle it.
+    steady = [s for s in in_gemm if s.timestamp_unix_ns >= gemm_start_ns + 1_000_000_000]
+    means = {}
+    for pipe in PIPES:
+        v = column(steady, pipe.column)
+        if steady and not np.isnan(v).all():
+            means[pipe.column] = float(np.nanmean(v))
+    clock = column(steady, "sm_clock_mhz")
+    clock_mean = float(np.nanmean(clock)) if steady and not np.isnan(clock).all() else None
+    est = estimate(means, clock_mean, pipe_peaks(spec), spec) if spec is not None else None
+    measured = flops / gemm_s
+    print(f"  spec: {spec.sku if spec else 'unmatched'}; mean activity {means}; SM clock {clock_mean}")
+    if est is None:
+        print("  no estimate (no pipe activity reported)")
+        live_verdict = "no estimate"
+    else:
+        ratio = est.flops_per_s / measured
+        live_verdict = "PASS" if abs(ratio - 1) <= 0.10 else "OUTSIDE ±10 %"
+        print(
+            f"  estimated {est.flops_per_s / 1e12:.1f} TFLOP/s ({est.precision.value}, basis "
+            f"{est.basis.value}, MFU {est.mfu_ratio:.3f}) vs measured {measured / 1e12:.1f} "
+            f"TFLOP/s: ratio {ratio:.3f} — {live_verdict}"
+        )
+
 section("health (ECC volatile counts, XID events since open)")
 for d in devices:
     try:
@@ -282,7 +320,7 @@ if not g:
     fail("no samples from the GEMM GPU")
 if errors:
     fail(f"{len(errors)} GPU(s) lost during the run")
-print("\ngpu_check: done")
+print(f"\ngpu_check: done (live-efficiency check: {live_verdict})")
 PY
 
 # Second stage (BENCH=0 skips it): the benchmark commands as an operator runs them — GEMM burst
