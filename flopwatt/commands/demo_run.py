@@ -61,7 +61,8 @@ def default_fleet(
 
     On the second node of the second SKU one GPU is slowed to 80 % (an outlier with no throttle
     reason); on the first node of the last SKU one GPU is held at half its TDP (a power cap).
-    Nodes of GPM-capable SKUs (Hopper) run :data:`DEMO_WORKLOADS` between flopwatt's jobs.
+    Nodes of GPM-capable SKUs (Hopper) run :data:`DEMO_WORKLOADS` between flopwatt's jobs, and
+    on the third of them one GPU has a row remap pending (a suspect GPU in the report).
     """
     from flopwatt.analysis.registry import load_registry
 
@@ -77,6 +78,8 @@ def default_fleet(
             workloads: tuple[str, ...] = ()
             if has_gpm(registry.get(sku)):
                 workloads = DEMO_WORKLOADS[n % len(DEMO_WORKLOADS)]
+                if n == 2:
+                    faults += ("row-remap@2",)  # a GPU with a remap pending: a suspect
             nodes.append(
                 SimNode(f"{_short(sku)}-node-{n + 1}", sku, GPUS_PER_NODE, faults, workloads)
             )

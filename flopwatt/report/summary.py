@@ -77,6 +77,29 @@ class SuspectAgent:
 
 
 @dataclass(frozen=True)
+class SuspectGpu:
+    """A GPU whose health counters say something is wrong (critical or warning)."""
+
+    hostname: str
+    device_index: int
+    sku: str
+    severity: str
+    reasons: str
+
+
+@dataclass(frozen=True)
+class LiveLine:
+    """Live efficiency of one SKU and source over the report's window (GPUs with GPM)."""
+
+    sku: str
+    source: str
+    gpus: int
+    estimated_mfu_median_ratio: float | None
+    idle_allocated: int
+    """GPUs whose estimated MFU over the window is 0 (nothing ran on an allocated GPU)."""
+
+
+@dataclass(frozen=True)
 class FleetSummary:
     """Everything the one-screen summary shows (see the module docstring)."""
 
@@ -88,6 +111,9 @@ class FleetSummary:
     outliers: tuple[OutlierDevice, ...]
     more_outliers: int
     suspects: tuple[SuspectAgent, ...]
+    suspect_gpus: tuple[SuspectGpu, ...] = ()
+    more_suspect_gpus: int = 0
+    live: tuple[LiveLine, ...] = ()
 
 
 def _float(v: object) -> float | None:
@@ -193,6 +219,43 @@ def _suspects(gpus: pd.DataFrame, silent_after_s: float) -> list[SuspectAgent]:
     return out
 
 
+def _suspect_gpus(suspects: pd.DataFrame) -> list[SuspectGpu]:
+    out = []
+    for rec in suspects.to_dict("records"):
+        if rec.get("severity") not in ("critical", "warning"):
+            continue  # performance suspects are the outliers, listed already
+        idx = _float(rec.get("device_index"))
+        out.append(
+            SuspectGpu(
+                hostname=_text(rec.get("hostname")),
+                device_index=int(idx) if idx is not None else -1,
+                sku=_text(rec.get("sku"), "?"),
+                severity=_text(rec.get("severity")),
+                reasons=_text(rec.get("reasons")),
+            )
+        )
+    return out
+
+
+def _live_lines(window: pd.DataFrame) -> tuple[LiveLine, ...]:
+    if window.empty or "estimated_mfu_ratio" not in window:
+        return ()
+    with_estimate = window[window["estimated_mfu_ratio"].map(_float).notna()]
+    lines = []
+    for (sku, source), g in with_estimate.groupby(["sku", "source"], sort=True, dropna=False):
+        mfu = [v for v in g["estimated_mfu_ratio"].map(_float) if v is not None]
+        lines.append(
+            LiveLine(
+                sku=_text(sku, "?"),
+                source=_text(source),
+                gpus=len(g),
+                estimated_mfu_median_ratio=float(pd.Series(mfu).median()) if mfu else None,
+                idle_allocated=sum(1 for v in mfu if v == 0.0),
+            )
+        )
+    return tuple(lines)
+
+
 def fleet_summary(
     report: FleetReport,
     *,
@@ -212,6 +275,7 @@ def fleet_summary(
     gpus = report.gpus
     devices = gpus.drop_duplicates("device_uuid")
     outliers = _outlier_devices(report.outliers)
+    suspect_gpus = _suspect_gpus(report.suspects)
     suspects = _suspects(gpus, silent_after_s) if not gpus.empty else []
     known = {s.hostname for s in suspects}
     for host, why in failed_jobs:
@@ -227,4 +291,7 @@ def fleet_summary(
         outliers=tuple(outliers[:top]),
         more_outliers=max(0, len(outliers) - top),
         suspects=tuple(suspects),
+        suspect_gpus=tuple(suspect_gpus[:top]),
+        more_suspect_gpus=max(0, len(suspect_gpus) - top),
+        live=_live_lines(report.window),
     )

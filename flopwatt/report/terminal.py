@@ -148,4 +148,54 @@ def summary_tables(summary: FleetSummary) -> list[TerminalTable]:
         tuple((s.hostname, s.reason) for s in summary.suspects),
         tuple("yellow" for _ in summary.suspects),
     )
-    return [fleet, verdicts, outliers, suspects]
+    tables = [fleet, verdicts, outliers, suspects]
+    if summary.suspect_gpus:
+        more_gpus = summary.more_suspect_gpus
+        tables.append(
+            TerminalTable(
+                "Suspect GPUs (health)"
+                + (f" (and {more_gpus} more in the report)" if more_gpus else ""),
+                (
+                    text("hostname", "host", str, numeric=False),
+                    text("device_index", "GPU", str),
+                    text("sku", "SKU", str, numeric=False),
+                    text("severity", "severity", str, numeric=False),
+                    text("reasons", "why", str, numeric=False),
+                ),
+                tuple(
+                    (g.hostname, str(g.device_index), g.sku, g.severity, g.reasons)
+                    for g in summary.suspect_gpus
+                ),
+                tuple(
+                    "bold red" if g.severity == "critical" else "yellow"
+                    for g in summary.suspect_gpus
+                ),
+            )
+        )
+    if summary.live:
+        tables.append(
+            TerminalTable(
+                "Live efficiency over the window (ESTIMATED from GPM pipe activity)",
+                (
+                    text("sku", "SKU", str, numeric=False),
+                    text("source", "source", str, numeric=False),
+                    text("gpus", "GPUs", str),
+                    text("mfu", "median est. MFU", str),
+                    text("idle", "allocated, idle", str),
+                ),
+                tuple(
+                    (
+                        line.sku,
+                        line.source,
+                        str(line.gpus),
+                        "—"
+                        if line.estimated_mfu_median_ratio is None
+                        else f"{100 * line.estimated_mfu_median_ratio:.1f} %",
+                        str(line.idle_allocated),
+                    )
+                    for line in summary.live
+                ),
+                tuple("magenta" if line.source == SIM else "" for line in summary.live),
+            )
+        )
+    return tables
