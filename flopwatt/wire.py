@@ -9,6 +9,7 @@ and belong to the collector's validation.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from typing import Any, NoReturn
 
@@ -122,16 +123,9 @@ def node_from_proto(m: common_pb2.NodeInfo) -> NodeInfo:
     )
 
 
-_CAP_FIELDS = (
-    "energy_counter",
-    "power_instant",
-    "power_average_1s",
-    "memory_temperature",
-    "throttle_reasons",
-    "ecc",
-    "utilization",
-    "clocks",
-)
+# Every capability crosses the wire by name (a field added to one side only fails the round-trip
+# tests rather than being dropped silently).
+_CAP_FIELDS = tuple(f.name for f in dataclasses.fields(DeviceCapabilities))
 
 
 def capabilities_to_proto(c: DeviceCapabilities) -> common_pb2.DeviceCapabilities:

@@ -86,7 +86,11 @@ def _simulate(nodes: Sequence[SimNode], seed: int = 0) -> Fleet:
         sims = backend.sim_devices()
         for text in node.faults:
             fault = parse_fault(text)
-            (slow if fault.kind == "slow" else capped).add(sims[fault.index].info.uuid)
+            if fault.kind == "slow":
+                slow.add(sims[fault.index].info.uuid)
+            elif fault.kind == "power-cap":
+                capped.add(sims[fault.index].info.uuid)
+            # (health faults — row-remap, xid, ecc — leave efficiency alone)
         for d in sims:
             info = d.info
             devices[info.uuid] = d
