@@ -207,8 +207,9 @@ METRICS: tuple[MetricSpec, ...] = (
         "flopwatt_gpu_xid_last",
         MetricType.GAUGE,
         "",
-        "The last critical XID code seen (0: none since the agent started); e.g. 79 = fallen "
-        "off the bus, 48 = double-bit ECC error, 94/95 = contained/uncontained ECC error.",
+        "The last critical XID code seen since the agent started (absent until the first); "
+        "e.g. 79 = fallen off the bus, 48 = double-bit ECC error, 94/95 = contained/uncontained "
+        "ECC error.",
         _gpu(),
     ),
     MetricSpec(

@@ -88,3 +88,20 @@ def test_counters_a_gpu_lacks_are_absent_not_zero() -> None:
     assert s.nvlink_crc_errors_total is None  # no link answered
     assert d.missing()["nvlink_errors"] == "no NVLink"
     assert s.ecc_uncorrected_volatile_total == 0  # offered, and zero: a real 0
+
+
+def test_no_xid_yet_is_no_last_code_not_zero() -> None:
+    """XID events registered and none seen: 0 events, and no last code (absent, not 0)."""
+    d = gpu(open_fake(HealthFakeNvml([h100()])), 0)
+    s = d.snapshot(T0)
+    assert s.xid_events_total == 0 and s.xid_last is None
+
+
+def test_a_counter_that_stops_answering_goes_absent() -> None:
+    g = _sick_h100()
+    d = gpu(open_fake(HealthFakeNvml([g])), 0)
+    assert d.snapshot(T0).pcie_replay_total == 7
+    g.errors["nvmlDeviceGetPcieReplayCounter"] = pynvml.NVML_ERROR_UNKNOWN
+    later = d.snapshot(T0 + int(HEALTH_INTERVAL_S * S) + 1)
+    assert later.pcie_replay_total is None  # not its old value
+    assert later.nvlink_crc_errors_total == 36

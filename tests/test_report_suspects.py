@@ -13,8 +13,16 @@ from flopwatt.agent.devices.sim import SimBackend
 from flopwatt.channel import ClientCredentials
 from flopwatt.report.files import as_report
 from flopwatt.report.suspects import THROTTLED_SHARE, assess
+from flopwatt.report.window_table import throttle_time_text
 from tests.collector_helpers import collector
 from tests.test_agent_e2e import run_agents, wait_for
+
+
+def test_throttle_time_is_absent_where_the_gpu_reports_no_reasons() -> None:
+    """No throttle column at all: the GPU cannot tell, which is not "none"."""
+    assert throttle_time_text(None, 60.0) is None
+    assert throttle_time_text({}, 60.0) == "none"
+    assert throttle_time_text({2: 15.0}, 60.0) == "sw_power_cap 25.0 %"
 
 
 def test_a_healthy_gpu_is_no_suspect_and_absent_counters_prove_nothing() -> None:
@@ -44,6 +52,11 @@ def test_severity_is_the_worst_reason_and_every_reason_is_named() -> None:
     )
     assert assess({}, None, THROTTLED_SHARE) == ("performance", ["throttled 10 % of the time"])
     assert assess({}, None, THROTTLED_SHARE * 0.99) is None
+    # An application's XID (13: graphics engine exception) names a job, not a bad GPU.
+    assert assess({"xid_events_total": 1, "xid_last": 13}, None, None) == (
+        "warning",
+        ["XID 13 (graphics engine exception), 1 events"],
+    )
     pending = assess({"row_remap_pending": 1, "remapped_rows_uncorrectable_total": 1}, None, None)
     assert pending == ("critical", ["row remap pending: needs a GPU reset"])
 

@@ -29,7 +29,7 @@ from flopwatt.report.json_doc import report_from_jsonable, report_to_jsonable
 from flopwatt.report.tables import ReportParameters
 from flopwatt.store.base import MessageWrite, Outcome, Registration, Store
 from flopwatt.store.maintenance import Maintainer, MaintenanceConfig
-from flopwatt.store.readonly import connect_read_only
+from flopwatt.store.readonly import connect_read_only, read_snapshot
 from flopwatt.store.retention import Retention
 from flopwatt.store.window import preferred_tier, read_windows
 
@@ -248,3 +248,53 @@ def test_cli_report_window(filled: str) -> None:
     res = runner.invoke(cli, ["report", "--db", filled, "--window", "forever"])
     assert res.exit_code == 2
     assert "--window" in res.output
+
+
+def test_a_device_that_began_inside_the_window_is_read_at_its_finest_tier(
+    db: str, store: Store
+) -> None:
+    """Samples from T0 + 25 min (inside a 10-min and a 1-h rollup row): a 6-hour window is
+    read from 10 s rollups alone — the 1 min tier's first bucket holds the same first samples,
+    so it adds nothing and must not coarsen the resolution."""
+    node = NodeInfo(hostname=AGENT, agent_version="t", device_backend="sim")
+    dev = DeviceInfo(uuid=GPU, index=0, name="NVIDIA H100 80GB HBM3", simulated=True)
+    store.register_agents([Registration(node, (dev,), EPOCH, {}, T0)])
+    first = T0 + 25 * 60 * S
+    for seq in range(1, 11):
+        ts = first + (seq - 1) * 60 * S + np.arange(60, dtype=np.int64) * S
+        block = SeriesBlock(
+            (GPU,),
+            np.array([0, 60], dtype=np.int64),
+            ts,
+            {"power_instant_w": np.full(60, 300.0), "energy_j": 300.0 * (ts - first) / S},
+        )
+        write = MessageWrite(
+            AGENT, EPOCH, seq, "telemetry", bytes(16), int(ts[-1]), blocks=(block,)
+        )
+        assert store.apply([write])[0].outcome is Outcome.STORED
+    end = first + 12 * 60 * S
+    config = MaintenanceConfig(retention=Retention.parse(""), settle_s=60, rows_per_step=50)
+    m = Maintainer(db, config, clock_ns=lambda: end, busy_timeout_s=5.0)
+    try:
+        m.run_pass()
+    finally:
+        m.close()
+    with closing(connect_read_only(db)) as conn:
+        read = read_windows(conn, end - 6 * 3600 * S, end)[GPU]
+    assert read.resolution == "10s"
+    assert int(read.summary["samples"][0]) == 600
+    assert float(read.summary["energy_j:delta"][0]) == pytest.approx(300.0 * 599)
+
+
+def test_one_report_reads_one_snapshot(db: str, store: Store) -> None:
+    """Inside read_snapshot a commit by another connection (maintenance moving samples
+    between tables) is not seen: each sample is read once."""
+    _fill(store)
+    with closing(connect_read_only(db)) as conn, read_snapshot(conn):
+        before = conn.execute("SELECT COUNT(*) AS n FROM telemetry_chunks").fetchone()["n"]
+        _maintain(db)  # compacts: deletes chunks, inserts compact chunks and rollups
+        during = conn.execute("SELECT COUNT(*) AS n FROM telemetry_chunks").fetchone()["n"]
+    assert before == during > 0
+    with closing(connect_read_only(db)) as conn:
+        after = conn.execute("SELECT COUNT(*) AS n FROM telemetry_chunks").fetchone()["n"]
+    assert after < before

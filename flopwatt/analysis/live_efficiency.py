@@ -120,6 +120,8 @@ def pipe_peaks(
     for pipe in PIPES:
         spec_peak = _spec_peak(spec, pipe) if spec is not None else None
         m = measured.get(pipe.precision)
+        if m is None and pipe.precision is Precision.BF16:
+            m = measured.get(Precision.FP16)  # the same HMMA pipe and dense rate
         if m is not None and m.flops_per_s > 0 and (pipe.unit is PeakUnit.VECTOR or spec_peak):
             # A GEMM runs on the tensor path where one exists: a measured peak belongs to the
             # tensor pipe then, never to the vector pipe of the same precision as well.

@@ -535,6 +535,8 @@ class FleetMetrics:
         if not have.any():
             return
         uuid_of = {r: uuid for uuid, r in view.rows.items()}
+        if len(self._peaks) > len(view.devices):  # devices gone: forget their peaks
+            self._peaks = {u: v for u, v in self._peaks.items() if u in view.devices}
         gemm_of = {uuid: gemm for uuid, gemm, _ in view.results}
         values, present = view.values, view.present
         flops: _Lines = []

@@ -390,9 +390,10 @@ EXPLANATIONS: Mapping[str, str] = {
     ),
     "models": "Latest model result per GPU, model, batch and precision.",
     "suspects": (
-        "GPUs worth a look, most severe first. critical: a critical XID, uncorrected ECC "
-        "errors, a failed row remap or one pending a reset; warning: PCIe replays, NVLink CRC "
-        "errors, rows remapped for correctable errors; performance: an outlier of its cohort "
+        "GPUs worth a look, most severe first. critical: a hardware XID (48, 63, 64, 74, 79, "
+        "92, 94, 95…), uncorrected ECC errors, a failed row remap or one pending a reset; "
+        "warning: an application XID (13, 31, 43, 45), PCIe replays, NVLink CRC errors, rows "
+        "remapped for correctable errors; performance: an outlier of its cohort "
         "(slow, hungry) or throttled by a limiting reason for at least "
         f"{THROTTLED_SHARE:.0%} of the window's observed time. Health counters are the newest "
         "the GPU reported; a counter the GPU does not offer is absent, never counted as 0."

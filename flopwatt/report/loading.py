@@ -46,7 +46,7 @@ from flopwatt.store import describe_db, is_postgres, rollup
 from flopwatt.store.chunks import unpack_chunk
 from flopwatt.store.inspect import RETENTION_SCHEMA, schema_version
 from flopwatt.store.packing import unpack_compact
-from flopwatt.store.readonly import StoreUnreadableError, connect_read_only
+from flopwatt.store.readonly import StoreUnreadableError, connect_read_only, read_snapshot
 from flopwatt.store.window import read_windows
 
 ReportSourceError = StoreUnreadableError
@@ -68,7 +68,7 @@ def load_report_inputs(
         ReportSourceError: not a flopwatt store, or a newer schema.
     """
     end = time.time_ns() if now_unix_ns is None else now_unix_ns
-    with closing(connect_read_only(db_path)) as conn:
+    with closing(connect_read_only(db_path)) as conn, read_snapshot(conn):
         devices = _devices(conn)
         results = _results(conn)
         telemetry = _telemetry(conn)

@@ -95,8 +95,9 @@ class LiveLine:
     source: str
     gpus: int
     estimated_mfu_median_ratio: float | None
-    idle_allocated: int
-    """GPUs whose estimated MFU over the window is 0 (nothing ran on an allocated GPU)."""
+    idle: int
+    """GPUs whose estimated MFU over the window is 0 (their pipes did nothing; whether a job
+    holds them is in the window table's memory and the dashboards)."""
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,7 @@ def _live_lines(window: pd.DataFrame) -> tuple[LiveLine, ...]:
                 source=_text(source),
                 gpus=len(g),
                 estimated_mfu_median_ratio=float(pd.Series(mfu).median()) if mfu else None,
-                idle_allocated=sum(1 for v in mfu if v == 0.0),
+                idle=sum(1 for v in mfu if v == 0.0),
             )
         )
     return tuple(lines)

@@ -5,11 +5,11 @@ Pure: built from the per-GPU table (outliers), the window table (throttle time, 
 efficiency) and each device's newest health counters (:data:`HEALTH_INPUT_COLUMNS` in the
 telemetry input). One row per suspect GPU, most severe first:
 
-* ``critical`` — a critical XID seen (the last code named: 79 = fallen off the bus, 48 =
-  double-bit ECC, 94/95 = contained/uncontained ECC…), uncorrected ECC errors, a failed row
-  remap, a row remap pending a reset;
-* ``warning`` — PCIe replays (a bad slot or riser), NVLink CRC errors, rows remapped for
-  correctable errors;
+* ``critical`` — a hardware XID seen (:data:`HARDWARE_XIDS`, the last code named: 79 = fallen
+  off the bus, 48 = double-bit ECC, 94/95 = contained/uncontained ECC…), uncorrected ECC
+  errors, a failed row remap, a row remap pending a reset;
+* ``warning`` — an application XID (13, 31, 43, 45: it names a job, not a bad GPU), PCIe
+  replays (a bad slot or riser), NVLink CRC errors, rows remapped for correctable errors;
 * ``performance`` — a robust-z outlier of its cohort (slow, hungry), or throttled by a limiting
   reason (power cap, thermal, HW slowdown) for at least :data:`THROTTLED_SHARE` of the
   window's observed time.
@@ -99,6 +99,9 @@ XID_MEANING: Mapping[int, str] = {
     120: "GSP error",
 }
 """What common XID codes mean (NVIDIA's XID catalogue), for the reasons text."""
+HARDWARE_XIDS = frozenset({48, 61, 62, 63, 64, 74, 79, 92, 94, 95, 119, 120})
+"""XIDs that name the GPU (memory, NVLink, bus, firmware), not the application: critical. The
+others (13, 31, 43, 45: an application's fault or a killed context) are warnings."""
 
 _LIMITING_BITS = {THROTTLE_BITS[r].bit_length() - 1 for r in LIMITING_REASONS}
 
@@ -132,11 +135,13 @@ def assess(
     performance: list[str] = []
     xids = _n(health.get("xid_events_total"))
     if xids:
-        last = int(_n(health.get("xid_last")) or 0)
-        meaning = XID_MEANING.get(last)
-        critical.append(
-            f"XID {last}" + (f" ({meaning})" if meaning else "") + (f", {int(xids)} events")
-        )
+        last_value = _n(health.get("xid_last"))
+        last = int(last_value) if last_value is not None else None
+        meaning = XID_MEANING.get(last) if last is not None else None
+        text = (f"XID {last}" if last is not None else "XID") + (f" ({meaning})" if meaning else "")
+        # Application faults (a job's bad memory access, a killed context) raise XIDs too:
+        # they name a job, not a bad GPU.
+        (critical if last in HARDWARE_XIDS else warning).append(f"{text}, {int(xids)} events")
     unc = _n(health.get("ecc_uncorrected_volatile_total"))
     if unc:
         critical.append(f"{int(unc)} uncorrected ECC errors")

@@ -181,7 +181,7 @@ def summary_tables(summary: FleetSummary) -> list[TerminalTable]:
                     text("source", "source", str, numeric=False),
                     text("gpus", "GPUs", str),
                     text("mfu", "median est. MFU", str),
-                    text("idle", "allocated, idle", str),
+                    text("idle", "idle (est. MFU 0)", str),
                 ),
                 tuple(
                     (
@@ -191,7 +191,7 @@ def summary_tables(summary: FleetSummary) -> list[TerminalTable]:
                         "—"
                         if line.estimated_mfu_median_ratio is None
                         else f"{100 * line.estimated_mfu_median_ratio:.1f} %",
-                        str(line.idle_allocated),
+                        str(line.idle),
                     )
                     for line in summary.live
                 ),

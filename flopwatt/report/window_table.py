@@ -117,11 +117,14 @@ WINDOW_INT_COLUMNS: frozenset[str] = frozenset(
 _BIT_NAMES = {bit.bit_length() - 1: reason.value for reason, bit in THROTTLE_BITS.items()}
 
 
-def throttle_time_text(seconds_by_bit: Mapping[int, float] | None, observed_s: float) -> str:
+def throttle_time_text(seconds_by_bit: Mapping[int, float] | None, observed_s: float) -> str | None:
     """``"sw_power_cap 41.7 %, hw_slowdown 0.3 %"``: each reason's share of ``observed_s``,
-    largest first ("none" when no reason was reported; empty when nothing was observed)."""
-    if not seconds_by_bit or not observed_s or not np.isfinite(observed_s):
-        return "none" if observed_s else ""
+    largest first; "none" when the device reported throttle reasons and none was active; None
+    when it reported none at all (it cannot tell: absent, not "none") or nothing was observed."""
+    if seconds_by_bit is None or not observed_s or not np.isfinite(observed_s):
+        return None
+    if not seconds_by_bit:
+        return "none"
     parts = sorted(
         ((s, _BIT_NAMES.get(b, f"bit{b}")) for b, s in seconds_by_bit.items() if s > 0),
         reverse=True,

@@ -6,6 +6,8 @@ PostgreSQL database (a read-only session) alike."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,9 @@ class _PostgresReader:
 
         self._con: Any = psycopg.connect(dsn, row_factory=dict_row, connect_timeout=10)
         self._con.read_only = True
+        # One snapshot for everything this reader reads (it never commits): a report reads
+        # tiers that maintenance moves data between, and must see each sample exactly once.
+        self._con.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
 
     def execute(self, sql: str, params: Any = ()) -> Any:
         return self._con.execute(sql.replace("?", "%s"), tuple(params))
@@ -74,6 +79,22 @@ def connect_read_only(db_path: Path | str) -> Any:
         conn.close()
         raise StoreUnreadableError(f"{path} is not a flopwatt database: {exc}") from None
     return _checked_version(conn, row, str(path))
+
+
+@contextmanager
+def read_snapshot(conn: Any) -> Iterator[Any]:
+    """Read ``conn`` (from :func:`connect_read_only`) from one snapshot while inside: store
+    maintenance moving samples between tables (compaction: per-message chunks → compact chunks
+    and rollups, in one transaction) is then seen wholly before or wholly after. A PostgreSQL
+    reader is one REPEATABLE READ transaction already."""
+    if not isinstance(conn, sqlite3.Connection):
+        yield conn
+        return
+    conn.execute("BEGIN")
+    try:
+        yield conn
+    finally:
+        conn.execute("ROLLBACK")
 
 
 def _checked_version(conn: Any, row: Any, where: str) -> Any:

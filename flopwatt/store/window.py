@@ -11,11 +11,14 @@ A window ``[start, end]`` of one device is read from, newest first:
   retention) is read from the finer tiers instead.
 
 The tiers used are cut at boundaries aligned to the coarsest bucket used (a 1 min rollup
-cannot be cut inside a minute), so the figures cover ``[start_used, end]`` with
-``start_used`` the window's start rounded up to that bucket (or the device's first sample, if
-later). Every figure is exact over the samples it covers, whatever the tier — rollups keep
-sums, counts, minima, maxima and exact energy-counter deltas — so the resolution only says how
-finely the window's start could be placed; it is named per device (:attr:`WindowRead.resolution`).
+cannot be cut inside a minute), and the oldest part starts at the window's start rounded up to
+that tier's own bucket (or where its data begins, if later), so the figures cover
+``[start_used, end]``. A coarser tier is only read where it reaches back at least one of its
+own buckets before the finer ones (a device that began reporting inside the window is read
+from raw samples alone). Every figure is exact over the samples it covers, whatever the tier —
+rollups keep sums, counts, minima, maxima and exact energy-counter deltas — so the resolution
+only says how finely the window's start could be placed; it is named per device
+(:attr:`WindowRead.resolution`).
 
 Energy is the counter's increase over consecutive sample pairs (a restart counts 0), exact
 across tier boundaries: a raw part is read together with the sample before it, and fresh
@@ -74,9 +77,9 @@ class WindowRead:
 
     device_uuid: str
     start_unix_ns: int
-    """The start of what the figures cover: the window's start, or where the oldest tier
-    read begins if later, aligned up to the coarsest bucket used (ns). The first sample
-    covered is ``summary["t_first"][0]``."""
+    """The start of what the figures cover: the window's start rounded up to the oldest tier
+    read's bucket, or where that tier's data begins if later (ns). The first sample covered is
+    ``summary["t_first"][0]``."""
     end_unix_ns: int
     """The window's end (ns)."""
     resolution: str
@@ -163,13 +166,15 @@ def _oldest(conn: Any, uuid: str, tiered: bool) -> dict[str, int]:
     if row is not None and row["lo"] is not None:
         out[RAW] = int(row["lo"])
     for t in rollup.TIERS:
+        # The first sample's bucket, not the first row's start: a row (10 min, 1 h) of a
+        # device that began reporting inside it holds nothing before its first sample.
         row = conn.execute(
-            "SELECT MIN(window_start_unix_ns) AS lo FROM telemetry_rollups "
+            "SELECT MIN(t_first_unix_ns) AS lo FROM telemetry_rollups "
             "WHERE tier = ? AND device_uuid = ?",
             (t.name, uuid),
         ).fetchone()
         if row is not None and row["lo"] is not None:
-            out[t.name] = int(row["lo"])
+            out[t.name] = (int(row["lo"]) // t.bucket_ns) * t.bucket_ns
     return out
 
 
@@ -183,7 +188,9 @@ def _plan(oldest: dict[str, int], start: int, preferred: str) -> list[tuple[str,
         nonlocal covered_from
         for name in candidates:
             lo = oldest.get(name)
-            if lo is None or (covered_from is not None and lo >= covered_from):
+            # Another tier only helps where it reaches back a whole bucket of its own before
+            # what is covered (its first bucket may just hold the same first samples).
+            if lo is None or (covered_from is not None and lo > covered_from - BUCKET_NS[name]):
                 continue
             used.append(name)
             covered_from = lo
@@ -198,8 +205,12 @@ def _plan(oldest: dict[str, int], start: int, preferred: str) -> list[tuple[str,
     grid = max(BUCKET_NS[name] for name in used)
     plan = []
     newer: int | None = None
-    for name in used:
-        begin = _align_up(max(start, oldest[name]), grid)
+    for i, name in enumerate(used):
+        lo = max(start, oldest[name])
+        # Boundaries between tiers sit on the coarsest bucket; the oldest part starts where
+        # its own data does (aligned only to its own bucket: nothing older is lost).
+        step = grid if i < len(used) - 1 else BUCKET_NS[name]
+        begin = _align_up(lo, step) if lo == start or i < len(used) - 1 else lo
         if newer is not None and begin >= newer:
             continue
         plan.append((name, begin))

@@ -501,7 +501,7 @@ class NvmlDevice:
         self._replay_fn: Callable[..., Any] | None = None
         self._nvlink_fn: Callable[..., Any] | None = None
         self._nvlinks: list[int] = []
-        self._xid_last = 0
+        self._xid_last: int | None = None
         self._health_cache: dict[str, int] = {}
         self._health_read_ns = 0
         self._info = self._probe(ident, torch_index)
@@ -936,11 +936,12 @@ class NvmlDevice:
     def _health_columns(self, tick: _Tick, now_unix_ns: int) -> dict[str, int]:
         """The health counters (:data:`~flopwatt.records.HEALTH_COLUMNS`), read every
         :data:`HEALTH_INTERVAL_S` and repeated in between (they change rarely; NVLink is one
-        call per link). A counter that fails to read keeps its last value for this tick."""
+        call per link). A counter that fails to read is absent until the next read."""
         if now_unix_ns - self._health_read_ns < HEALTH_INTERVAL_S * 1e9 and self._health_cache:
             return dict(self._health_cache)
         api, c, h = self._api, self._c, self._handle
-        out = dict(self._health_cache)
+        # A counter that fails to read now is absent until it reads again (never its old value).
+        out: dict[str, int] = {}
         if self._ecc:
             for column, kind in (
                 ("ecc_corrected_volatile_total", c.ecc_corrected),
@@ -975,7 +976,8 @@ class NvmlDevice:
         if self._xid_set is not None:
             self._drain_xids()
             out["xid_events_total"] = sum(self._xid_counts.values())
-            out["xid_last"] = self._xid_last
+            if self._xid_last is not None:  # absent until the first XID: no code is not 0
+                out["xid_last"] = self._xid_last
         self._health_cache = out
         self._health_read_ns = now_unix_ns
         return dict(out)

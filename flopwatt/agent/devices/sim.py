@@ -548,7 +548,7 @@ class SimDevice:
         self._lost_after_ns: int | None = None
         self._stuck = False
         self._limit_w = spec.tdp_w or 300.0
-        self._xid_last = 0
+        self._xid_last: int | None = None
         self._xid_events = 0
         self._ecc_uncorrected = 0
         self._remapped_uncorrectable = 0
@@ -621,7 +621,7 @@ class SimDevice:
                 power_average_1s=True,
                 memory_temperature=False,
                 throttle_reasons=True,
-                ecc=False,
+                ecc=True,
                 utilization=True,
                 clocks=True,
                 gpm=self._gpm,
@@ -752,8 +752,9 @@ class SimDevice:
             "ecc_uncorrected_volatile_total": self._ecc_uncorrected,
             "pcie_replay_total": 0,
             "xid_events_total": self._xid_events,
-            "xid_last": self._xid_last,
         }
+        if self._xid_last is not None:
+            out["xid_last"] = self._xid_last
         if self.spec.architecture not in ("Volta", "Turing"):
             out["remapped_rows_correctable_total"] = 0
             out["remapped_rows_uncorrectable_total"] = self._remapped_uncorrectable
