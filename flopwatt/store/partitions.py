@@ -10,7 +10,9 @@ under another horizon, or the migration's ``legacy`` leaf — already covers par
 named after its start in UTC (``telemetry_packed_p20261206t0000``).
 
 Only the maintaining replica writes these tables (the maintenance advisory lock), so the
-partition list it reads from the catalog stays true while it works. Dropping a leaf frees its
+partition list it reads from the catalog stays true while it works. Creating or dropping a
+partition waits at most :data:`DDL_LOCK_TIMEOUT_MS` for readers (a report's snapshot holds its
+tables until it ends). Dropping a leaf frees its
 disk space at once; a ``DELETE`` would leave it to ``VACUUM``, which does not give it back to
 the file system.
 """
@@ -29,6 +31,11 @@ ROLLUP_PARENTS: dict[str, str] = {"10s": "telemetry_rollups_10s", "1m": "telemet
 """The range-partitioned table of each rollup tier."""
 
 _BOUND = re.compile(r"FROM \((.+?)\) TO \((.+?)\)")
+DDL_LOCK_TIMEOUT_MS = 2000
+"""How long creating or dropping a partition waits for its lock: the DDL needs the parent
+exclusively, a long report holds it shared, and every reader that comes after queues behind a
+waiting DDL — so it gives up soon (the pass fails, logged; the next pass tries again) rather
+than stall readers."""
 
 
 @dataclass(frozen=True)
@@ -92,10 +99,12 @@ def ensure_partitions(conn: Any, parent: str, keys: list[int], span_s: int) -> l
         if any(p.holds(t) for p in existing):
             continue
         p = new_partition(existing, parent, t, span_s)
-        conn.execute(
-            f'CREATE TABLE IF NOT EXISTS "{p.name}" PARTITION OF "{parent}" '
-            f"FOR VALUES FROM ({p.lo}) TO ({p.hi})"
-        )
+        with conn.transaction():
+            conn.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT_MS}ms'")
+            conn.execute(
+                f'CREATE TABLE IF NOT EXISTS "{p.name}" PARTITION OF "{parent}" '
+                f"FOR VALUES FROM ({p.lo}) TO ({p.hi})"
+            )
         existing.append(p)
         created.append(p)
     return created
@@ -104,6 +113,7 @@ def ensure_partitions(conn: Any, parent: str, keys: list[int], span_s: int) -> l
 def drop_partition(conn: Any, p: Partition) -> tuple[int, int]:
     """Drop leaf ``p``; returns its rows and data bytes (counted first, for the totals)."""
     with conn.transaction():
+        conn.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT_MS}ms'")
         row = conn.execute(
             f'SELECT COUNT(*) AS n, COALESCE(SUM(octet_length(data)), 0) AS b FROM "{p.name}"'
         ).fetchone()
