@@ -65,7 +65,7 @@ from flopwatt.collector.state import (
     ScrapeView,
 )
 from flopwatt.metrics_spec import BY_NAME, GPU_LABELS, METRICS, MetricType
-from flopwatt.records import DeviceKind, NodeInfo
+from flopwatt.records import GPM_COLUMNS, DeviceKind, NodeInfo
 
 _MHZ = 1e6
 # (column, family, value of the family's own label); the column is in the family's unit.
@@ -76,15 +76,8 @@ _KIND_SERIES = (
     ("memory_utilization_ratio", "flopwatt_gpu_utilization_ratio", "memory"),
     *(
         (column, "flopwatt_gpu_pipe_active_ratio", column.removesuffix("_active_ratio"))
-        for column in (
-            "tensor_active_ratio",
-            "tensor_hmma_active_ratio",
-            "tensor_imma_active_ratio",
-            "tensor_dfma_active_ratio",
-            "fp64_active_ratio",
-            "fp32_active_ratio",
-            "fp16_active_ratio",
-        )
+        for column in GPM_COLUMNS
+        if column.endswith("_active_ratio") and column != "sm_active_ratio"
     ),
     ("ecc_corrected_volatile_total", "flopwatt_gpu_ecc_errors_total", "corrected"),
     ("ecc_uncorrected_volatile_total", "flopwatt_gpu_ecc_errors_total", "uncorrected"),

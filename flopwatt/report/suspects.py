@@ -27,19 +27,9 @@ from typing import Any
 import pandas as pd
 
 from flopwatt.analysis.throttle import LIMITING_REASONS, THROTTLE_BITS
+from flopwatt.records import HEALTH_COLUMNS
 
-HEALTH_INPUT_COLUMNS: tuple[str, ...] = (
-    "ecc_corrected_volatile_total",
-    "ecc_uncorrected_volatile_total",
-    "remapped_rows_correctable_total",
-    "remapped_rows_uncorrectable_total",
-    "row_remap_pending",
-    "row_remap_failed",
-    "pcie_replay_total",
-    "nvlink_crc_errors_total",
-    "xid_events_total",
-    "xid_last",
-)
+HEALTH_INPUT_COLUMNS: tuple[str, ...] = HEALTH_COLUMNS
 """The newest value of each health counter per device (telemetry input; absent: NaN)."""
 
 SUSPECT_COLUMNS: tuple[str, ...] = (
