@@ -92,3 +92,13 @@ async def test_sim_faults_become_suspects_in_the_report(tmp_path: Path) -> None:
     assert by_index[1]["reasons"] == "3 uncorrected ECC errors"
     assert "row remap pending" in by_index[2]["reasons"]
     assert list(report.suspects["severity"]) == ["critical"] * 3
+
+
+def test_the_software_power_cap_is_policy_not_a_suspect() -> None:
+    """Dense work held at the enforced limit (SwPowerCap, bit 2) all window long names no GPU;
+    thermal slowdown (HwThermalSlowdown, bit 6) for 20 % of it does."""
+    from flopwatt.report.suspects import _throttled
+
+    assert _throttled({2: 60.0}, 60.0) == 0.0
+    assert _throttled({2: 60.0, 6: 12.0}, 60.0) == pytest.approx(0.2)
+    assert _throttled(None, 60.0) is None

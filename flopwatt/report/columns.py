@@ -394,7 +394,8 @@ EXPLANATIONS: Mapping[str, str] = {
         "92, 94, 95…), uncorrected ECC errors, a failed row remap or one pending a reset; "
         "warning: an application XID (13, 31, 43, 45), PCIe replays, NVLink CRC errors, rows "
         "remapped for correctable errors; performance: an outlier of its cohort "
-        "(slow, hungry) or throttled by a limiting reason for at least "
+        "(slow, hungry) or slowed by thermal, HW slowdown or power-brake throttling (not "
+        "the software power cap, which is policy) for at least "
         f"{THROTTLED_SHARE:.0%} of the window's observed time. Health counters are the newest "
         "the GPU reported; a counter the GPU does not offer is absent, never counted as 0."
     ),

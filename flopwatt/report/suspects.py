@@ -10,9 +10,9 @@ telemetry input). One row per suspect GPU, most severe first:
   errors, a failed row remap, a row remap pending a reset;
 * ``warning`` — an application XID (13, 31, 43, 45: it names a job, not a bad GPU), PCIe
   replays (a bad slot or riser), NVLink CRC errors, rows remapped for correctable errors;
-* ``performance`` — a robust-z outlier of its cohort (slow, hungry), or throttled by a limiting
-  reason (power cap, thermal, HW slowdown) for at least :data:`THROTTLED_SHARE` of the
-  window's observed time.
+* ``performance`` — a robust-z outlier of its cohort (slow, hungry), or slowed by a reason that
+  points at the GPU or its cooling (thermal, HW slowdown, power brake — not the software power
+  cap, which is policy) for at least :data:`THROTTLED_SHARE` of the window's observed time.
 
 Counters are what the device reported last: absent counters (a GPU that does not offer them)
 are not "0 errors", and never make a GPU look healthy or sick.
@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from flopwatt.analysis.throttle import LIMITING_REASONS, THROTTLE_BITS
+from flopwatt.analysis.throttle import LIMITING_REASONS, THROTTLE_BITS, ThrottleReason
 from flopwatt.records import HEALTH_COLUMNS
 
 HEALTH_INPUT_COLUMNS: tuple[str, ...] = HEALTH_COLUMNS
@@ -93,7 +93,13 @@ HARDWARE_XIDS = frozenset({48, 61, 62, 63, 64, 74, 79, 92, 94, 95, 119, 120})
 """XIDs that name the GPU (memory, NVLink, bus, firmware), not the application: critical. The
 others (13, 31, 43, 45: an application's fault or a killed context) are warnings."""
 
-_LIMITING_BITS = {THROTTLE_BITS[r].bit_length() - 1 for r in LIMITING_REASONS}
+_SUSPECT_BITS = {
+    THROTTLE_BITS[r].bit_length() - 1
+    for r in LIMITING_REASONS
+    if r is not ThrottleReason.SW_POWER_CAP
+}
+"""Throttle reasons that point at the GPU or its cooling (thermal, hardware slowdown, power
+brake). The software power cap is policy: dense work at the enforced limit is expected."""
 
 
 def _n(v: Any) -> float | None:
@@ -111,7 +117,7 @@ def _throttled(seconds: Any, observed: Any) -> float | None:
     o = _n(observed)
     if not isinstance(seconds, Mapping) or not o:
         return None
-    return sum(float(s) for b, s in seconds.items() if int(b) in _LIMITING_BITS) / o
+    return sum(float(s) for b, s in seconds.items() if int(b) in _SUSPECT_BITS) / o
 
 
 def assess(
