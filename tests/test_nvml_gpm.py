@@ -17,6 +17,7 @@ import pynvml
 import pytest
 
 from flopwatt.agent.devices.base import DeviceLost
+from flopwatt.agent.devices.nvml import NvmlBackend, NvmlDevice
 from flopwatt.agent.devices.nvml_gpm import MIN_INTERVAL_NS
 from tests.test_nvml_backend import FakeGpu, FakeNvml, a100, gpu, h100, open_fake
 
@@ -99,6 +100,26 @@ class GpmFakeNvml(FakeNvml):
     c_nvmlGpmMetricsGet_t = pynvml.c_nvmlGpmMetricsGet_t  # noqa: N815 (pynvml's name)
 
 
+class Clock:
+    """The monotonic clock GPM intervals are timed with, moved by hand."""
+
+    def __init__(self) -> None:
+        self.ns = 0
+
+    def __call__(self) -> int:
+        return self.ns
+
+
+def _open(fake: FakeNvml, clock: Clock) -> NvmlBackend:
+    return NvmlBackend(fake, environ={}, monotonic_ns=clock)
+
+
+def _at(d: NvmlDevice, clock: Clock, ms: int) -> Any:
+    """A snapshot with the monotonic clock at ``ms`` (and the wall clock stamped T0 + ms)."""
+    clock.ns = ms * MS
+    return d.snapshot(T0 + ms * MS)
+
+
 def _hopper(**kw: Any) -> FakeGpu:
     g = h100(**kw)
     g.gpm_supported = True  # type: ignore[attr-defined]
@@ -108,23 +129,29 @@ def _hopper(**kw: Any) -> FakeGpu:
 
 def test_hopper_reports_pipe_activity_per_interval_as_ratios() -> None:
     fake = GpmFakeNvml([_hopper()])
-    backend = open_fake(fake)
+    clock = Clock()
+    backend = _open(fake, clock)
     d = gpu(backend, 0)
     assert d.info.capabilities.gpm is True
-    first = d.snapshot(T0)
+    first = _at(d, clock, 0)
     assert first.tensor_hmma_active_ratio is None  # no interval yet: absent, not 0
-    second = d.snapshot(T0 + 100 * MS)
+    second = _at(d, clock, 100)
     assert second.tensor_hmma_active_ratio == pytest.approx(0.4075)
     assert second.sm_active_ratio == pytest.approx(0.925)
     assert second.fp32_active_ratio == pytest.approx(0.19)
     assert second.dram_bandwidth_ratio == pytest.approx(0.5525)
     assert second.tensor_imma_active_ratio == 0.0  # a reported idle pipe is a real 0
     # A tick sooner than NVML's 100 ms refresh repeats the last interval (no new sample).
-    third = d.snapshot(T0 + 150 * MS)
+    third = _at(d, clock, 150)
     assert third.tensor_hmma_active_ratio == second.tensor_hmma_active_ratio
     assert fake.calls["nvmlGpmMetricsGet"] == 1 and fake.calls["nvmlGpmSampleGet"] == 2
-    d.snapshot(T0 + 200 * MS)
+    _at(d, clock, 200)
     assert fake.calls["nvmlGpmMetricsGet"] == 2
+    # A wall clock stepped back an hour does not stall the intervals (they run on the
+    # monotonic clock).
+    clock.ns = 300 * MS
+    d.snapshot(T0 - 3600 * 1_000_000_000)
+    assert fake.calls["nvmlGpmMetricsGet"] == 3
     assert MIN_INTERVAL_NS == 100 * MS
     backend.close()
     assert len(fake.freed) == 2
@@ -133,12 +160,12 @@ def test_hopper_reports_pipe_activity_per_interval_as_ratios() -> None:
 def test_a_gpu_without_gpm_says_so_and_reports_no_columns() -> None:
     g = a100()
     g.gpm_supported = False  # type: ignore[attr-defined]
-    backend = open_fake(GpmFakeNvml([g]))
-    d = gpu(backend, 0)
+    clock = Clock()
+    d = gpu(_open(GpmFakeNvml([g]), clock), 0)
     assert d.info.capabilities.gpm is False
     assert "Hopper" in d.missing()["gpm"]
-    d.snapshot(T0)
-    assert d.snapshot(T0 + 200 * MS).tensor_active_ratio is None
+    _at(d, clock, 0)
+    assert _at(d, clock, 200).tensor_active_ratio is None
 
 
 def test_an_old_driver_without_gpm_is_not_supported() -> None:
@@ -168,18 +195,19 @@ def test_a_metric_that_fails_or_is_nan_is_absent_the_others_stay() -> None:
     g = _hopper()
     g.gpm_errors = {pynvml.NVML_GPM_METRIC_FP16_UTIL: pynvml.NVML_ERROR_NOT_SUPPORTED}  # type: ignore[attr-defined]
     del g.gpm_percent[pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL]  # type: ignore[attr-defined]
-    d = gpu(open_fake(GpmFakeNvml([g])), 0)
-    d.snapshot(T0)
-    s = d.snapshot(T0 + 100 * MS)
+    clock = Clock()
+    d = gpu(_open(GpmFakeNvml([g]), clock), 0)
+    _at(d, clock, 0)
+    s = _at(d, clock, 100)
     assert s.fp16_active_ratio is None and s.dram_bandwidth_ratio is None
     assert s.tensor_hmma_active_ratio == pytest.approx(0.4075)
 
 
 def test_a_gpu_lost_during_a_gpm_read_is_lost() -> None:
     g = _hopper()
-    backend = open_fake(GpmFakeNvml([g]))
-    d = gpu(backend, 0)
-    d.snapshot(T0)
+    clock = Clock()
+    d = gpu(_open(GpmFakeNvml([g]), clock), 0)
+    _at(d, clock, 0)
     g.errors["nvmlGpmSampleGet"] = pynvml.NVML_ERROR_GPU_IS_LOST
     with pytest.raises(DeviceLost):
-        d.snapshot(T0 + 100 * MS)
+        _at(d, clock, 100)

@@ -11,7 +11,7 @@ import pynvml
 
 from flopwatt.agent.devices.nvml import HEALTH_INTERVAL_S
 from tests.test_nvml_backend import FakeGpu, a100, gpu, h100, open_fake
-from tests.test_nvml_gpm import GpmFakeNvml
+from tests.test_nvml_gpm import Clock, GpmFakeNvml, _open
 
 S = 1_000_000_000
 T0 = 1_764_997_200 * S
@@ -64,13 +64,16 @@ def test_every_health_counter_is_read_and_named() -> None:
 def test_health_is_read_every_few_seconds_and_repeated_in_between() -> None:
     g = _sick_h100()
     fake = HealthFakeNvml([g])
-    d = gpu(open_fake(fake), 0)
+    clock = Clock()
+    d = gpu(_open(fake, clock), 0)
     d.snapshot(T0)
     calls = fake.calls["nvmlDeviceGetPcieReplayCounter"]
     g.replays = 9  # type: ignore[attr-defined]
+    clock.ns = S
     assert d.snapshot(T0 + S).pcie_replay_total == 7  # repeated, not re-read
     assert fake.calls["nvmlDeviceGetPcieReplayCounter"] == calls
-    later = d.snapshot(T0 + int(HEALTH_INTERVAL_S * S) + 1)
+    clock.ns = int(HEALTH_INTERVAL_S * S) + 1
+    later = d.snapshot(T0 - 3600 * S)  # the wall clock stepped back: no matter
     assert later.pcie_replay_total == 9
 
 
@@ -99,9 +102,11 @@ def test_no_xid_yet_is_no_last_code_not_zero() -> None:
 
 def test_a_counter_that_stops_answering_goes_absent() -> None:
     g = _sick_h100()
-    d = gpu(open_fake(HealthFakeNvml([g])), 0)
+    clock = Clock()
+    d = gpu(_open(HealthFakeNvml([g]), clock), 0)
     assert d.snapshot(T0).pcie_replay_total == 7
     g.errors["nvmlDeviceGetPcieReplayCounter"] = pynvml.NVML_ERROR_UNKNOWN
+    clock.ns = int(HEALTH_INTERVAL_S * S) + 1
     later = d.snapshot(T0 + int(HEALTH_INTERVAL_S * S) + 1)
     assert later.pcie_replay_total is None  # not its old value
     assert later.nvlink_crc_errors_total == 36

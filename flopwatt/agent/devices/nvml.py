@@ -39,6 +39,7 @@ import logging
 import os
 import platform
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -306,8 +307,10 @@ class _Nvml:
     """One initialised NVML session: every NVML call of this backend goes through :meth:`call`,
     which maps NVML errors to ours; optional functions are looked up once."""
 
-    def __init__(self, nvml: NvmlApi) -> None:
+    def __init__(self, nvml: NvmlApi, monotonic_ns: Callable[[], int] = time.monotonic_ns) -> None:
         self.api = nvml
+        self.monotonic_ns = monotonic_ns
+        """Times intervals (GPM sample pairs), immune to wall-clock steps."""
         self.const = _Constants.resolve(nvml)
         self.codes = nvml_error_codes(nvml)
         self.closed = False
@@ -904,8 +907,9 @@ class NvmlDevice:
         memory = self._read(tick, "memory", api.nvmlDeviceGetMemoryInfo, h)
         extra: dict[str, Any] = {}
         if self._gpm is not None:
-            extra.update(self._read(tick, "gpm", self._gpm.read, now_unix_ns) or {})
-        extra.update(self._health_columns(tick, now_unix_ns))
+            now_mono = self._nvml.monotonic_ns()
+            extra.update(self._read(tick, "gpm", self._gpm.read, now_mono) or {})
+        extra.update(self._health_columns(tick))
 
         if tick.attempted and tick.unmapped_failures == tick.attempted:
             self._strikes += 1
@@ -933,11 +937,12 @@ class NvmlDevice:
             **extra,
         )
 
-    def _health_columns(self, tick: _Tick, now_unix_ns: int) -> dict[str, int]:
+    def _health_columns(self, tick: _Tick) -> dict[str, int]:
         """The health counters (:data:`~flopwatt.records.HEALTH_COLUMNS`), read every
         :data:`HEALTH_INTERVAL_S` and repeated in between (they change rarely; NVLink is one
         call per link). A counter that fails to read is absent until the next read."""
-        if now_unix_ns - self._health_read_ns < HEALTH_INTERVAL_S * 1e9 and self._health_cache:
+        now = self._nvml.monotonic_ns()
+        if self._health_cache and now - self._health_read_ns < HEALTH_INTERVAL_S * 1e9:
             return dict(self._health_cache)
         api, c, h = self._api, self._c, self._handle
         # A counter that fails to read now is absent until it reads again (never its old value).
@@ -979,7 +984,7 @@ class NvmlDevice:
             if self._xid_last is not None:  # absent until the first XID: no code is not 0
                 out["xid_last"] = self._xid_last
         self._health_cache = out
-        self._health_read_ns = now_unix_ns
+        self._health_read_ns = now
         return dict(out)
 
     def _probe_health_counters(self) -> None:
@@ -1102,12 +1107,21 @@ class NvmlBackend:
 
     name = "nvml"
 
-    def __init__(self, nvml: NvmlApi, *, environ: Mapping[str, str] | None = None) -> None:
-        """Raises:
-        BackendUnavailable: NVML cannot initialise, the module is too old, or no GPU answers.
+    def __init__(
+        self,
+        nvml: NvmlApi,
+        *,
+        environ: Mapping[str, str] | None = None,
+        monotonic_ns: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        """``monotonic_ns`` times intervals (GPM); tests inject one.
+
+        Raises:
+            BackendUnavailable: NVML cannot initialise, the module is too old, or no GPU
+                answers.
         """
         env = os.environ if environ is None else environ
-        session = _Nvml(nvml)
+        session = _Nvml(nvml, monotonic_ns)
         try:
             session.call(nvml.nvmlInit)
         except DeviceError as e:

@@ -137,9 +137,10 @@ class GpmReader:
             missing.setdefault("gpm", f"cannot allocate samples ({e})")
             return None
 
-    def read(self, now_unix_ns: int) -> dict[str, float]:
+    def read(self, now_ns: int) -> dict[str, float]:
         """The pipe activity ratios of the latest completed interval (column → 0…1); empty on
-        the first call.
+        the first call. ``now_ns``: a monotonic clock (ns), so that a wall-clock step neither
+        stalls nor shortens an interval.
 
         Raises:
             DeviceError (mapped by the choke point): a sample or the metrics call failed.
@@ -147,9 +148,9 @@ class GpmReader:
         api, nvml = self._nvml.api, self._nvml
         if self._prev is None:
             nvml.call(api.nvmlGpmSampleGet, self._handle, self._samples[0])
-            self._prev, self._prev_ns = 0, now_unix_ns
+            self._prev, self._prev_ns = 0, now_ns
             return {}
-        if now_unix_ns - self._prev_ns < MIN_INTERVAL_NS:
+        if now_ns - self._prev_ns < MIN_INTERVAL_NS:
             return dict(self._values)
         cur = 1 - self._prev
         nvml.call(api.nvmlGpmSampleGet, self._handle, self._samples[cur])
@@ -160,7 +161,7 @@ class GpmReader:
         request.sample2 = self._samples[cur]
         for i, (metric_id, _) in enumerate(self._metrics):
             request.metrics[i].metricId = metric_id
-        self._prev, self._prev_ns = cur, now_unix_ns
+        self._prev, self._prev_ns = cur, now_ns
         answer = nvml.call(api.nvmlGpmMetricsGet, request)
         values: dict[str, float] = {}
         for i, (_, column) in enumerate(self._metrics):
