@@ -110,3 +110,18 @@ def test_a_counter_that_stops_answering_goes_absent() -> None:
     later = d.snapshot(T0 + int(HEALTH_INTERVAL_S * S) + 1)
     assert later.pcie_replay_total is None  # not its old value
     assert later.nvlink_crc_errors_total == 36
+
+
+def test_nvlink_errors_sum_every_link_that_answers_even_with_gaps() -> None:
+    """Links 0–3 and 6–7 active (4 and 5 refuse): six links summed."""
+
+    class GappyNvml(HealthFakeNvml):
+        def nvmlDeviceGetNvLinkErrorCounter(  # noqa: N802
+            self, handle: FakeGpu, link: int, counter: int, /
+        ) -> int:
+            if link in (4, 5) or link >= 8:
+                raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+            return 3
+
+    d = gpu(open_fake(GappyNvml([_sick_h100()])), 0)
+    assert d.snapshot(T0).nvlink_crc_errors_total == 6 * 3

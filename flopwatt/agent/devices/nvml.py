@@ -988,8 +988,9 @@ class NvmlDevice:
         return dict(out)
 
     def _probe_health_counters(self) -> None:
-        """Row remapping (Ampere and newer), the PCIe replay counter and NVLink CRC errors
-        (per link: the links that answer at probe are summed)."""
+        """Row remapping (Ampere and newer), the PCIe replay counter and NVLink CRC flit errors
+        (per link: every link that answers at probe is summed; one call per possible link, at
+        probe only)."""
         c, h = self._c, self._handle
         self._remap_fn = self._nvml.optional("nvmlDeviceGetRemappedRows")
         if self._remap_fn is not None:
@@ -1008,9 +1009,9 @@ class NvmlDevice:
             except (DeviceLost, BackendUnavailable):
                 raise
             except DeviceError:
-                # Links are numbered from 0; the first that does not answer ends them
-                # (NVML_NVLINK_MAX_LINKS is an upper bound, not this GPU's count).
-                break
+                # NVML_NVLINK_MAX_LINKS is an upper bound, not this GPU's count, and an
+                # inactive link may sit between active ones: keep every link that answers.
+                continue
             self._nvlinks.append(link)
         if self._nvlinks:
             self._supported.add("nvlink_errors")
