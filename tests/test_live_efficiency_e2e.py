@@ -41,6 +41,14 @@ def _agent(tmp_path: Path, name: str, target: str, sku: str, workloads: list[str
     return Agent(config, backend)
 
 
+def _fleet(tmp_path: Path, target: str, tag: str) -> list[Agent]:
+    """An H100 node (GPU 0 training at 42 % MFU, GPU 1 idle) and an A100 node (no GPM)."""
+    return [
+        _agent(tmp_path, f"h100-{tag}", target, "H100-SXM5-80GB", ["train:0.42", "idle@1"]),
+        _agent(tmp_path, f"a100-{tag}", target, "A100-SXM4-80GB", ["train:0.42"]),
+    ]
+
+
 def test_gpm_columns_round_trip_the_wire_bit_for_bit() -> None:
     ts = np.array([1, 2, 3], dtype=np.int64) * 10**9
     cols = {c: np.array([0.0, 0.5, 1.0], dtype=np.float32) for c in GPM_COLUMNS}
@@ -64,10 +72,7 @@ def test_the_workload_grammar_says_what_it_accepts() -> None:
 
 async def test_estimated_mfu_on_metrics_is_what_the_sim_workload_runs(tmp_path: Path) -> None:
     async with collector(tmp_path) as c:
-        h100 = _agent(
-            tmp_path, "h100-a", c.grpc_address, "H100-SXM5-80GB", ["train:0.42", "idle@1"]
-        )
-        a100 = _agent(tmp_path, "a100-a", c.grpc_address, "A100-SXM4-80GB", ["train:0.42"])
+        h100, a100 = _fleet(tmp_path, c.grpc_address, "a")
         stop, tasks = await run_agents([h100, a100])
         try:
             await wait_for(
@@ -113,10 +118,7 @@ async def test_the_report_window_estimates_live_efficiency(tmp_path: Path) -> No
     A100 (no GPM) has no estimate."""
     db = tmp_path / "live.db"
     async with collector(tmp_path, db_path=db) as c:
-        h100 = _agent(
-            tmp_path, "h100-r", c.grpc_address, "H100-SXM5-80GB", ["train:0.42", "idle@1"]
-        )
-        a100 = _agent(tmp_path, "a100-r", c.grpc_address, "A100-SXM4-80GB", ["train:0.42"])
+        h100, a100 = _fleet(tmp_path, c.grpc_address, "r")
         stop, tasks = await run_agents([h100, a100])
         try:
             await wait_for(

@@ -54,18 +54,9 @@ SUSPECT_COLUMNS: tuple[str, ...] = (
     "estimated_mfu_ratio",
 )
 SUSPECT_INT_COLUMNS: frozenset[str] = frozenset(
-    {
-        "severity_rank",
-        "xid_last",
-        "xid_events_total",
-        "ecc_uncorrected_volatile_total",
-        "remapped_rows_uncorrectable_total",
-        "row_remap_pending",
-        "row_remap_failed",
-        "pcie_replay_total",
-        "nvlink_crc_errors_total",
-    }
+    {"severity_rank", *(c for c in SUSPECT_COLUMNS if c in HEALTH_COLUMNS)}
 )
+"""Whole-number columns: the rank and the health counters."""
 
 THROTTLED_SHARE = 0.10
 """Share of the observed time throttled by a limiting reason that makes a GPU a suspect."""
