@@ -50,6 +50,13 @@ class MetricSpec:
     """"collector" (exported by the collector) or "agent" (the agent's local /metrics)."""
 
 
+POD_LABELS: tuple[str, ...] = ("namespace", "pod", "container")
+"""Attribution labels: the Kubernetes container a GPU is allocated to (empty, i.e. absent,
+outside Kubernetes)."""
+PROCESS_SERIES_PER_GPU = 4
+"""Most per-process series one GPU exports per family (the busiest processes)."""
+
+
 def _gpu(*extra: str) -> tuple[str, ...]:
     return (*GPU_LABELS, *extra)
 
@@ -219,8 +226,10 @@ METRICS: tuple[MetricSpec, ...] = (
         "ESTIMATED delivered FLOP/s of whatever runs on the GPU over the latest sample's "
         "interval: Σ pipe activity × that pipe's peak × SM clock ÷ the peak's clock (see the "
         "README's live-efficiency method). precision = the dominant pipe's; basis = "
-        '"measured" (this GPU\'s sustained GEMM peaks), "spec" (dense spec peaks) or "mixed".',
-        _gpu("precision", "basis"),
+        '"measured" (this GPU\'s sustained GEMM peaks), "spec" (dense spec peaks) or "mixed". '
+        "namespace/pod/container: the Kubernetes container the GPU is allocated to (kubelet "
+        "pod-resources; absent outside Kubernetes): one series per GPU at a time.",
+        _gpu("precision", "basis", *POD_LABELS),
     ),
     MetricSpec(
         "flopwatt_gpu_estimated_mfu_ratio",
@@ -228,8 +237,34 @@ METRICS: tuple[MetricSpec, ...] = (
         "ratio",
         "ESTIMATED model FLOP/s utilisation: flopwatt_gpu_estimated_flops_per_second ÷ the "
         "dense spec peak of its dominant precision (an upper bound: pipe activity counts "
-        "issue slots, not useful FLOPs).",
-        _gpu("precision", "basis"),
+        "issue slots, not useful FLOPs). Labels as flopwatt_gpu_estimated_flops_per_second.",
+        _gpu("precision", "basis", *POD_LABELS),
+    ),
+    MetricSpec(
+        "flopwatt_gpu_compute_processes",
+        MetricType.GAUGE,
+        "",
+        "Processes with a compute context on the GPU (NVML), as last read by the agent "
+        "(every 5 s by default). Absent where NVML cannot list them (not 0).",
+        _gpu(*POD_LABELS),
+    ),
+    MetricSpec(
+        "flopwatt_gpu_process_sm_utilization_ratio",
+        MetricType.GAUGE,
+        "ratio",
+        "Share of the last interval in which one of the process's kernels ran (NVML "
+        "per-process SM utilisation). Cardinality: at most "
+        f"{PROCESS_SERIES_PER_GPU} processes per GPU (the busiest), labelled pid and process "
+        "(command name); series come and go with processes.",
+        _gpu(*POD_LABELS, "pid", "process"),
+    ),
+    MetricSpec(
+        "flopwatt_gpu_process_used_memory_bytes",
+        MetricType.GAUGE,
+        "bytes",
+        "GPU memory the process holds (NVML). The same processes as "
+        "flopwatt_gpu_process_sm_utilization_ratio; absent where NVML does not say.",
+        _gpu(*POD_LABELS, "pid", "process"),
     ),
     # --- benchmark results ------------------------------------------------------------------
     MetricSpec(

@@ -560,6 +560,83 @@ class JobStatus:
     progress_ratio: float = 0.0
 
 
+# --- attribution: who uses each GPU ---------------------------------------------------------
+
+ATTRIBUTION_MAX_PROCESSES = 64
+"""Most processes one device's attribution may list (the agent keeps the busiest)."""
+ATTRIBUTION_MAX_TEXT = 253
+"""Longest namespace, pod, container or process name accepted (a DNS subdomain's limit)."""
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """One process with a compute context on a GPU."""
+
+    pid: int
+    """Process id as the agent sees it (the host's PID namespace when the agent runs with
+    ``hostPID``, as NVML reports host PIDs)."""
+    name: str = ""
+    """Command name (``/proc/PID/comm``, at most 15 characters on Linux); "" when unreadable."""
+    used_memory_bytes: int | None = None
+    """GPU memory the process holds (bytes); None where NVML does not say (e.g. under MIG or
+    without permission)."""
+    sm_utilization_ratio: float | None = None
+    """Share of the last few seconds in which one of this process's kernels ran on the GPU
+    (NVML per-process SM utilisation, 0–1); None where NVML gives no per-process sample."""
+
+
+def busiest(processes: Sequence[GpuProcess], n: int) -> list[GpuProcess]:
+    """The ``n`` busiest of ``processes``: by SM utilisation, then memory held (unknown counts
+    below any known value), then pid for a stable order."""
+    return sorted(
+        processes,
+        key=lambda p: (
+            -1.0 if p.sm_utilization_ratio is None else -p.sm_utilization_ratio,
+            1 if p.used_memory_bytes is None else -p.used_memory_bytes,
+            p.pid,
+        ),
+    )[:n]
+
+
+@dataclass(frozen=True)
+class PodRef:
+    """The Kubernetes container a GPU is allocated to (from the kubelet pod-resources API)."""
+
+    namespace: str
+    pod: str
+    container: str
+
+
+@dataclass(frozen=True)
+class DeviceAttribution:
+    """Who uses one device at one instant."""
+
+    device_uuid: str
+    processes: tuple[GpuProcess, ...] = ()
+    processes_known: bool = False
+    """Whether the process list was read. False (not supported, no permission, a backend with
+    no notion of processes): an empty ``processes`` means unknown, not idle."""
+    pod: PodRef | None = None
+    """The container the GPU is allocated to; None outside Kubernetes or when unallocated."""
+
+    @property
+    def job(self) -> str:
+        """A name for the workload: ``namespace/pod/container`` when the GPU is allocated,
+        else the sorted distinct process names joined by ``+`` ("" when nothing is known)."""
+        if self.pod is not None:
+            return f"{self.pod.namespace}/{self.pod.pod}/{self.pod.container}"
+        return "+".join(sorted({p.name or f"pid {p.pid}" for p in self.processes}))
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Who used each of a node's devices at ``observed_unix_ns`` (sent when it changes, and
+    refreshed periodically with the processes' utilisation)."""
+
+    observed_unix_ns: int
+    devices: tuple[DeviceAttribution, ...] = ()
+
+
 # --- stream ---------------------------------------------------------------------------------
 
 
@@ -588,7 +665,7 @@ class Heartbeat:
     sent_unix_ns: int
 
 
-Payload = StreamHello | TelemetryBatch | JobResult | JobStatus | Heartbeat | Dropped
+Payload = StreamHello | TelemetryBatch | JobResult | JobStatus | Heartbeat | Dropped | Attribution
 
 
 @dataclass(frozen=True)
@@ -601,7 +678,8 @@ class AgentMessage:
 
     @property
     def kind(self) -> str:
-        """Payload kind as stored: telemetry, job_result, job_status, heartbeat, dropped, hello."""
+        """Payload kind as stored: telemetry, job_result, job_status, heartbeat, dropped, hello,
+        attribution."""
         return _PAYLOAD_KIND[type(self.payload)]
 
 
@@ -612,6 +690,7 @@ _PAYLOAD_KIND: dict[type, str] = {
     JobStatus: "job_status",
     Heartbeat: "heartbeat",
     Dropped: "dropped",
+    Attribution: "attribution",
 }
 
 

@@ -22,9 +22,11 @@ from flopwatt.records import (
     Ack,
     AgentMessage,
     AgentSettings,
+    Attribution,
     CollectorPayload,
     Command,
     Conditions,
+    DeviceAttribution,
     DeviceCapabilities,
     DeviceInfo,
     DeviceKind,
@@ -34,6 +36,7 @@ from flopwatt.records import (
     GemmPoint,
     GemmResult,
     GemmShape,
+    GpuProcess,
     Heartbeat,
     JobResult,
     JobSpec,
@@ -42,6 +45,7 @@ from flopwatt.records import (
     ModelJobSpec,
     ModelResult,
     NodeInfo,
+    PodRef,
     RegisterRequest,
     RegisterResponse,
     Rejection,
@@ -53,7 +57,7 @@ from flopwatt.records import (
     StreamHello,
     TelemetryBatch,
 )
-from flopwatt.v1 import agent_pb2, common_pb2, jobs_pb2, telemetry_pb2
+from flopwatt.v1 import agent_pb2, attribution_pb2, common_pb2, jobs_pb2, telemetry_pb2
 
 MAX_SERIES_SAMPLES = 1_000_000
 """Upper bound on samples in one series; larger is refused as oversized."""
@@ -589,6 +593,47 @@ def job_status_from_proto(m: jobs_pb2.JobStatus) -> JobStatus:
     return JobStatus(m.job_id, state, m.message, m.progress_ratio)
 
 
+# --- attribution ----------------------------------------------------------------------------
+
+
+def attribution_to_proto(a: Attribution) -> attribution_pb2.Attribution:
+    m = attribution_pb2.Attribution(observed_unix_ns=a.observed_unix_ns)
+    for d in a.devices:
+        dm = m.devices.add(device_uuid=d.device_uuid, processes_known=d.processes_known)
+        for p in d.processes:
+            pm = dm.processes.add(pid=p.pid, name=p.name)
+            _set_opt(pm, "used_memory_bytes", p.used_memory_bytes)
+            _set_opt(pm, "sm_utilization_ratio", p.sm_utilization_ratio)
+        if d.pod is not None:
+            dm.pod.CopyFrom(
+                attribution_pb2.PodRef(
+                    namespace=d.pod.namespace, pod=d.pod.pod, container=d.pod.container
+                )
+            )
+    return m
+
+
+def attribution_from_proto(m: attribution_pb2.Attribution) -> Attribution:
+    """Decode only; the collector validates the values (``ingest``), so that a bad attribution
+    is consumed and reported rather than ending the stream."""
+    devices = []
+    for dm in m.devices:
+        processes = tuple(
+            GpuProcess(
+                pid=pm.pid,
+                name=pm.name,
+                used_memory_bytes=_opt(pm, "used_memory_bytes"),
+                sm_utilization_ratio=_opt(pm, "sm_utilization_ratio"),
+            )
+            for pm in dm.processes
+        )
+        pod = None
+        if dm.HasField("pod"):
+            pod = PodRef(dm.pod.namespace, dm.pod.pod, dm.pod.container)
+        devices.append(DeviceAttribution(dm.device_uuid, processes, dm.processes_known, pod))
+    return Attribution(m.observed_unix_ns, tuple(devices))
+
+
 # --- stream ---------------------------------------------------------------------------------
 
 
@@ -609,6 +654,8 @@ def agent_message_to_proto(msg: AgentMessage) -> agent_pb2.AgentMessage:
         m.job_status.CopyFrom(job_status_to_proto(p))
     elif isinstance(p, Heartbeat):
         m.heartbeat.CopyFrom(agent_pb2.Heartbeat(sent_unix_ns=p.sent_unix_ns))
+    elif isinstance(p, Attribution):
+        m.attribution.CopyFrom(attribution_to_proto(p))
     else:
         m.dropped.CopyFrom(
             agent_pb2.Dropped(reason=p.reason, samples=p.samples, original_kind=p.original_kind)
@@ -636,6 +683,8 @@ def agent_message_from_proto(m: agent_pb2.AgentMessage) -> AgentMessage:
         payload = job_status_from_proto(m.job_status)
     elif which == "heartbeat":
         payload = Heartbeat(m.heartbeat.sent_unix_ns)
+    elif which == "attribution":
+        payload = attribution_from_proto(m.attribution)
     else:
         d = m.dropped
         payload = Dropped(d.reason, d.samples, d.original_kind or "telemetry")

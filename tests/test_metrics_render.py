@@ -106,10 +106,13 @@ ADDED_SINCE_GOLDEN = (
     "flopwatt_gpu_nvlink_crc_errors_total",
     "flopwatt_gpu_xid_events_total",
     "flopwatt_gpu_xid_last",
+    "flopwatt_gpu_compute_processes",
+    "flopwatt_gpu_process_sm_utilization_ratio",
+    "flopwatt_gpu_process_used_memory_bytes",
 )
 """Families added after the golden file was captured (the collector's store and child process
-health, store retention, GPM activity, live efficiency, GPU health counters); they are
-checked by their own tests."""
+health, store retention, GPM activity, live efficiency, GPU health counters, attribution);
+they are checked by their own tests."""
 
 
 def _without_added(text: str) -> str:

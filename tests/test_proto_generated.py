@@ -1,8 +1,10 @@
-"""The committed ``flopwatt/v1`` is exactly what ``scripts/gen_proto.py`` makes from
-``proto/flopwatt/v1/*.proto``, and ``--check`` notices when it is not.
+"""The committed ``flopwatt/v1`` and ``flopwatt/podresources/v1`` are exactly what
+``scripts/gen_proto.py`` makes from ``proto/flopwatt/v1/*.proto`` and
+``proto/flopwatt/podresources/v1/*.proto``, and ``--check`` notices when they are not.
 
 The negative cases run the script in a copy of the layout it expects (``ROOT`` is the script's
-parent's parent: ``scripts/``, ``proto/``, ``flopwatt/v1/``), so the repository is never touched.
+parent's parent: ``scripts/``, ``proto/``, ``flopwatt/v1/``, ``flopwatt/podresources/v1/``), so
+the repository is never touched.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = Path("scripts") / "gen_proto.py"
 GENERATED = Path("flopwatt") / "v1"
+PODRESOURCES = Path("flopwatt") / "podresources" / "v1"
 
 
 def _check(root: Path) -> subprocess.CompletedProcess[str]:
@@ -44,9 +47,10 @@ def layout(tmp_path: Path) -> Path:
     (root / "scripts").mkdir(parents=True)
     shutil.copy2(REPO / SCRIPT, root / SCRIPT)
     shutil.copytree(REPO / "proto", root / "proto")
-    shutil.copytree(
-        REPO / GENERATED, root / GENERATED, ignore=shutil.ignore_patterns("__pycache__")
-    )
+    for generated in (GENERATED, PODRESOURCES):
+        shutil.copytree(
+            REPO / generated, root / generated, ignore=shutil.ignore_patterns("__pycache__")
+        )
     return root
 
 
@@ -79,6 +83,24 @@ def _hand_edit(root: Path) -> None:
     path.write_text(path.read_text() + "\n# edited by hand\n")
 
 
+def _podresources_hand_edit(root: Path) -> None:
+    path = root / PODRESOURCES / "api_pb2_grpc.py"
+    path.write_text(path.read_text() + "\n# edited by hand\n")
+
+
+def _podresources_extra_file(root: Path) -> None:
+    (root / PODRESOURCES / "old_pb2.py").write_text("# left over from a deleted .proto\n")
+
+
+def _generated_bytes(root: Path) -> dict[Path, bytes]:
+    return {
+        p: p.read_bytes()
+        for generated in (GENERATED, PODRESOURCES)
+        for p in (root / generated).iterdir()
+        if p.is_file()
+    }
+
+
 @pytest.mark.parametrize(
     ("edit", "expect"),
     [
@@ -86,18 +108,30 @@ def _hand_edit(root: Path) -> None:
         (_add_message_file, "differs: flopwatt/v1/extra_pb2.py"),
         (_stale_extra_file, "not generated from any .proto: flopwatt/v1/removed_pb2.py"),
         (_hand_edit, "differs: flopwatt/v1/jobs_pb2.pyi"),
+        (_podresources_hand_edit, "differs: flopwatt/podresources/v1/api_pb2_grpc.py"),
+        (
+            _podresources_extra_file,
+            "not generated from any .proto: flopwatt/podresources/v1/old_pb2.py",
+        ),
     ],
-    ids=["field-added", "proto-file-added", "stale-generated-file", "hand-edited-stub"],
+    ids=[
+        "field-added",
+        "proto-file-added",
+        "stale-generated-file",
+        "hand-edited-stub",
+        "podresources-hand-edited",
+        "podresources-stale-file",
+    ],
 )
 def test_check_fails_when_generated_code_is_stale(
     layout: Path, edit: Callable[[Path], None], expect: str
 ) -> None:
     edit(layout)
-    before = {p: p.read_bytes() for p in (layout / GENERATED).iterdir() if p.is_file()}
+    before = _generated_bytes(layout)
     result = _check(layout)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "generated code is stale" in result.stderr
     assert expect in result.stderr, result.stderr
     # --check only reports: it never rewrites the committed files.
-    after = {p: p.read_bytes() for p in (layout / GENERATED).iterdir() if p.is_file()}
+    after = _generated_bytes(layout)
     assert after == before

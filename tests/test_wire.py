@@ -27,8 +27,10 @@ from flopwatt.records import (
     Ack,
     AgentMessage,
     AgentSettings,
+    Attribution,
     Command,
     Conditions,
+    DeviceAttribution,
     DeviceCapabilities,
     DeviceInfo,
     DeviceKind,
@@ -38,6 +40,7 @@ from flopwatt.records import (
     GemmPoint,
     GemmResult,
     GemmShape,
+    GpuProcess,
     Heartbeat,
     JobResult,
     JobSpec,
@@ -46,6 +49,7 @@ from flopwatt.records import (
     ModelJobSpec,
     ModelResult,
     NodeInfo,
+    PodRef,
     RegisterRequest,
     RegisterResponse,
     RunJob,
@@ -576,6 +580,26 @@ AGENT_MESSAGES: dict[str, AgentMessage] = {
     "job_status": AgentMessage(EPOCH, 5, JobStatus("job-7", JobState.RUNNING, "sweep", 0.5)),
     "heartbeat": AgentMessage(EPOCH, 6, Heartbeat(NOW_NS)),
     "dropped": AgentMessage(EPOCH, U64_MAX, Dropped("spool full", 1200, "telemetry")),
+    "attribution": AgentMessage(
+        EPOCH,
+        7,
+        Attribution(
+            NOW_NS,
+            (
+                DeviceAttribution(
+                    "GPU-0",
+                    (
+                        GpuProcess(4242, "python3", 40 * 2**30, 0.87),
+                        GpuProcess(77, "", None, None),
+                    ),
+                    True,
+                    PodRef("ml-train", "llama-pretrain-0", "trainer"),
+                ),
+                DeviceAttribution("GPU-1"),
+                DeviceAttribution("GPU-2", (), True, None),
+            ),
+        ),
+    ),
 }
 
 
@@ -589,6 +613,18 @@ def test_agent_message_round_trip_every_payload(msg: AgentMessage) -> None:
 def test_every_payload_kind_is_covered() -> None:
     oneof = agent_pb2.AgentMessage.DESCRIPTOR.oneofs_by_name["payload"]
     assert {f.name for f in oneof.fields} == {m.kind for m in AGENT_MESSAGES.values()}
+
+
+def test_attribution_absent_values_stay_absent() -> None:
+    """Unknown memory or utilisation crosses as absent, never as 0; a zero crosses as 0."""
+    a = Attribution(1, (DeviceAttribution("GPU-0", (GpuProcess(1, "", 0, 0.0),), True),))
+    m = _reserialize(wire.attribution_to_proto(a))
+    assert m.devices[0].processes[0].HasField("used_memory_bytes")
+    assert m.devices[0].processes[0].HasField("sm_utilization_ratio")
+    assert wire.attribution_from_proto(m) == a
+    bare = _reserialize(wire.attribution_to_proto(Attribution(1, (DeviceAttribution("G"),))))
+    assert not bare.devices[0].HasField("pod")
+    assert wire.attribution_from_proto(bare).devices[0].pod is None
 
 
 def test_dropped_without_original_kind_means_telemetry() -> None:

@@ -15,6 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flopwatt import __version__
+from flopwatt.agent.attribution import (
+    DEFAULT_INTERVAL_S,
+    DEFAULT_REFRESH_S,
+    Attributor,
+    PodSource,
+    open_pod_source,
+)
 from flopwatt.agent.devices.base import Backend, Device
 from flopwatt.agent.jobs.runner import JobRunner
 from flopwatt.agent.sampler import Sampler
@@ -55,6 +62,13 @@ class AgentConfig:
     auth_backoff_s: float = 60.0
     job_options: dict[str, float] = field(default_factory=dict)
     """Overrides for job defaults (e.g. ``sustain_s`` for quick demos)."""
+    attribution_interval_s: float = DEFAULT_INTERVAL_S
+    """How often the processes and pods using each GPU are read (s); 0 turns attribution off."""
+    attribution_refresh_s: float = DEFAULT_REFRESH_S
+    """Longest gap between two attribution messages (s)."""
+    kubelet_socket: str = "auto"
+    """The kubelet pod-resources socket: a path, ``none``, or ``auto`` (the simulator's
+    ``--sim-pod`` map on the sim backend, else the default socket when it exists)."""
 
 
 class Agent:
@@ -64,9 +78,23 @@ class Agent:
         config: identity, collector, spool and intervals.
         backend: the device backend (nvml, cpu or sim).
         epoch: this run's epoch (random non-zero 64-bit by default).
+        pods: where pods come from (default: chosen by ``config.kubelet_socket``).
+
+    Raises:
+        ValueError: ``config.kubelet_socket`` names a socket that does not exist.
     """
 
-    def __init__(self, config: AgentConfig, backend: Backend, *, epoch: int | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        backend: Backend,
+        *,
+        epoch: int | None = None,
+        pods: PodSource | None = None,
+    ) -> None:
+        pod_source = pods
+        if pod_source is None and config.attribution_interval_s > 0:
+            pod_source = open_pod_source(config.kubelet_socket, backend)  # may raise: first
         self.config = config
         self.backend = backend
         self.epoch = epoch if epoch is not None else (secrets.randbits(64) or 1)
@@ -91,6 +119,15 @@ class Agent:
             device_backend=backend.name,
         )
         self.register = RegisterRequest(node, tuple(d.info for d in self.devices), self.epoch)
+        self.attributor: Attributor | None = None
+        if config.attribution_interval_s > 0:
+            self.attributor = Attributor(
+                self.devices,
+                self.emit,
+                pods=pod_source,
+                interval_s=config.attribution_interval_s,
+                refresh_s=max(config.attribution_refresh_s, config.attribution_interval_s),
+            )
         self.jobs = JobRunner(self, dict(config.job_options))
         self.final_spool_stats: SpoolStats | None = None
         """The spool's state when :meth:`run` ended (the spool is closed then)."""
@@ -170,6 +207,8 @@ class Agent:
                 loss.sequence,
             )
         self.sampler.start()
+        if self.attributor is not None:
+            self.attributor.start()
         uplink_stop = asyncio.Event()
         uplink = asyncio.create_task(self.uplink.run(uplink_stop))
         heartbeat = asyncio.create_task(self._heartbeats(stop))
@@ -177,6 +216,8 @@ class Agent:
             await stop.wait()
         finally:
             heartbeat.cancel()
+            if self.attributor is not None:
+                self.attributor.stop()
             self.sampler.stop(flush=True)
             self.spool.close_epoch(self.epoch)
             self.jobs.close()

@@ -21,10 +21,12 @@ from flopwatt.analysis.comparison import SpecComparison, compare_to_spec
 from flopwatt.analysis.registry import GpuSpec, Registry, UnknownSkuError
 from flopwatt.collector.state import Counters, DeviceState, FleetState
 from flopwatt.collector.validate import DeviceLimits, device_limits
+from flopwatt.collector.validate_attribution import AttributionError, check_attribution
 from flopwatt.jsonable import from_jsonable
 from flopwatt.records import (
     AgentMessage,
     AgentSettings,
+    Attribution,
     DeviceInfo,
     DeviceKind,
     Dropped,
@@ -35,6 +37,7 @@ from flopwatt.records import (
     RegisterResponse,
     TelemetryBatch,
 )
+from flopwatt.store.attribution import NEWEST_SPANS_SQL, span_from_row
 from flopwatt.store.base import MessageWrite, Outcome, Registration, Store, WriteOutcome
 from flopwatt.store.schema import epoch_from_db
 
@@ -255,6 +258,14 @@ class Ingest:
             return replace(base, result=p, comparison=self._compare(device, p))
         if isinstance(p, JobStatus):
             return replace(base, job_status=p)
+        if isinstance(p, Attribution):
+            try:
+                check_attribution(
+                    p, lambda uuid: self._device_of(agent_id, uuid).info, self.clock_ns()
+                )
+            except AttributionError as exc:
+                raise StructuralError(str(exc)) from None
+            return replace(base, attribution=p)
         if isinstance(p, Dropped):
             return replace(base, dropped_samples=p.samples)
         return base
@@ -330,6 +341,8 @@ class Ingest:
             return
         if outcome.latest:
             self.state.apply_latest(outcome.latest)
+        if write.attribution is not None:
+            self.state.apply_attribution(write.attribution)
         r = write.result
         if r is not None:
             if r.gemm is not None:
@@ -373,6 +386,17 @@ class Ingest:
                 )
             elif result.model is not None:
                 self.state.apply_model(result.device_uuid, result.model, result.finished_unix_ns)
+        self._load_attribution(device_uuids)
+
+    def _load_attribution(self, device_uuids: list[str] | None) -> None:
+        """Apply each device's newest stored attribution span (its current owners)."""
+        rows = self.store.query(NEWEST_SPANS_SQL)
+        wanted = None if device_uuids is None else set(device_uuids)
+        for row in rows:
+            if wanted is not None and row["device_uuid"] not in wanted:
+                continue
+            span = span_from_row(row, int(row["end_unix_ns"]))
+            self.state.apply_attribution(Attribution(span.end_unix_ns, (span.attribution,)))
 
     def rebuild(self) -> None:
         """Reload agents, devices and the latest results from the store into the state.

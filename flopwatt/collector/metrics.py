@@ -32,6 +32,11 @@ timestamp stays, so an operator can still see how long ago it went quiet. A devi
 agent has since registered is written once, under that agent. Spec-sheet and physics figures
 are per SKU (facts about the part, identical for every GPU of it) and join GPU series
 ``on(sku)``.
+
+Attribution (who uses a GPU) labels the live-efficiency series with the Kubernetes container
+the GPU is allocated to (``namespace``, ``pod``, ``container``: one set per GPU at a time) and
+gives the per-process series, at most :data:`~flopwatt.metrics_spec.PROCESS_SERIES_PER_GPU`
+per GPU (the busiest). An attribution not refreshed for three minutes labels nothing.
 """
 
 from __future__ import annotations
@@ -64,8 +69,14 @@ from flopwatt.collector.state import (
     ModelLatest,
     ScrapeView,
 )
-from flopwatt.metrics_spec import BY_NAME, GPU_LABELS, METRICS, MetricType
-from flopwatt.records import GPM_COLUMNS, DeviceKind, NodeInfo
+from flopwatt.metrics_spec import (
+    BY_NAME,
+    GPU_LABELS,
+    METRICS,
+    PROCESS_SERIES_PER_GPU,
+    MetricType,
+)
+from flopwatt.records import GPM_COLUMNS, DeviceKind, NodeInfo, busiest
 
 _MHZ = 1e6
 # (column, family, value of the family's own label); the column is in the family's unit.
@@ -140,6 +151,10 @@ _FEW_MIN = 256
 """Values of one series kind from which repeated values are looked for (see _value_texts)."""
 _FEW_SAMPLE = 128
 _ZERO_ONE: npt.NDArray[np.object_] = np.array([b"0.0", b"1.0"], dtype=object)
+
+ATTRIBUTION_FRESH_NS = 180_000_000_000
+"""An attribution older than this (three missed refreshes) labels nothing: its agent stopped
+reading it (ns)."""
 
 _Lines = list[bytes]
 """Pieces of the body, UTF-8, to be joined: lines that start with their line feed, or series'
@@ -468,7 +483,8 @@ class FleetMetrics:
             rows = layout.rows if fresh.all() else layout.rows[fresh[layout.agent_of]]
 
             self._gpu_series(view, rows, chunks)
-            self._estimates(view, rows, chunks)
+            pods = self._attribution(view, rows, chunks, now)
+            self._estimates(view, rows, chunks, pods)
             self._results(view, rows, chunks)
             skus: dict[str, GpuSpec] = {}
             for i in np.flatnonzero(fresh).tolist():
@@ -517,11 +533,66 @@ class FleetMetrics:
             prefixes = kept.prefix[_LIMIT_KEY][rows].tolist()
             chunks[_LIMIT_FAMILY].append(_interleave(prefixes, _value_texts(v)))
 
+    def _attribution(
+        self,
+        view: ScrapeView,
+        rows: npt.NDArray[np.intp],
+        chunks: dict[str, list[_Lines]],
+        now_unix_ns: int,
+    ) -> dict[int, str]:
+        """The process series of each device in ``rows`` with a fresh attribution (observed
+        within :data:`ATTRIBUTION_FRESH_NS`); returns row → its pod labels' text (``,namespace=
+        "…",pod="…",container="…"``) for the devices allocated to a pod."""
+        pods: dict[int, str] = {}
+        if not view.attributions or not len(rows):
+            return pods
+        wanted = np.zeros(len(view.values), dtype=np.bool_)
+        wanted[rows] = True
+        count: _Lines = []
+        util: _Lines = []
+        memory: _Lines = []
+        for uuid, (a, observed) in view.attributions.items():
+            r = view.rows.get(uuid)
+            if r is None or not wanted[r] or now_unix_ns - observed > ATTRIBUTION_FRESH_NS:
+                continue
+            pod = ""
+            if a.pod is not None:
+                pod = (
+                    f',namespace="{_escape(a.pod.namespace)}",pod="{_escape(a.pod.pod)}",'
+                    f'container="{_escape(a.pod.container)}"'
+                )
+                pods[r] = pod
+            if not a.processes_known:
+                continue
+            base = self._rows.labels[r] + pod
+            count.append(f"\nflopwatt_gpu_compute_processes{{{base}}} {len(a.processes)}".encode())
+            for proc in busiest(a.processes, PROCESS_SERIES_PER_GPU):
+                head = f'{{{base},pid="{proc.pid}",process="{_escape(proc.name)}"}} '
+                if proc.sm_utilization_ratio is not None:
+                    util.append(
+                        f"\nflopwatt_gpu_process_sm_utilization_ratio{head}"
+                        f"{_num(proc.sm_utilization_ratio)}".encode()
+                    )
+                if proc.used_memory_bytes is not None:
+                    memory.append(
+                        f"\nflopwatt_gpu_process_used_memory_bytes{head}"
+                        f"{_num(proc.used_memory_bytes)}".encode()
+                    )
+        chunks["flopwatt_gpu_compute_processes"].append(count)
+        chunks["flopwatt_gpu_process_sm_utilization_ratio"].append(util)
+        chunks["flopwatt_gpu_process_used_memory_bytes"].append(memory)
+        return pods
+
     def _estimates(
-        self, view: ScrapeView, rows: npt.NDArray[np.intp], chunks: dict[str, list[_Lines]]
+        self,
+        view: ScrapeView,
+        rows: npt.NDArray[np.intp],
+        chunks: dict[str, list[_Lines]],
+        pods: Mapping[int, str],
     ) -> None:
         """The live-efficiency estimate of each device in ``rows`` whose latest sample has GPM
-        pipe activity (:mod:`flopwatt.analysis.live_efficiency`)."""
+        pipe activity (:mod:`flopwatt.analysis.live_efficiency`), labelled with the pod the
+        device is allocated to (``pods``: row → pod labels' text)."""
         if not len(rows):
             return
         have = view.present[rows][:, _PIPE_INDEXES].any(axis=1)
@@ -547,7 +618,7 @@ class FleetMetrics:
             if est is None:
                 continue
             head = f'{{{self._rows.labels[r]},precision="{est.precision.value}",'
-            head += f'basis="{est.basis.value}"}} '
+            head += f'basis="{est.basis.value}"{pods.get(r, "")}}} '
             flops.append(
                 f"\nflopwatt_gpu_estimated_flops_per_second{head}{_num(est.flops_per_s)}".encode()
             )

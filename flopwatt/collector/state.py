@@ -32,11 +32,14 @@ from flopwatt.analysis.comparison import SpecComparison
 from flopwatt.analysis.registry import GpuSpec
 from flopwatt.records import (
     TELEMETRY_COLUMN_NAMES,
+    Attribution,
+    DeviceAttribution,
     DeviceInfo,
     GemmResult,
     ModelResult,
     NodeInfo,
 )
+from flopwatt.store.attribution import owner_key
 from flopwatt.store.latest import LatestBlock
 
 #: Bucket upper bounds (s) for the commit-latency histogram.
@@ -102,6 +105,10 @@ class DeviceState:
     sku_match: str
     gemm: dict[str, GemmLatest] = field(default_factory=dict)
     models: dict[tuple[str, int, str], ModelLatest] = field(default_factory=dict)
+    attribution: DeviceAttribution | None = None
+    """Who uses the device, as last observed (None: never told)."""
+    attribution_unix_ns: int = 0
+    """When :attr:`attribution` was observed (ns since the Unix epoch; 0: never)."""
     _values: _ValueSource | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -238,6 +245,9 @@ class ScrapeView:
     """(uuid, GEMM results by precision, model results by (model, batch, precision)) of every
     device that has a result."""
     counters: Counters
+    attributions: Mapping[str, tuple[DeviceAttribution, int]] = field(default_factory=dict)
+    """uuid → (its newest attribution, when it was observed in ns since the Unix epoch), for
+    every device that has one."""
 
 
 StateEvent = tuple[Any, ...]
@@ -268,6 +278,7 @@ class FleetState:
         self._agents: dict[str, AgentState] = {}
         self._devices: dict[str, DeviceState] = {}
         self._with_results: set[str] = set()
+        self._with_attribution: set[str] = set()
         self._counters = Counters()
         self._journal: list[StateEvent] | None = [] if journal else None
         self._version = 0
@@ -312,7 +323,16 @@ class FleetState:
         agents = {k: _copy_agent(a) for k, a in snapshot.agents.items()}
         devices: dict[str, DeviceState] = {}
         for uuid, d in snapshot.devices.items():
-            c = DeviceState(d.info, d.agent_id, d.spec, d.sku_match, d.gemm, d.models)
+            c = DeviceState(
+                d.info,
+                d.agent_id,
+                d.spec,
+                d.sku_match,
+                d.gemm,
+                d.models,
+                d.attribution,
+                d.attribution_unix_ns,
+            )
             c._values = self
             devices[uuid] = c
         uuids = list(devices)
@@ -340,6 +360,7 @@ class FleetState:
             self._agents = agents
             self._devices = devices
             self._with_results = {u for u, d in devices.items() if d.gemm or d.models}
+            self._with_attribution = {u for u, d in devices.items() if d.attribution is not None}
             self._counters = copy.deepcopy(snapshot.counters)
             self._rows = {u: r for r, u in enumerate(uuids)}
             self._values, self._present, self._stamps = values, present, stamps
@@ -358,6 +379,8 @@ class FleetState:
             self.apply_gemm(*args)
         elif kind == "model":
             self.apply_model(*args)
+        elif kind == "attribution":
+            self.apply_attribution(*args)
         else:
             raise ValueError(f"unknown state event {kind!r}")
 
@@ -397,6 +420,12 @@ class FleetState:
                 prev = self._devices.get(uuid)
                 if prev is not None:  # keep results across re-registration
                     d.gemm, d.models = prev.gemm, prev.models
+                    d.attribution, d.attribution_unix_ns = (
+                        prev.attribution,
+                        prev.attribution_unix_ns,
+                    )
+                    if d.attribution is not None:
+                        self._with_attribution.add(uuid)
                 if uuid not in self._rows:
                     self._add_row(uuid)
                 d._values = self
@@ -478,6 +507,21 @@ class FleetState:
                 d.models = {**d.models, key: ModelLatest(result, finished_unix_ns)}
                 self._with_results.add(uuid)
 
+    def apply_attribution(self, attribution: Attribution) -> None:
+        """Record a committed attribution: each device it names takes it unless the device
+        already holds a newer one; devices not registered are skipped."""
+        with self._lock:
+            if self._journal is not None:
+                self._journal.append(("attribution", attribution))
+            at = attribution.observed_unix_ns
+            for a in attribution.devices:
+                d = self._devices.get(a.device_uuid)
+                if d is not None and d.attribution_unix_ns <= at:
+                    if d.attribution is None or owner_key(d.attribution) != owner_key(a):
+                        self._version += 1  # the labels a render caches by version changed
+                    d.attribution, d.attribution_unix_ns = a, at
+                    self._with_attribution.add(a.device_uuid)
+
     def count(self, mutate: Callable[[Counters], Any]) -> None:
         """Update counters under the lock: ``state.count(lambda c: ...)``."""
         with self._lock:
@@ -544,6 +588,11 @@ class FleetState:
                 present=self._present[:n].copy(),
                 results=[(u, devices[u].gemm, devices[u].models) for u in self._with_results],
                 counters=copy.deepcopy(self._counters),
+                attributions={
+                    u: (a, devices[u].attribution_unix_ns)
+                    for u in self._with_attribution
+                    if (a := devices[u].attribution) is not None
+                },
             )
 
     # --- internals (under the lock) ------------------------------------------------------

@@ -82,6 +82,30 @@ def _sku_choices() -> list[str]:
     "computing nothing), each optionally @GPU_INDEX (repeatable).",
 )
 @click.option(
+    "--sim-pod",
+    "sim_pods",
+    multiple=True,
+    help="NAMESPACE/POD/CONTAINER@GPU_INDEX: the Kubernetes container a simulated GPU is "
+    "allocated to, as the kubelet would say (repeatable; used when --kubelet-socket is auto).",
+)
+@click.option(
+    "--kubelet-socket",
+    default="auto",
+    show_default=True,
+    help="The kubelet pod-resources socket that says which pod/namespace/container holds each "
+    "GPU (read-only): a path, 'none', or 'auto' (/var/lib/kubelet/pod-resources/kubelet.sock "
+    "when it exists; the --sim-pod map on the sim backend).",
+)
+@click.option(
+    "--attribution-interval",
+    "attribution_interval_s",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="How often the processes (NVML) and pods using each GPU are read (s); sent when they "
+    "change and at least every 60 s. 0 turns attribution off.",
+)
+@click.option(
     "--spool",
     "spool_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -142,6 +166,9 @@ def agent(
     sim_seed: int,
     sim_faults: tuple[str, ...],
     sim_workloads: tuple[str, ...],
+    sim_pods: tuple[str, ...],
+    kubelet_socket: str,
+    attribution_interval_s: float,
     spool_path: Path | None,
     spool_max_mb: float,
     interval_s: float,
@@ -161,7 +188,7 @@ def agent(
     from flopwatt.agent.devices import open_backend
     from flopwatt.agent.devices.base import BackendUnavailable
     from flopwatt.agent.devices.sim import parse_fault
-    from flopwatt.agent.devices.sim_workload import parse_workload
+    from flopwatt.agent.devices.sim_workload import parse_pod, parse_workload
 
     host = hostname or default_hostname()
     if device_backend == "sim":
@@ -180,6 +207,16 @@ def agent(
                 parse_workload(workload)
             except ValueError as exc:
                 raise click.BadParameter(str(exc), param_hint="--sim-workload") from None
+        for pod in sim_pods:
+            try:
+                parse_pod(pod)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--sim-pod") from None
+    if kubelet_socket not in ("auto", "none") and not Path(kubelet_socket).exists():
+        raise click.BadParameter(
+            f"{kubelet_socket} does not exist (accepted: a socket path, auto or none)",
+            param_hint="--kubelet-socket",
+        )
     if token_file is not None:
         try:
             read_token_file(token_file)
@@ -193,6 +230,7 @@ def agent(
             seed=sim_seed,
             faults=list(sim_faults),
             workloads=list(sim_workloads),
+            pods=list(sim_pods),
             host=host,
         )
     except (BackendUnavailable, ValueError) as exc:
@@ -204,8 +242,14 @@ def agent(
         spool_max_bytes=int(spool_max_mb * 1024 * 1024),
         interval_s=interval_s,
         batch_interval_s=batch_interval_s,
+        attribution_interval_s=attribution_interval_s,
+        kubelet_socket=kubelet_socket,
     )
-    instance = Agent(config, backend)
+    try:
+        instance = Agent(config, backend)
+    except ValueError as exc:
+        backend.close()
+        raise click.ClickException(str(exc)) from None
     log.info(
         "agent %s: %d %s device(s), epoch %d, collector %s, spool %s",
         host,

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from flopwatt.analysis.comparison import SpecComparison
 from flopwatt.jsonable import dumps
 from flopwatt.records import (
+    Attribution,
     DeviceInfo,
     JobResult,
     JobState,
@@ -71,6 +72,8 @@ class MessageWrite:
     result: JobResult | None = None
     comparison: SpecComparison | None = None
     job_status: JobStatus | None = None
+    attribution: Attribution | None = None
+    """Validated attribution (its devices all registered by ``agent_id``)."""
     dropped_samples: int = 0
     """For a tombstone: telemetry samples the agent dropped from its spool."""
     telemetry_wire: bytes | None = None

@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from flopwatt.records import DeviceInfo, JobResult, JobState, NodeInfo
+from flopwatt.store.attribution import store_attribution
 from flopwatt.store.base import (
     COMPARISON_FIELDS,
     PROBE_BYTES,
@@ -363,6 +364,13 @@ class PostgresStore:
                 "WHERE job_id=%s AND agent_id=%s",
                 (int(js.state), js.message, w.received_unix_ns, js.job_id, w.agent_id),
             )
+        if w.attribution is not None:
+
+            def execute(sql: str, params: tuple[Any, ...]) -> list[Any]:
+                cur = c.execute(_q(sql), params)
+                return list(cur.fetchall()) if cur.description is not None else []
+
+            store_attribution(execute, w.agent_id, w.attribution)
 
     @staticmethod
     def _store_result(c: Any, key: tuple[str, int, int], r: JobResult) -> None:

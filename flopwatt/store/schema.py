@@ -312,6 +312,29 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             PostgresOnly("DROP TABLE telemetry_rollups_v5"),
         ),
     ),
+    (
+        7,
+        (
+            # Attribution (flopwatt.store.attribution): while one workload (pod, processes)
+            # held a GPU. One row per run of unchanged owners, extended in place: a handful of
+            # rows per GPU per day, pruned with the results.
+            """CREATE TABLE gpu_attribution (
+                device_uuid TEXT NOT NULL,
+                start_unix_ns INTEGER NOT NULL,
+                end_unix_ns INTEGER NOT NULL,
+                agent_id TEXT NOT NULL,
+                namespace TEXT NOT NULL,
+                pod TEXT NOT NULL,
+                container TEXT NOT NULL,
+                job TEXT NOT NULL,
+                processes_known INTEGER NOT NULL,
+                owner_key TEXT NOT NULL,
+                processes_json TEXT NOT NULL,
+                PRIMARY KEY (device_uuid, start_unix_ns)
+            )""",
+            "CREATE INDEX gpu_attribution_by_end ON gpu_attribution (end_unix_ns)",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

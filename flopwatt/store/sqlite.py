@@ -41,6 +41,7 @@ from flopwatt.records import (
     JobState,
     NodeInfo,
 )
+from flopwatt.store.attribution import store_attribution
 from flopwatt.store.base import (
     AGENT_UPSERT,
     COMPARISON_FIELDS,
@@ -551,6 +552,12 @@ class SQLiteStore:
                 "WHERE job_id=? AND agent_id=?",
                 (int(js.state), js.message, w.received_unix_ns, js.job_id, w.agent_id),
             )
+        if w.attribution is not None:
+
+            def execute(sql: str, params: tuple[Any, ...]) -> list[Any]:
+                return c.execute(sql, params).fetchall()
+
+            store_attribution(execute, w.agent_id, w.attribution)
 
     def _store_result(self, c: sqlite3.Connection, key: tuple[str, int, int], r: JobResult) -> None:
         row = job_result_row(key, r)

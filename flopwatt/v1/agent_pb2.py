@@ -22,46 +22,47 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from flopwatt.v1 import attribution_pb2 as flopwatt_dot_v1_dot_attribution__pb2
 from flopwatt.v1 import common_pb2 as flopwatt_dot_v1_dot_common__pb2
 from flopwatt.v1 import jobs_pb2 as flopwatt_dot_v1_dot_jobs__pb2
 from flopwatt.v1 import telemetry_pb2 as flopwatt_dot_v1_dot_telemetry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66lopwatt/v1/agent.proto\x12\x0b\x66lopwatt.v1\x1a\x18\x66lopwatt/v1/common.proto\x1a\x16\x66lopwatt/v1/jobs.proto\x1a\x1b\x66lopwatt/v1/telemetry.proto\"o\n\x0fRegisterRequest\x12#\n\x04node\x18\x01 \x01(\x0b\x32\x15.flopwatt.v1.NodeInfo\x12(\n\x07\x64\x65vices\x18\x02 \x03(\x0b\x32\x17.flopwatt.v1.DeviceInfo\x12\r\n\x05\x65poch\x18\x03 \x01(\x06\"D\n\rAgentSettings\x12\x19\n\x11sample_interval_s\x18\x01 \x01(\x01\x12\x18\n\x10\x62\x61tch_interval_s\x18\x02 \x01(\x01\"m\n\x10RegisterResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12,\n\x08settings\x18\x02 \x01(\x0b\x32\x1a.flopwatt.v1.AgentSettings\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\r\"F\n\x0bStreamHello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x06\x12\x16\n\x0epending_epochs\x18\x03 \x03(\x06\"A\n\x07\x44ropped\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07samples\x18\x02 \x01(\r\x12\x15\n\roriginal_kind\x18\x03 \x01(\t\"!\n\tHeartbeat\x12\x14\n\x0csent_unix_ns\x18\x01 \x01(\x03\"\xc9\x02\n\x0c\x41gentMessage\x12\r\n\x05\x65poch\x18\x01 \x01(\x06\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12)\n\x05hello\x18\x03 \x01(\x0b\x32\x18.flopwatt.v1.StreamHelloH\x00\x12\x30\n\ttelemetry\x18\x04 \x01(\x0b\x32\x1b.flopwatt.v1.TelemetryBatchH\x00\x12,\n\njob_result\x18\x05 \x01(\x0b\x32\x16.flopwatt.v1.JobResultH\x00\x12,\n\njob_status\x18\x06 \x01(\x0b\x32\x16.flopwatt.v1.JobStatusH\x00\x12+\n\theartbeat\x18\x07 \x01(\x0b\x32\x16.flopwatt.v1.HeartbeatH\x00\x12\'\n\x07\x64ropped\x18\x08 \x01(\x0b\x32\x14.flopwatt.v1.DroppedH\x00\x42\t\n\x07payload\"/\n\x03\x41\x63k\x12\r\n\x05\x65poch\x18\x01 \x01(\x06\x12\x19\n\x11\x63ommitted_through\x18\x02 \x01(\x04\"G\n\x0fSampleRejection\x12\x13\n\x0b\x64\x65vice_uuid\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07samples\x18\x03 \x01(\r\"\x85\x01\n\tRejection\x12\r\n\x05\x65poch\x18\x01 \x01(\x06\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x18\n\x10message_rejected\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12-\n\x07samples\x18\x05 \x03(\x0b\x32\x1c.flopwatt.v1.SampleRejection\"<\n\x06RunJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\"\n\x04spec\x18\x02 \x01(\x0b\x32\x14.flopwatt.v1.JobSpec\".\n\x11SetSampleInterval\x12\x19\n\x11sample_interval_s\x18\x01 \x01(\x01\"\x8c\x01\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12&\n\x07run_job\x18\x02 \x01(\x0b\x32\x13.flopwatt.v1.RunJobH\x00\x12=\n\x13set_sample_interval\x18\x03 \x01(\x0b\x32\x1e.flopwatt.v1.SetSampleIntervalH\x00\x42\x06\n\x04kind\"\x94\x01\n\x10\x43ollectorMessage\x12\x1f\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x10.flopwatt.v1.AckH\x00\x12\'\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x14.flopwatt.v1.CommandH\x00\x12+\n\trejection\x18\x03 \x01(\x0b\x32\x16.flopwatt.v1.RejectionH\x00\x42\t\n\x07payload2\x9f\x01\n\x0c\x41gentService\x12G\n\x08Register\x12\x1c.flopwatt.v1.RegisterRequest\x1a\x1d.flopwatt.v1.RegisterResponse\x12\x46\n\x06Stream\x12\x19.flopwatt.v1.AgentMessage\x1a\x1d.flopwatt.v1.CollectorMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66lopwatt/v1/agent.proto\x12\x0b\x66lopwatt.v1\x1a\x1d\x66lopwatt/v1/attribution.proto\x1a\x18\x66lopwatt/v1/common.proto\x1a\x16\x66lopwatt/v1/jobs.proto\x1a\x1b\x66lopwatt/v1/telemetry.proto\"o\n\x0fRegisterRequest\x12#\n\x04node\x18\x01 \x01(\x0b\x32\x15.flopwatt.v1.NodeInfo\x12(\n\x07\x64\x65vices\x18\x02 \x03(\x0b\x32\x17.flopwatt.v1.DeviceInfo\x12\r\n\x05\x65poch\x18\x03 \x01(\x06\"D\n\rAgentSettings\x12\x19\n\x11sample_interval_s\x18\x01 \x01(\x01\x12\x18\n\x10\x62\x61tch_interval_s\x18\x02 \x01(\x01\"m\n\x10RegisterResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12,\n\x08settings\x18\x02 \x01(\x0b\x32\x1a.flopwatt.v1.AgentSettings\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\r\"F\n\x0bStreamHello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x06\x12\x16\n\x0epending_epochs\x18\x03 \x03(\x06\"A\n\x07\x44ropped\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07samples\x18\x02 \x01(\r\x12\x15\n\roriginal_kind\x18\x03 \x01(\t\"!\n\tHeartbeat\x12\x14\n\x0csent_unix_ns\x18\x01 \x01(\x03\"\xfa\x02\n\x0c\x41gentMessage\x12\r\n\x05\x65poch\x18\x01 \x01(\x06\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12)\n\x05hello\x18\x03 \x01(\x0b\x32\x18.flopwatt.v1.StreamHelloH\x00\x12\x30\n\ttelemetry\x18\x04 \x01(\x0b\x32\x1b.flopwatt.v1.TelemetryBatchH\x00\x12,\n\njob_result\x18\x05 \x01(\x0b\x32\x16.flopwatt.v1.JobResultH\x00\x12,\n\njob_status\x18\x06 \x01(\x0b\x32\x16.flopwatt.v1.JobStatusH\x00\x12+\n\theartbeat\x18\x07 \x01(\x0b\x32\x16.flopwatt.v1.HeartbeatH\x00\x12\'\n\x07\x64ropped\x18\x08 \x01(\x0b\x32\x14.flopwatt.v1.DroppedH\x00\x12/\n\x0b\x61ttribution\x18\t \x01(\x0b\x32\x18.flopwatt.v1.AttributionH\x00\x42\t\n\x07payload\"/\n\x03\x41\x63k\x12\r\n\x05\x65poch\x18\x01 \x01(\x06\x12\x19\n\x11\x63ommitted_through\x18\x02 \x01(\x04\"G\n\x0fSampleRejection\x12\x13\n\x0b\x64\x65vice_uuid\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07samples\x18\x03 \x01(\r\"\x85\x01\n\tRejection\x12\r\n\x05\x65poch\x18\x01 \x01(\x06\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x18\n\x10message_rejected\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12-\n\x07samples\x18\x05 \x03(\x0b\x32\x1c.flopwatt.v1.SampleRejection\"<\n\x06RunJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\"\n\x04spec\x18\x02 \x01(\x0b\x32\x14.flopwatt.v1.JobSpec\".\n\x11SetSampleInterval\x12\x19\n\x11sample_interval_s\x18\x01 \x01(\x01\"\x8c\x01\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12&\n\x07run_job\x18\x02 \x01(\x0b\x32\x13.flopwatt.v1.RunJobH\x00\x12=\n\x13set_sample_interval\x18\x03 \x01(\x0b\x32\x1e.flopwatt.v1.SetSampleIntervalH\x00\x42\x06\n\x04kind\"\x94\x01\n\x10\x43ollectorMessage\x12\x1f\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x10.flopwatt.v1.AckH\x00\x12\'\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x14.flopwatt.v1.CommandH\x00\x12+\n\trejection\x18\x03 \x01(\x0b\x32\x16.flopwatt.v1.RejectionH\x00\x42\t\n\x07payload2\x9f\x01\n\x0c\x41gentService\x12G\n\x08Register\x12\x1c.flopwatt.v1.RegisterRequest\x1a\x1d.flopwatt.v1.RegisterResponse\x12\x46\n\x06Stream\x12\x19.flopwatt.v1.AgentMessage\x1a\x1d.flopwatt.v1.CollectorMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flopwatt.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REGISTERREQUEST']._serialized_start=119
-  _globals['_REGISTERREQUEST']._serialized_end=230
-  _globals['_AGENTSETTINGS']._serialized_start=232
-  _globals['_AGENTSETTINGS']._serialized_end=300
-  _globals['_REGISTERRESPONSE']._serialized_start=302
-  _globals['_REGISTERRESPONSE']._serialized_end=411
-  _globals['_STREAMHELLO']._serialized_start=413
-  _globals['_STREAMHELLO']._serialized_end=483
-  _globals['_DROPPED']._serialized_start=485
-  _globals['_DROPPED']._serialized_end=550
-  _globals['_HEARTBEAT']._serialized_start=552
-  _globals['_HEARTBEAT']._serialized_end=585
-  _globals['_AGENTMESSAGE']._serialized_start=588
-  _globals['_AGENTMESSAGE']._serialized_end=917
-  _globals['_ACK']._serialized_start=919
-  _globals['_ACK']._serialized_end=966
-  _globals['_SAMPLEREJECTION']._serialized_start=968
-  _globals['_SAMPLEREJECTION']._serialized_end=1039
-  _globals['_REJECTION']._serialized_start=1042
-  _globals['_REJECTION']._serialized_end=1175
-  _globals['_RUNJOB']._serialized_start=1177
-  _globals['_RUNJOB']._serialized_end=1237
-  _globals['_SETSAMPLEINTERVAL']._serialized_start=1239
-  _globals['_SETSAMPLEINTERVAL']._serialized_end=1285
-  _globals['_COMMAND']._serialized_start=1288
-  _globals['_COMMAND']._serialized_end=1428
-  _globals['_COLLECTORMESSAGE']._serialized_start=1431
-  _globals['_COLLECTORMESSAGE']._serialized_end=1579
-  _globals['_AGENTSERVICE']._serialized_start=1582
-  _globals['_AGENTSERVICE']._serialized_end=1741
+  _globals['_REGISTERREQUEST']._serialized_start=150
+  _globals['_REGISTERREQUEST']._serialized_end=261
+  _globals['_AGENTSETTINGS']._serialized_start=263
+  _globals['_AGENTSETTINGS']._serialized_end=331
+  _globals['_REGISTERRESPONSE']._serialized_start=333
+  _globals['_REGISTERRESPONSE']._serialized_end=442
+  _globals['_STREAMHELLO']._serialized_start=444
+  _globals['_STREAMHELLO']._serialized_end=514
+  _globals['_DROPPED']._serialized_start=516
+  _globals['_DROPPED']._serialized_end=581
+  _globals['_HEARTBEAT']._serialized_start=583
+  _globals['_HEARTBEAT']._serialized_end=616
+  _globals['_AGENTMESSAGE']._serialized_start=619
+  _globals['_AGENTMESSAGE']._serialized_end=997
+  _globals['_ACK']._serialized_start=999
+  _globals['_ACK']._serialized_end=1046
+  _globals['_SAMPLEREJECTION']._serialized_start=1048
+  _globals['_SAMPLEREJECTION']._serialized_end=1119
+  _globals['_REJECTION']._serialized_start=1122
+  _globals['_REJECTION']._serialized_end=1255
+  _globals['_RUNJOB']._serialized_start=1257
+  _globals['_RUNJOB']._serialized_end=1317
+  _globals['_SETSAMPLEINTERVAL']._serialized_start=1319
+  _globals['_SETSAMPLEINTERVAL']._serialized_end=1365
+  _globals['_COMMAND']._serialized_start=1368
+  _globals['_COMMAND']._serialized_end=1508
+  _globals['_COLLECTORMESSAGE']._serialized_start=1511
+  _globals['_COLLECTORMESSAGE']._serialized_end=1659
+  _globals['_AGENTSERVICE']._serialized_start=1662
+  _globals['_AGENTSERVICE']._serialized_end=1821
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from flopwatt.v1 import attribution_pb2 as _attribution_pb2
 from flopwatt.v1 import common_pb2 as _common_pb2
 from flopwatt.v1 import jobs_pb2 as _jobs_pb2
 from flopwatt.v1 import telemetry_pb2 as _telemetry_pb2
@@ -64,7 +65,7 @@ class Heartbeat(_message.Message):
     def __init__(self, sent_unix_ns: _Optional[int] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("epoch", "sequence", "hello", "telemetry", "job_result", "job_status", "heartbeat", "dropped")
+    __slots__ = ("epoch", "sequence", "hello", "telemetry", "job_result", "job_status", "heartbeat", "dropped", "attribution")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +74,7 @@ class AgentMessage(_message.Message):
     JOB_STATUS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     sequence: int
     hello: StreamHello
@@ -81,7 +83,8 @@ class AgentMessage(_message.Message):
     job_status: _jobs_pb2.JobStatus
     heartbeat: Heartbeat
     dropped: Dropped
-    def __init__(self, epoch: _Optional[int] = ..., sequence: _Optional[int] = ..., hello: _Optional[_Union[StreamHello, _Mapping]] = ..., telemetry: _Optional[_Union[_telemetry_pb2.TelemetryBatch, _Mapping]] = ..., job_result: _Optional[_Union[_jobs_pb2.JobResult, _Mapping]] = ..., job_status: _Optional[_Union[_jobs_pb2.JobStatus, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., dropped: _Optional[_Union[Dropped, _Mapping]] = ...) -> None: ...
+    attribution: _attribution_pb2.Attribution
+    def __init__(self, epoch: _Optional[int] = ..., sequence: _Optional[int] = ..., hello: _Optional[_Union[StreamHello, _Mapping]] = ..., telemetry: _Optional[_Union[_telemetry_pb2.TelemetryBatch, _Mapping]] = ..., job_result: _Optional[_Union[_jobs_pb2.JobResult, _Mapping]] = ..., job_status: _Optional[_Union[_jobs_pb2.JobStatus, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., dropped: _Optional[_Union[Dropped, _Mapping]] = ..., attribution: _Optional[_Union[_attribution_pb2.Attribution, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("epoch", "committed_through")

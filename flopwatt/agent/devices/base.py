@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Protocol, runtime_checkable
 
-from flopwatt.records import DeviceInfo, SoftwareVersions
+from flopwatt.records import DeviceInfo, GpuProcess, SoftwareVersions
 
 
 class DeviceError(Exception):
@@ -99,6 +99,22 @@ class Device(Protocol):
 
         Raises:
             DeviceLost: the device is gone; the caller stops sampling it.
+        """
+        ...
+
+
+@runtime_checkable
+class ProcessLister(Protocol):
+    """A device that can say which processes use it (nvml, sim; not cpu)."""
+
+    def compute_processes(self) -> tuple[GpuProcess, ...] | None:
+        """The processes with a compute context on this device now, with what the backend
+        knows of each (memory, per-process SM utilisation since the previous call); ``name``
+        may be "" (the caller reads ``/proc``). None: the backend cannot tell now (not
+        supported, no permission) — unknown, never "no processes".
+
+        Raises:
+            DeviceLost: the device is gone.
         """
         ...
 

@@ -27,6 +27,12 @@ GPM pipe activity (Hopper and newer, not under MIG) is read per tick pair by
 ECC volatile error counts and XID events are read only where cheap, by :meth:`NvmlDevice.health`
 (the :class:`~flopwatt.agent.devices.base.Snapshot` has no fields for them).
 
+Which processes use a GPU (:meth:`NvmlDevice.compute_processes`, the
+:class:`~flopwatt.agent.devices.base.ProcessLister` of the attribution thread, every few seconds)
+comes from ``nvmlDeviceGetComputeRunningProcesses`` (memory per process) and
+``nvmlDeviceGetProcessUtilization`` (SM utilisation per process since the previous call). Both
+are probed on first use rather than at open, so a node that never attributes never asks.
+
 Devices are keyed by UUID; ``CUDA_VISIBLE_DEVICES`` decides each GPU's torch index
 (:func:`cuda_visible_torch_indices`). The NVML module is injected (``NvmlBackend(nvml=...)``) so
 tests run against a typed fake; :meth:`NvmlBackend.open` imports the real ``pynvml``. No state
@@ -41,7 +47,7 @@ import platform
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
@@ -57,7 +63,13 @@ from flopwatt.agent.devices.base import (
     Snapshot,
 )
 from flopwatt.agent.devices.nvml_gpm import GpmReader
-from flopwatt.records import DeviceCapabilities, DeviceInfo, DeviceKind, SoftwareVersions
+from flopwatt.records import (
+    DeviceCapabilities,
+    DeviceInfo,
+    DeviceKind,
+    GpuProcess,
+    SoftwareVersions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +115,26 @@ class NvmlEventData(Protocol):
 
     eventType: int  # noqa: N815
     eventData: int  # noqa: N815
+
+
+class NvmlProcessInfo(Protocol):
+    """What we read of one entry of ``nvmlDeviceGetComputeRunningProcesses`` (pynvml's friendly
+    object made from ``c_nvmlProcessInfo_t``; ``gpuInstanceId`` / ``computeInstanceId`` are not
+    read)."""
+
+    pid: int
+    usedGpuMemory: int | None  # noqa: N815
+    """Bytes; None where NVML says ``NVML_VALUE_NOT_AVAILABLE`` (pynvml maps it to None)."""
+
+
+class NvmlProcessUtilizationSample(Protocol):
+    """What we read of ``c_nvmlProcessUtilizationSample_t``."""
+
+    pid: int
+    timeStamp: int  # noqa: N815
+    """CPU time of the sample (µs), comparable with the ``lastSeenTimeStamp`` argument."""
+    smUtil: int  # noqa: N815
+    """Percent of the sample period in which a kernel of this process ran on the SMs."""
 
 
 class NvmlApi(Protocol):
@@ -154,6 +186,12 @@ class NvmlApi(Protocol):
     ) -> None: ...
     def nvmlEventSetWait(self, event_set: Any, timeoutms: int, /) -> NvmlEventData: ...  # noqa: N802
     def nvmlEventSetFree(self, event_set: Any, /) -> None: ...  # noqa: N802
+    def nvmlDeviceGetComputeRunningProcesses(  # noqa: N802
+        self, handle: Any, /
+    ) -> Sequence[NvmlProcessInfo]: ...
+    def nvmlDeviceGetProcessUtilization(  # noqa: N802
+        self, handle: Any, last_seen_us: int, /
+    ) -> Sequence[NvmlProcessUtilizationSample]: ...
 
 
 # --- errors: one table ----------------------------------------------------------------------
@@ -226,6 +264,7 @@ class _Constants:
 
     success: int
     error_timeout: int | None
+    error_not_found: int | None
     fi_power_instant: int | None
     fi_power_average: int | None
     fi_memory_temp: int | None
@@ -279,6 +318,7 @@ class _Constants:
         return cls(
             success=need("NVML_SUCCESS"),
             error_timeout=maybe("NVML_ERROR_TIMEOUT"),
+            error_not_found=maybe("NVML_ERROR_NOT_FOUND"),
             fi_power_instant=maybe("NVML_FI_DEV_POWER_INSTANT"),
             fi_power_average=maybe("NVML_FI_DEV_POWER_AVERAGE"),
             fi_memory_temp=maybe("NVML_FI_DEV_MEMORY_TEMP"),
@@ -313,6 +353,13 @@ class _Nvml:
         """Times intervals (GPM sample pairs), immune to wall-clock steps."""
         self.const = _Constants.resolve(nvml)
         self.codes = nvml_error_codes(nvml)
+        # pynvml raises NVMLLibraryMismatchError, which is not an NVMLError, where an unversioned
+        # call (nvmlDeviceGetComputeRunningProcesses) finds the driver lacks the versioned
+        # symbol: FUNCTION_NOT_FOUND in other words, caught here so that it maps like that code.
+        mismatch = getattr(nvml, "NVMLLibraryMismatchError", None)
+        self._errors: tuple[type[Exception], ...] = (nvml.NVMLError,)
+        if isinstance(mismatch, type) and issubclass(mismatch, Exception):
+            self._errors += (mismatch,)
         self.closed = False
         self._optional: dict[str, Callable[..., Any] | None] = {}
         self._lock = threading.Lock()
@@ -328,13 +375,32 @@ class _Nvml:
             raise BackendUnavailable("the NVML backend is closed")
         try:
             return fn(*args)
-        except self.api.NVMLError as e:
-            code = getattr(e, "value", None)
-            raise map_nvml_error(
-                code if isinstance(code, int) else None,
-                self.codes,
-                f"{getattr(fn, '__name__', fn)}: {e}",
-            ) from e
+        except self._errors as e:
+            raise self._error(fn, e) from e
+
+    def call_unless(self, quiet: Collection[int], fn: Callable[..., T], *args: Any) -> T | None:
+        """As :meth:`call`, but None where NVML answers one of the ``quiet`` codes: answers that
+        mean "nothing to report" for this call (an empty event set, no sample since a
+        timestamp), not a failure.
+
+        Raises:
+            As :meth:`call`.
+        """
+        if self.closed:
+            raise BackendUnavailable("the NVML backend is closed")
+        try:
+            return fn(*args)
+        except self._errors as e:
+            if getattr(e, "value", None) in quiet:
+                return None
+            raise self._error(fn, e) from e
+
+    def _error(self, fn: Callable[..., Any], e: Exception) -> DeviceError:
+        what = f"{getattr(fn, '__name__', fn)}: {e}"
+        if not isinstance(e, self.api.NVMLError):
+            return NotSupported(what)  # NVMLLibraryMismatchError: the driver lacks the symbol
+        code = getattr(e, "value", None)
+        return map_nvml_error(code if isinstance(code, int) else None, self.codes, what)
 
     def wait_event(self, event_set: Any) -> NvmlEventData | None:
         """One pending event from ``event_set`` without waiting; None when there is none
@@ -343,17 +409,9 @@ class _Nvml:
         Raises:
             As :meth:`call`.
         """
-        if self.closed:
-            raise BackendUnavailable("the NVML backend is closed")
-        try:
-            return self.api.nvmlEventSetWait(event_set, 0)
-        except self.api.NVMLError as e:
-            code = getattr(e, "value", None)
-            if code is not None and code == self.const.error_timeout:
-                return None
-            raise map_nvml_error(
-                code if isinstance(code, int) else None, self.codes, f"nvmlEventSetWait: {e}"
-            ) from e
+        timeout = self.const.error_timeout
+        quiet = () if timeout is None else (timeout,)
+        return self.call_unless(quiet, self.api.nvmlEventSetWait, event_set, 0)
 
     def shutdown(self) -> None:
         """Refuse further calls, then shut NVML down (a failure is logged, not raised)."""
@@ -475,7 +533,8 @@ class _Tick:
 
 class NvmlDevice:
     """One physical GPU. Probed once at construction; :meth:`snapshot` reads what the probe
-    found. Thread-safe (one lock per device)."""
+    found. Thread-safe: one lock per device serialises the sampler's :meth:`snapshot`,
+    :meth:`health` and the attribution thread's :meth:`compute_processes`."""
 
     def __init__(self, nvml: _Nvml, ident: _Identity, torch_index: int) -> None:
         self._nvml = nvml
@@ -507,6 +566,13 @@ class NvmlDevice:
         self._xid_last: int | None = None
         self._health_cache: dict[str, int] = {}
         self._health_read_ns = 0
+        # Processes, probed on first use: the list function that answered (None until one
+        # has), why the list or per-process utilisation is off for good, and the newest
+        # utilisation sample seen (NVML CPU timestamp, µs; 0 asks for every buffered sample).
+        self._procs_fn: Callable[[Any], Sequence[NvmlProcessInfo]] | None = None
+        self._procs_off: str | None = None
+        self._util_off: str | None = None
+        self._util_last_seen_us = 0
         self._info = self._probe(ident, torch_index)
 
     # -- identity --------------------------------------------------------------------------
@@ -851,11 +917,20 @@ class NvmlDevice:
                 its driver went away, or every reading failed for :data:`UNRESPONSIVE_TICKS`
                 ticks in a row); it is never read again and every later call raises too.
         """
+        return self._locked(self._snapshot, now_unix_ns)
+
+    def _locked(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` under the device lock; a lost GPU is remembered, logged once and never
+        read again.
+
+        Raises:
+            DeviceLost: the GPU is gone (now or before).
+        """
         with self._lock:
             if self._lost is not None:
                 raise DeviceLost(self._lost)
             try:
-                return self._snapshot(now_unix_ns)
+                return fn(*args)
             except DeviceLost as e:
                 self._lost = f"GPU {self.uuid} lost: {e}"
                 log.error("%s", self._lost)
@@ -1025,15 +1100,7 @@ class NvmlDevice:
         Raises:
             DeviceLost: the GPU is gone; it is never read again.
         """
-        with self._lock:
-            if self._lost is not None:
-                raise DeviceLost(self._lost)
-            try:
-                return self._health()
-            except DeviceLost as e:
-                self._lost = f"GPU {self.uuid} lost: {e}"
-                log.error("%s", self._lost)
-                raise DeviceLost(self._lost) from e
+        return self._locked(self._health)
 
     def _health(self) -> NvmlHealth:
         api, c, h = self._api, self._c, self._handle
@@ -1075,6 +1142,144 @@ class NvmlDevice:
                 self._xid_counts[int(event.eventData)] += 1
                 self._xid_last = int(event.eventData)
                 log.warning("GPU %s: XID %d", self.uuid, event.eventData)
+
+    # -- processes (the attribution thread, every few seconds) -----------------------------
+
+    def compute_processes(self) -> tuple[GpuProcess, ...] | None:
+        """The processes with a compute context on this GPU now, sorted by pid, each with the
+        GPU memory it holds (bytes) and its SM utilisation since the previous call (ratio);
+        ``name`` is left "" (the caller reads ``/proc``). For a thread that calls every few
+        seconds, not for the sampler tick: it holds the device lock, as :meth:`snapshot` does,
+        for up to four NVML calls (each function asks NVML for the size first).
+
+        None: the list cannot be read now — unknown, never "no processes". Not supported (asked
+        once, never again), no permission, or a transient failure; each logged once.
+
+        A pid NVML lists more than once (one entry per context) is merged: its memory is the
+        sum, None if any entry's is unknown (a partial sum would understate it).
+
+        ``sm_utilization_ratio`` is the mean of the process's NVML samples since the previous
+        call (percent ÷ 100, clipped to 0…1). None for every process when NVML has no sample in
+        that interval (``NVML_ERROR_NOT_FOUND``: unknown, not idle), for a process without a
+        sample, and where per-process utilisation cannot be read (an nvidia-ml-py without
+        ``nvmlDeviceGetProcessUtilization``, not supported, no permission). The first call may
+        average older samples still in the driver's buffer.
+
+        Under MIG the list is whatever NVML gives for the whole GPU: the processes of every GPU
+        instance (their instance ids are not reported here), or a refusal without privileges
+        (None). Used memory may then be None, and per-process utilisation is not available
+        (NVML answers NOT_SUPPORTED).
+
+        Raises:
+            DeviceLost: the GPU is gone, or NVML went away (as :meth:`snapshot`); it is never
+                read again.
+        """
+        return self._locked(self._compute_processes)
+
+    def _compute_processes(self) -> tuple[GpuProcess, ...] | None:
+        listed = self._list_processes()
+        if listed is None:
+            return None
+        sm = self._process_sm_ratios()
+        memory: dict[int, int | None] = {}
+        for p in listed:
+            pid = int(p.pid)
+            used = None if p.usedGpuMemory is None else int(p.usedGpuMemory)
+            if pid in memory:
+                known = memory[pid]
+                memory[pid] = None if known is None or used is None else known + used
+            else:
+                memory[pid] = used
+        return tuple(
+            GpuProcess(
+                pid=pid,
+                used_memory_bytes=used,
+                sm_utilization_ratio=None if sm is None else sm.get(pid),
+            )
+            for pid, used in sorted(memory.items())
+        )
+
+    def _list_processes(self) -> Sequence[NvmlProcessInfo] | None:
+        """The raw process list, or None (logged once per kind of failure).
+
+        Raises:
+            DeviceLost: the GPU is gone, or NVML went away.
+        """
+        if self._procs_off is not None:
+            return None
+        while True:
+            fn = self._procs_fn or self._api.nvmlDeviceGetComputeRunningProcesses
+            try:
+                listed = self._nvml.call(fn, self._handle)
+            except DeviceLost:
+                raise
+            except BackendUnavailable as e:
+                raise DeviceLost(str(e)) from e
+            except NotSupported as e:
+                # The unversioned call wants the driver's _v3 symbol (R510 and newer); an older
+                # driver has _v2, same fields. Tried once, before anything has answered.
+                fallback = None
+                if self._procs_fn is None:
+                    fallback = self._nvml.optional("nvmlDeviceGetComputeRunningProcesses_v2")
+                if fallback is not None:
+                    self._procs_fn = fallback
+                    continue
+                self._procs_off = f"not supported ({e})"
+                log.info("GPU %s: process list not available: %s", self.uuid, self._procs_off)
+                return None
+            except DeviceError as e:  # no permission (under MIG: not privileged), transient
+                self._log_once("compute_processes", e)
+                return None
+            self._procs_fn = fn
+            return listed
+
+    def _process_sm_ratios(self) -> dict[int, float] | None:
+        """pid → mean SM utilisation ratio of its samples since the previous call; None when
+        no process's is known.
+
+        Raises:
+            DeviceLost: the GPU is gone, or NVML went away.
+        """
+        if self._util_off is not None:
+            return None
+        fn = self._nvml.optional("nvmlDeviceGetProcessUtilization")  # logs once if missing
+        if fn is None:
+            self._util_off = "not in this nvidia-ml-py"
+            return None
+        # NOT_FOUND: no sample since last_seen. pynvml raises NVMLError(NVML_SUCCESS) where
+        # NVML answers the size query with success instead: nothing to read either.
+        c = self._c
+        quiet = [code for code in (c.error_not_found, c.success) if code is not None]
+        try:
+            samples: Sequence[NvmlProcessUtilizationSample] | None = self._nvml.call_unless(
+                quiet, fn, self._handle, self._util_last_seen_us
+            )
+        except DeviceLost:
+            raise
+        except BackendUnavailable as e:
+            raise DeviceLost(str(e)) from e
+        except NotSupported as e:
+            self._util_off = f"not supported ({e})"
+            log.info("GPU %s: per-process utilisation not available: %s", self.uuid, self._util_off)
+            return None
+        except DeviceError as e:
+            self._log_once("process_utilization", e)
+            return None
+        if samples is None:
+            return None
+        percents: dict[int, list[int]] = {}
+        for sample in samples:
+            # The next call asks only for samples newer than this: each call covers the
+            # interval since the previous one.
+            self._util_last_seen_us = max(self._util_last_seen_us, int(sample.timeStamp))
+            sm = int(sample.smUtil)
+            if sm > 100:
+                continue  # not a percent: NVML_VALUE_NOT_AVAILABLE (all bits set)
+            percents.setdefault(int(sample.pid), []).append(sm)
+        return {
+            pid: min(1.0, max(0.0, sum(values) / len(values) / 100.0))
+            for pid, values in percents.items()
+        }
 
     def _close(self) -> None:
         with self._lock:

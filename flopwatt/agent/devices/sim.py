@@ -55,6 +55,7 @@ off the bus after 30 s), ``stuck-power`` (the power sensor freezes at its first 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 import uuid as uuidlib
@@ -68,9 +69,13 @@ import numpy as np
 
 from flopwatt.agent.devices.base import Device, DeviceLost, Snapshot
 from flopwatt.agent.devices.sim_workload import (
+    MEMORY_HELD_RATIO,
+    PROCESS_NAMES,
+    SimPod,
     SimWorkload,
     has_gpm,
     job_activity,
+    parse_pod,
     parse_workload,
     with_noise,
     workload_activity,
@@ -84,7 +89,17 @@ from flopwatt.analysis.registry import (
     load_registry,
 )
 from flopwatt.analysis.throttle import ThrottleReason, encode_throttle
-from flopwatt.records import DeviceCapabilities, DeviceInfo, DeviceKind, SoftwareVersions
+from flopwatt.records import (
+    DeviceCapabilities,
+    DeviceInfo,
+    DeviceKind,
+    GpuProcess,
+    PodRef,
+    SoftwareVersions,
+)
+
+SIM_PID_BASE = 41000
+"""A simulated workload's process id is this + its GPU's index (stable across runs)."""
 
 # --- sources ------------------------------------------------------------------------------------
 
@@ -769,6 +784,35 @@ class SimDevice:
         """The background workload (None: idle unless flopwatt runs a job)."""
         return self._workload
 
+    def compute_processes(self) -> tuple[GpuProcess, ...] | None:
+        """The simulated processes: the background workload's (a fixed PID per GPU, the
+        memory the snapshot shows, SM utilisation = its SM activity) and, while flopwatt's own
+        job runs here, the agent's own process (the job runs in it).
+
+        Raises:
+            DeviceLost: after a ``lost-after`` fault fires.
+        """
+        with self._lock:
+            now = self._clock_ns()
+            if self._lost_after_ns is not None and now - self._start_ns >= self._lost_after_ns:
+                raise DeviceLost(f"simulated GPU {self._info.index} fell off the bus")
+            out = []
+            total = self._info.memory_total_bytes
+            if self._workload is not None:
+                activity = workload_activity(self.spec, self._workload)
+                out.append(
+                    GpuProcess(
+                        pid=SIM_PID_BASE + self._info.index,
+                        name=PROCESS_NAMES[self._workload.kind],
+                        used_memory_bytes=int(total * MEMORY_HELD_RATIO),
+                        # A job pauses its kernels while flopwatt's GEMM holds the GPU.
+                        sm_utilization_ratio=0.0 if self._job else activity["sm_active_ratio"],
+                    )
+                )
+            if self._job:
+                out.append(GpuProcess(os.getpid(), "flopwatt", int(total * 0.05), 0.97))
+            return tuple(out)
+
     def _activity(self) -> dict[str, float]:
         """GPM columns now (the lock held): flopwatt's job, else the background workload."""
         load = self._load
@@ -842,7 +886,9 @@ class SimDevice:
                 memory_utilization_ratio=0.6 * load,
                 throttle_reasons=s.throttle,
                 power_limit_w=self._limit_w,
-                memory_used_bytes=int(self._info.memory_total_bytes * (0.7 if held else 0.01)),
+                memory_used_bytes=int(
+                    self._info.memory_total_bytes * (MEMORY_HELD_RATIO if held else 0.01)
+                ),
                 **extra,
             )
 
@@ -852,8 +898,16 @@ class SimBackend:
 
     name = "sim"
 
-    def __init__(self, devices: list[SimDevice]) -> None:
+    def __init__(self, devices: list[SimDevice], pods: Sequence[SimPod] = ()) -> None:
         self._devices = devices
+        self._pods = {
+            devices[p.index].info.uuid: PodRef(p.namespace, p.pod, p.container) for p in pods
+        }
+
+    def pod_allocations(self) -> dict[str, PodRef] | None:
+        """GPU UUID → the container ``--sim-pod`` allocated it to; None when no ``--sim-pod``
+        was given (the simulated node is not in Kubernetes)."""
+        return dict(self._pods) if self._pods else None
 
     @classmethod
     def from_options(
@@ -864,6 +918,7 @@ class SimBackend:
         seed: int = 0,
         faults: Sequence[str | SimFault] = (),
         workloads: Sequence[str | SimWorkload] = (),
+        pods: Sequence[str | SimPod] = (),
         host: str = "sim",
         registry: Registry | None = None,
         clock_ns: Callable[[], int] = time.monotonic_ns,
@@ -892,6 +947,13 @@ class SimBackend:
             if w.index is not None and not 0 <= w.index < gpus:
                 raise ValueError(f"workload {w.kind} names GPU {w.index}, but there are {gpus}")
 
+        sim_pods = [p if isinstance(p, SimPod) else parse_pod(p) for p in pods]
+        for pod in sim_pods:
+            if not 0 <= pod.index < gpus:
+                raise ValueError(f"sim pod {pod.pod} names GPU {pod.index}, but there are {gpus}")
+        if len({pod.index for pod in sim_pods}) != len(sim_pods):
+            raise ValueError("two --sim-pod name the same GPU (a GPU is allocated to one pod)")
+
         def workload_of(i: int) -> SimWorkload | None:
             # The last one naming this GPU wins over the last one for every GPU.
             mine = [w for w in loads if w.index == i] or [w for w in loads if w.index is None]
@@ -909,7 +971,7 @@ class SimBackend:
             )
             for i in range(gpus)
         ]
-        return cls(devices)
+        return cls(devices, sim_pods)
 
     def devices(self) -> list[Device]:
         """The simulated GPUs."""

@@ -53,6 +53,16 @@ MIXES: dict[str, WorkloadMix] = {
 }
 
 
+PROCESS_NAMES: dict[str, str] = {
+    "train": "python3",
+    "inference": "tritonserver",
+    "idle": "python3",
+}
+"""The command name a workload's simulated process shows (what ``/proc/PID/comm`` would)."""
+MEMORY_HELD_RATIO = 0.7
+"""Share of GPU memory a simulated workload holds (the snapshot's ``memory_used_bytes``)."""
+
+
 @dataclass(frozen=True)
 class SimWorkload:
     """A background workload on one GPU (``index``) or every GPU (None)."""
@@ -86,6 +96,35 @@ def parse_workload(text: str) -> SimWorkload:
     if not 0 < mfu <= 1:
         raise ValueError(f"workload MFU must be in (0, 1], got {arg!r}")
     return SimWorkload(kind, mfu, index)
+
+
+@dataclass(frozen=True)
+class SimPod:
+    """``--sim-pod NAMESPACE/POD/CONTAINER@INDEX``: the container a simulated GPU is allocated
+    to, as the kubelet's pod-resources API would say."""
+
+    namespace: str
+    pod: str
+    container: str
+    index: int
+
+
+def parse_pod(text: str) -> SimPod:
+    """``ml-train/llama-pretrain-0/trainer@3``.
+
+    Raises:
+        ValueError: not three non-empty parts and a GPU index (the message shows the form).
+    """
+    spec, _, index_text = text.strip().partition("@")
+    parts = spec.split("/")
+    accepted = "NAMESPACE/POD/CONTAINER@GPU_INDEX, e.g. ml-train/llama-pretrain-0/trainer@0"
+    if len(parts) != 3 or not all(parts) or not index_text:
+        raise ValueError(f"bad sim pod {text!r}; accepted: {accepted}")
+    try:
+        index = int(index_text)
+    except ValueError:
+        raise ValueError(f"bad GPU index in sim pod {text!r}; accepted: {accepted}") from None
+    return SimPod(parts[0], parts[1], parts[2], index)
 
 
 def has_gpm(spec: GpuSpec) -> bool:
