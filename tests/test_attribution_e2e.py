@@ -16,6 +16,8 @@ from flopwatt.agent.agent import Agent, AgentConfig
 from flopwatt.agent.devices.sim import SIM_PID_BASE, SimBackend
 from flopwatt.channel import ClientCredentials
 from flopwatt.records import Attribution, DeviceAttribution, GpuProcess, PodRef
+from flopwatt.report.files import as_report
+from flopwatt.report.tables import ReportParameters
 from flopwatt.store.sqlite import SQLiteStore
 from tests.collector_helpers import collector, find, http_get, samples
 from tests.test_agent_e2e import run_agents, wait_for
@@ -93,6 +95,22 @@ async def test_pods_label_the_live_series_and_survive_a_restart(tmp_path: Path) 
     assert len(rows) == 2
     assert {r["job"] for r in rows} == {"ml/llama-0/trainer", "tritonserver"}
     assert all(r["end_unix_ns"] > r["start_unix_ns"] for r in rows)
+    # The report: live efficiency per pod or job, each the MFU its workload was built with.
+    report = as_report(db, parameters=ReportParameters(window_s=3600))
+    jobs = {r["job"]: r for r in report.jobs.to_dict("records")}
+    assert set(jobs) == {"ml/llama-0/trainer", "tritonserver"}
+    trainer = jobs["ml/llama-0/trainer"]
+    assert (trainer["namespace"], trainer["pod"], trainer["container"]) == (
+        "ml",
+        "llama-0",
+        "trainer",
+    )
+    assert trainer["processes"] == "python3" and trainer["gpus"] == 1
+    assert trainer["estimated_mfu_ratio"] == pytest.approx(0.42, rel=0.05)
+    assert jobs["tritonserver"]["estimated_mfu_ratio"] == pytest.approx(0.2, rel=0.05)
+    assert jobs["tritonserver"]["pod"] is None
+    assert trainer["observed_gpu_s"] > 0 and trainer["estimated_energy_per_flop_j"] > 0
+    assert trainer["estimate_basis"] == "spec"
     # A new collector on the same store: the pod labels come back from the store alone.
     async with collector(tmp_path, db_path=db) as c2:
         agent2 = _agent(tmp_path, "h100-k8s", c2.grpc_address, pods=["ml/llama-0/trainer@0"])

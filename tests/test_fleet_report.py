@@ -307,7 +307,8 @@ def test_every_format_is_written_and_parses(written: list[Path], report: FleetRe
     assert names == sorted(
         ["report.html", "report.md", "report.json"]
         + [f"report{s}.{ext}" for ext in ("csv", "parquet")
-           for s in ("", "-skus", "-outliers", "-verdicts", "-models", "-window", "-suspects")]
+           for s in ("", "-skus", "-outliers", "-verdicts", "-models", "-window", "-suspects",
+                         "-jobs")]
     )  # fmt: skip
     out = written[0].parent
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from flopwatt.report.jobs import JOB_COLUMNS
 from flopwatt.report.suspects import SUSPECT_COLUMNS, THROTTLED_SHARE
 from flopwatt.report.tables import (
     GPU_COLUMNS,
@@ -28,6 +29,7 @@ TABLE_COLUMNS: Mapping[str, tuple[str, ...]] = {
     "models": MODEL_COLUMNS,
     "window": WINDOW_COLUMNS,
     "suspects": SUSPECT_COLUMNS,
+    "jobs": JOB_COLUMNS,
 }
 
 
@@ -38,6 +40,7 @@ SECTION_ORDER: tuple[str, ...] = (
     "skus",
     "gpus",
     "window",
+    "jobs",
     "models",
 )
 """The order tables appear in for people: the answer first, the detail last."""
@@ -257,6 +260,21 @@ DISPLAY: Mapping[str, tuple[DisplayColumn, ...]] = {
         _c("reasons", "why"),
         _c("estimated_mfu_ratio", "est. MFU", _pct),
     ),
+    "jobs": (
+        _c("job", "pod / job"),
+        _c("processes", "processes"),
+        _c("hostnames", "hosts"),
+        _c("skus", "SKUs"),
+        _c("gpus", "GPUs", _int_fmt),
+        _c("observed_gpu_s", "GPU-hours", _num_fmt(1 / 3600, ".2f")),
+        _c("estimated_mfu_ratio", "est. MFU", _pct),
+        _c("estimated_flops_per_s", "est. TFLOP/s per GPU", tflops_text),
+        _c("estimated_flops", "est. PFLOP total", _num_fmt(1e-15, ".1f")),
+        _c("estimate_basis", "est. basis"),
+        _c("energy_j", "energy kWh", _num_fmt(1 / 3.6e6, ".3f")),
+        _c("energy_mean_power_w", "mean W per GPU", _watts),
+        _c("estimated_energy_per_flop_j", "est. pJ/FLOP", _pj),
+    ),
     "window": (
         _c("hostname", "host"),
         _c("device_index", "#", _int_fmt),
@@ -337,6 +355,15 @@ TERMINAL_COLUMNS: Mapping[str, tuple[str, ...]] = {
         "last_seen_age_s",
     ),
     "suspects": ("severity", "hostname", "device_index", "sku", "source", "reasons"),
+    "jobs": (
+        "job",
+        "gpus",
+        "observed_gpu_s",
+        "estimated_mfu_ratio",
+        "estimated_flops_per_s",
+        "energy_j",
+        "estimated_energy_per_flop_j",
+    ),
     "window": (
         "hostname",
         "device_index",
@@ -363,6 +390,7 @@ TITLES: Mapping[str, str] = {
     "models": "Model results",
     "window": "Telemetry over the window",
     "suspects": "Suspect GPUs",
+    "jobs": "Live efficiency by pod / job",
 }
 
 
@@ -398,6 +426,13 @@ EXPLANATIONS: Mapping[str, str] = {
         "the software power cap, which is policy) for at least "
         f"{THROTTLED_SHARE:.0%} of the window's observed time. Health counters are the newest "
         "the GPU reported; a counter the GPU does not offer is absent, never counted as 0."
+    ),
+    "jobs": (
+        "Over the last {window}: who held each GPU (the Kubernetes container it was allocated "
+        "to, from the kubelet; else the processes NVML lists on it) and what its telemetry says "
+        "for that time, summed per pod or job. est. MFU is weighted by GPU-time; est. TFLOP/s "
+        "is per GPU; est. pJ/FLOP = the energy counters' increase ÷ the estimated FLOPs. GPUs "
+        "whose agent reports no attribution are not in this table."
     ),
     "window": (
         "Per GPU, its telemetry over the last {window} before the report: energy from the "

@@ -11,7 +11,9 @@ transaction) — and reads, with the store's schema (the same SQL on both):
 * the latest telemetry sample per device, decoded from its newest chunk (one indexed lookup per
   device, never a scan of the telemetry table);
 * each device's telemetry over the report's window (:mod:`flopwatt.store.window`: raw samples
-  where they are kept, rollups where they are gone), with the resolution it came from.
+  where they are kept, rollups where they are gone), with the resolution it came from;
+* the same for each attribution span's part of the window (who used the GPU then:
+  :mod:`flopwatt.store.attribution`), for the live efficiency per pod or job.
 
 :func:`fetch_report_html` downloads ``GET /report`` from a collector's HTTP side.
 """
@@ -33,6 +35,7 @@ import pandas as pd
 
 from flopwatt.jsonable import from_jsonable
 from flopwatt.records import GPM_COLUMNS, DeviceInfo, JobResult, NodeInfo
+from flopwatt.report.jobs import JOB_INPUT_COLUMNS
 from flopwatt.report.suspects import HEALTH_INPUT_COLUMNS
 from flopwatt.report.tables import (
     DEVICE_INPUT_COLUMNS,
@@ -43,11 +46,12 @@ from flopwatt.report.tables import (
 )
 from flopwatt.report.window_table import WINDOW_INPUT_COLUMNS
 from flopwatt.store import describe_db, is_postgres, rollup
+from flopwatt.store.attribution import SPAN_GRACE_NS, SPANS_IN_WINDOW_SQL, spans_from_rows
 from flopwatt.store.chunks import unpack_chunk
-from flopwatt.store.inspect import RETENTION_SCHEMA, schema_version
+from flopwatt.store.inspect import ATTRIBUTION_SCHEMA, RETENTION_SCHEMA, schema_version
 from flopwatt.store.packing import unpack_compact
 from flopwatt.store.readonly import StoreUnreadableError, connect_read_only, read_snapshot
-from flopwatt.store.window import read_windows
+from flopwatt.store.window import WindowRead, read_windows
 
 ReportSourceError = StoreUnreadableError
 """The store or collector could not be read for a report (the message says why)."""
@@ -72,9 +76,11 @@ def load_report_inputs(
         devices = _devices(conn)
         results = _results(conn)
         telemetry = _telemetry(conn)
-        window = window_inputs(conn, end - round(window_s * 1e9), end)
+        start = end - round(window_s * 1e9)
+        window = window_inputs(conn, start, end)
+        jobs = attribution_inputs(conn, start, end)
     source = describe_db(db_path) if is_postgres(db_path) else str(Path(db_path))
-    return ReportInputs(devices, results, telemetry, source=source, window=window)
+    return ReportInputs(devices, results, telemetry, source=source, window=window, jobs=jobs)
 
 
 def _stat(summary: Mapping[str, np.ndarray[Any, Any]], name: str) -> float | None:
@@ -95,49 +101,86 @@ def _column_mean(summary: Mapping[str, np.ndarray[Any, Any]], column: str) -> fl
 def window_inputs(conn: Any, start_unix_ns: int, end_unix_ns: int) -> pd.DataFrame:
     """Each device's telemetry in ``[start_unix_ns, end_unix_ns]`` as the report's window
     input frame (:data:`~flopwatt.report.window_table.WINDOW_INPUT_COLUMNS`)."""
+    records = [
+        _window_record(uuid, read)
+        for uuid, read in read_windows(conn, start_unix_ns, end_unix_ns).items()
+    ]
+    return pd.DataFrame.from_records(records, columns=list(WINDOW_INPUT_COLUMNS))
+
+
+def attribution_inputs(conn: Any, start_unix_ns: int, end_unix_ns: int) -> pd.DataFrame:
+    """Each attribution span's part of ``[start_unix_ns, end_unix_ns]`` with its device's
+    telemetry over just that part: the window input columns plus :data:`JOB_INPUT_COLUMNS`
+    (:mod:`flopwatt.store.attribution`; an empty frame before schema 7)."""
+    columns = [*WINDOW_INPUT_COLUMNS, *JOB_INPUT_COLUMNS]
+    if schema_version(conn) < ATTRIBUTION_SCHEMA:
+        return pd.DataFrame(columns=columns)
+    rows = conn.execute(
+        SPANS_IN_WINDOW_SQL, (start_unix_ns - SPAN_GRACE_NS, end_unix_ns)
+    ).fetchall()
     records = []
-    for uuid, read in read_windows(conn, start_unix_ns, end_unix_ns).items():
-        s = read.summary
-        energy_s = _stat(s, f"{rollup.ENERGY}:delta_s")
-        throttle = {
-            int(name.split(":", 1)[1]): float(values[0])
-            for name, values in s.items()
-            if name.startswith("throttle_s:")
-        }
-        records.append(
+    for span in spans_from_rows([dict(r) for r in rows]):
+        begin = max(start_unix_ns, span.start_unix_ns)
+        until = min(end_unix_ns, span.until_unix_ns)
+        if until <= begin:
+            continue
+        read = read_windows(conn, begin, until, [span.device_uuid]).get(span.device_uuid)
+        if read is None:
+            continue
+        a = span.attribution
+        record = _window_record(span.device_uuid, read)
+        record.update(
             {
-                "device_uuid": uuid,
-                "resolution": read.resolution,
-                "tiers": "+".join(read.tiers),
-                "window_start_unix_ns": read.start_unix_ns,
-                "window_end_unix_ns": read.end_unix_ns,
-                "first_sample_unix_ns": int(s["t_first"][0]),
-                "last_sample_unix_ns": int(s["t_last"][0]),
-                "samples": int(s["samples"][0]),
-                "observed_s": float(s["interval_s"][0]),
-                # Energy with no measured span (no counter, or one sample) is absent, not 0.
-                "energy_j": _stat(s, f"{rollup.ENERGY}:delta") if energy_s else None,
-                "energy_span_s": energy_s or None,
-                "power_average_1s_mean_w": _column_mean(s, "power_average_1s_w"),
-                "power_instant_mean_w": _column_mean(s, "power_instant_w"),
-                "power_instant_max_w": _stat(s, "power_instant_w:max"),
-                "sm_clock_mean_mhz": _column_mean(s, "sm_clock_mhz"),
-                "sm_clock_min_mhz": _stat(s, "sm_clock_mhz:min"),
-                "gpu_temperature_max_c": _stat(s, "gpu_temperature_c:max"),
-                "gpu_utilization_mean_ratio": _column_mean(s, "gpu_utilization_ratio"),
-                "throttle_reasons_mask": (
-                    int(s[f"{rollup.THROTTLE}:or"][0]) if f"{rollup.THROTTLE}:or" in s else None
-                ),
-                "throttle_seconds": throttle if f"{rollup.THROTTLE}:or" in s else None,
-                "sm_active_mean_ratio": _column_mean(s, "sm_active_ratio"),
-                "tensor_active_mean_ratio": _column_mean(s, "tensor_active_ratio"),
-                "pipe_activity": {
-                    c: v for c in GPM_COLUMNS if (v := _column_mean(s, c)) is not None
-                }
+                "job": a.job,
+                "namespace": a.pod.namespace if a.pod else None,
+                "pod": a.pod.pod if a.pod else None,
+                "container": a.pod.container if a.pod else None,
+                "processes": "+".join(sorted({p.name or f"pid {p.pid}" for p in a.processes}))
                 or None,
             }
         )
-    return pd.DataFrame.from_records(records, columns=list(WINDOW_INPUT_COLUMNS))
+        records.append(record)
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def _window_record(uuid: str, read: WindowRead) -> dict[str, Any]:
+    """One device's window read as a window input record."""
+    s = read.summary
+    energy_s = _stat(s, f"{rollup.ENERGY}:delta_s")
+    throttle = {
+        int(name.split(":", 1)[1]): float(values[0])
+        for name, values in s.items()
+        if name.startswith("throttle_s:")
+    }
+    return {
+        "device_uuid": uuid,
+        "resolution": read.resolution,
+        "tiers": "+".join(read.tiers),
+        "window_start_unix_ns": read.start_unix_ns,
+        "window_end_unix_ns": read.end_unix_ns,
+        "first_sample_unix_ns": int(s["t_first"][0]),
+        "last_sample_unix_ns": int(s["t_last"][0]),
+        "samples": int(s["samples"][0]),
+        "observed_s": float(s["interval_s"][0]),
+        # Energy with no measured span (no counter, or one sample) is absent, not 0.
+        "energy_j": _stat(s, f"{rollup.ENERGY}:delta") if energy_s else None,
+        "energy_span_s": energy_s or None,
+        "power_average_1s_mean_w": _column_mean(s, "power_average_1s_w"),
+        "power_instant_mean_w": _column_mean(s, "power_instant_w"),
+        "power_instant_max_w": _stat(s, "power_instant_w:max"),
+        "sm_clock_mean_mhz": _column_mean(s, "sm_clock_mhz"),
+        "sm_clock_min_mhz": _stat(s, "sm_clock_mhz:min"),
+        "gpu_temperature_max_c": _stat(s, "gpu_temperature_c:max"),
+        "gpu_utilization_mean_ratio": _column_mean(s, "gpu_utilization_ratio"),
+        "throttle_reasons_mask": (
+            int(s[f"{rollup.THROTTLE}:or"][0]) if f"{rollup.THROTTLE}:or" in s else None
+        ),
+        "throttle_seconds": throttle if f"{rollup.THROTTLE}:or" in s else None,
+        "sm_active_mean_ratio": _column_mean(s, "sm_active_ratio"),
+        "tensor_active_mean_ratio": _column_mean(s, "tensor_active_ratio"),
+        "pipe_activity": {c: v for c in GPM_COLUMNS if (v := _column_mean(s, c)) is not None}
+        or None,
+    }
 
 
 def _devices(conn: Any) -> pd.DataFrame:

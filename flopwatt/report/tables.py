@@ -52,6 +52,7 @@ from flopwatt.analysis.live_efficiency import MeasuredPeak
 from flopwatt.analysis.precision import Precision
 from flopwatt.analysis.registry import GpuSpec, Registry, UnknownSkuError, load_registry
 from flopwatt.analysis.throttle import decode_throttle, likely_limiter
+from flopwatt.report.jobs import JOB_COLUMNS, JOB_INPUT_COLUMNS, job_frame
 from flopwatt.report.suspects import (
     HEALTH_INPUT_COLUMNS,
     SUSPECT_COLUMNS,
@@ -164,6 +165,10 @@ class ReportInputs:
         default_factory=lambda: pd.DataFrame(columns=list(WINDOW_INPUT_COLUMNS))
     )
     """Telemetry over the report's window per device (:data:`WINDOW_INPUT_COLUMNS`)."""
+    jobs: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=[*WINDOW_INPUT_COLUMNS, *JOB_INPUT_COLUMNS])
+    )
+    """Telemetry over each attribution span's part of the window (:mod:`flopwatt.report.jobs`)."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +198,8 @@ class FleetReport:
     """Telemetry over the window, per GPU (:mod:`flopwatt.report.window_table`)."""
     suspects: pd.DataFrame = field(default_factory=lambda: _empty(SUSPECT_COLUMNS))
     """GPUs worth a look, and why (:mod:`flopwatt.report.suspects`)."""
+    jobs: pd.DataFrame = field(default_factory=lambda: _typed(_empty(JOB_COLUMNS), JOB_COLUMNS))
+    """Live efficiency per pod or job over the window (:mod:`flopwatt.report.jobs`)."""
     source: str = ""
     parameters: ReportParameters = field(default_factory=ReportParameters)
 
@@ -209,6 +216,7 @@ TABLE_NAMES: tuple[str, ...] = (
     "models",
     "window",
     "suspects",
+    "jobs",
 )
 
 # --- output contract ------------------------------------------------------------------------
@@ -540,6 +548,12 @@ def build_report(
         models=model_table(devices, results),
         window=window,
         suspects=suspect_table(devices, telemetry, gpus, window_input, window),
+        jobs=job_table(
+            devices,
+            _ensure(inputs.jobs, (*WINDOW_INPUT_COLUMNS, *JOB_INPUT_COLUMNS)),
+            results,
+            registry,
+        ),
         generated_unix_ns=now_unix_ns,
         source=inputs.source,
         parameters=params,
@@ -775,6 +789,8 @@ _INT_COLUMNS = frozenset(
     }
 )
 _BOOL_COLUMNS = frozenset({"outlier", "spec_reached", "spec_within_limit"})
+_FLOAT_COLUMNS = frozenset({"estimated_flops"})
+"""Float columns whose names end in no unit suffix (a count of FLOPs)."""
 _FLOAT_SUFFIXES = ("_ratio", "_w", "_j", "_flops_per_s", "_s", "_mhz", "_c", "_z")
 
 
@@ -784,7 +800,7 @@ def column_kind(name: str) -> str:
         return "int"
     if name in _BOOL_COLUMNS:
         return "bool"
-    if name.endswith(_FLOAT_SUFFIXES):
+    if name in _FLOAT_COLUMNS or name.endswith(_FLOAT_SUFFIXES):
         return "float"
     return "str"
 
@@ -1003,6 +1019,30 @@ def window_table(
     activity) and measured GEMM peaks from ``results``."""
     if window.empty:
         return _empty(WINDOW_COLUMNS)
+    return _typed(_estimated_window(devices, window, results, registry), WINDOW_COLUMNS)
+
+
+def job_table(
+    devices: pd.DataFrame,
+    parts: pd.DataFrame,
+    results: pd.DataFrame | None = None,
+    registry: Registry | None = None,
+) -> pd.DataFrame:
+    """Live efficiency per pod or job over the window (:data:`JOB_COLUMNS`, see
+    :mod:`flopwatt.report.jobs`) from each attribution span's part of it."""
+    if parts.empty:
+        return _typed(_empty(JOB_COLUMNS), JOB_COLUMNS)
+    return _typed(job_frame(_estimated_window(devices, parts, results, registry)), JOB_COLUMNS)
+
+
+def _estimated_window(
+    devices: pd.DataFrame,
+    window: pd.DataFrame,
+    results: pd.DataFrame | None,
+    registry: Registry | None,
+) -> pd.DataFrame:
+    """:func:`window_frame` with the live-efficiency estimate, untyped (other input columns
+    kept)."""
     dev = devices.copy()
     dev["source"] = [SIM if _truthy(s) else HARDWARE for s in dev["simulated"]]
     dev = dev[
@@ -1018,8 +1058,7 @@ def window_table(
                 specs[sku] = registry.get(sku)
             except UnknownSkuError:
                 continue
-    df = add_live_estimates(df, specs, _measured_peaks(results))
-    return _typed(df, WINDOW_COLUMNS)
+    return add_live_estimates(df, specs, _measured_peaks(results))
 
 
 def _measured_peaks(

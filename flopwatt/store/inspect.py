@@ -313,6 +313,8 @@ def table_bytes(conn: Any, *, postgres: bool) -> dict[str, int] | None:
 
 RETENTION_SCHEMA = 5
 """The schema version that added the compact and rollup tables."""
+ATTRIBUTION_SCHEMA = 7
+"""The schema version that stores attribution spans (``gpu_attribution``)."""
 RETENTION_TABLES = ("telemetry_packed", "telemetry_rollups", "telemetry_tails")
 
 
