@@ -198,7 +198,9 @@ class FleetReport:
     """Telemetry over the window, per GPU (:mod:`flopwatt.report.window_table`)."""
     suspects: pd.DataFrame = field(default_factory=lambda: _empty(SUSPECT_COLUMNS))
     """GPUs worth a look, and why (:mod:`flopwatt.report.suspects`)."""
-    jobs: pd.DataFrame = field(default_factory=lambda: _typed(_empty(JOB_COLUMNS), JOB_COLUMNS))
+    jobs: pd.DataFrame = field(
+        default_factory=lambda: typed_frame(_empty(JOB_COLUMNS), JOB_COLUMNS)
+    )
     """Live efficiency per pod or job over the window (:mod:`flopwatt.report.jobs`)."""
     source: str = ""
     parameters: ReportParameters = field(default_factory=ReportParameters)
