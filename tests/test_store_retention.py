@@ -329,3 +329,33 @@ def test_store_stats_give_each_tier(db: str, store: Store) -> None:
         assert tiers[name]["rows"] > 0
         if engine == "sqlite" and tiers[name]["bytes"]:
             assert 0 < tiers[name]["bytes_per_sample"] < 200
+
+
+def test_attribution_messages_go_at_the_raw_horizon_and_spans_at_the_results_one(
+    db: str, store: Store
+) -> None:
+    """An attribution's message is ledger only (its content lives in its span): pruned with
+    the raw tier like telemetry, counted in the stream; the span stays until the results
+    horizon, so the report can still say who held the GPU."""
+    from flopwatt.records import Attribution, DeviceAttribution, GpuProcess
+
+    _register(store)
+    for seq in (1, 2):
+        a = Attribution(T0 + seq * S, (DeviceAttribution("GPU-a", (GpuProcess(9, "w"),), True),))
+        write = MessageWrite(
+            AGENT, EPOCH, seq, "attribution", bytes([seq]) * 16, T0 + seq * S, attribution=a
+        )
+        assert store.apply([write])[0].outcome is Outcome.STORED
+    now = [T0 + 3600 * S + 10 * S]
+    m = _maintainer(db, now, "raw=1h,10s=2h,1m=4h")
+    try:
+        m.run_pass()
+        assert _n(store, "messages") == 0
+        assert _n(store, "gpu_attribution") == 1
+        (epoch,) = _check(db).epochs
+        assert (epoch.pruned, epoch.gaps) == (2, 0)
+        now[0] = T0 + 4 * 3600 * S + 10 * S
+        m.run_pass()
+        assert _n(store, "gpu_attribution") == 0
+    finally:
+        m.close()

@@ -12,10 +12,11 @@ One :meth:`Maintainer.run_pass` does, in order:
    milliseconds at most. The message rows stay: exactly-once bookkeeping is untouched.
 2. **Prune** each tier at its horizon (:class:`~flopwatt.store.retention.Retention`), in
    batches of :attr:`MaintenanceConfig.rows_per_step` rows: compact chunks and stored
-   telemetry messages at the raw horizon (a pruned message is counted in its stream's
-   ``pruned`` / ``pruned_through``, so the ledger tells it from a gap and a resend of it is a
-   duplicate), rollup windows at their tier's, results, comparisons, jobs, tombstones,
-   rejected-sample counts and every other message at the results horizon.
+   telemetry and attribution messages at the raw horizon (a pruned message is counted in its
+   stream's ``pruned`` / ``pruned_through``, so the ledger tells it from a gap and a resend of
+   it is a duplicate), rollup windows at their tier's, results, comparisons, jobs,
+   tombstones, rejected-sample counts, attribution spans and every other message at the
+   results horizon.
 3. **Cap the size** — when the store reaches :data:`PRESSURE_HIGH` of ``max_db_bytes``, the
    oldest raw data is pruned early (then the oldest 10 s rollups, then 1 min) until it is back
    under :data:`PRESSURE_LOW`; one warning per episode.
@@ -617,8 +618,9 @@ class Maintainer:
         return len(rows)
 
     def _prune_messages(self, raw_cutoff: int, results_cutoff: int) -> None:
-        """Stored telemetry messages at the raw horizon, every other message at the results
-        horizon; never one whose chunks are still waiting to be compacted. Each stream counts
+        """Stored telemetry and attribution messages at the raw horizon (an attribution's
+        content lives on in its span), every other message at the results horizon; never one
+        whose chunks are still waiting to be compacted. Each stream counts
         what it lost in ``pruned`` and ``pruned_through``."""
         rid = self._db.rowid
         limit = self.config.rows_per_step
@@ -627,7 +629,8 @@ class Maintainer:
                 rows = db.execute(
                     f"DELETE FROM messages WHERE {rid} IN (SELECT m.{rid} FROM messages m "
                     "WHERE m.received_unix_ns < ? AND (m.received_unix_ns < ? OR "
-                    "(m.kind = 'telemetry' AND m.status = 'stored')) AND NOT EXISTS "
+                    "(m.kind IN ('telemetry', 'attribution') AND m.status = 'stored')) "
+                    "AND NOT EXISTS "
                     "(SELECT 1 FROM telemetry_chunks t WHERE t.agent_id = m.agent_id AND "
                     "t.epoch = m.epoch AND t.sequence = m.sequence) "
                     "ORDER BY m.received_unix_ns LIMIT ?) "
@@ -669,6 +672,12 @@ class Maintainer:
         self._delete_batches(
             f"DELETE FROM rejected_samples WHERE {rid} IN (SELECT {rid} FROM rejected_samples "
             "WHERE received_unix_ns > 0 AND received_unix_ns < ? LIMIT ?) RETURNING samples",
+            (cutoff,),
+            RESULTS,
+        )
+        self._delete_batches(
+            f"DELETE FROM gpu_attribution WHERE {rid} IN (SELECT {rid} FROM gpu_attribution "
+            "WHERE end_unix_ns < ? LIMIT ?) RETURNING device_uuid",
             (cutoff,),
             RESULTS,
         )

@@ -4,8 +4,9 @@ Tiers (``--retention TIER=HORIZON,…``):
 
 * ``raw`` — samples as received (fresh per-message chunks, then compact per-device chunks);
 * ``10s`` and ``1m`` — rollups (:mod:`flopwatt.store.rollup`);
-* ``results`` — job results, comparisons, jobs, tombstones, rejected-sample counts and the
-  message ledger of everything but stored telemetry; by default as long as the longest tier.
+* ``results`` — job results, comparisons, jobs, tombstones, rejected-sample counts,
+  attribution spans (who held each GPU) and the message ledger of everything but stored
+  telemetry and attribution; by default as long as the longest tier.
 
 Defaults, sized for 1,000 GPUs sampled at 10 Hz on a 500 GB disk (the per-sample sizes are the
 ones ``bench/store_growth.py`` measures; see the README for the arithmetic): raw 7 days,
