@@ -564,6 +564,12 @@ class JobStatus:
 
 ATTRIBUTION_MAX_PROCESSES = 64
 """Most processes one device's attribution may list (the agent keeps the busiest)."""
+FLOPWATT_PROCESS = "flopwatt"
+"""The name the agent gives its own process (its benchmark jobs run in it)."""
+NO_PROCESS_JOB = "(no process)"
+"""The job of a GPU nobody used: its process list is known and empty, and no pod holds it."""
+UNKNOWN_JOB = "(unknown)"
+"""The job of a GPU whose processes cannot be listed and that no pod holds."""
 ATTRIBUTION_MAX_TEXT = 253
 """Longest namespace, pod, container or process name accepted (a DNS subdomain's limit)."""
 
@@ -621,11 +627,19 @@ class DeviceAttribution:
 
     @property
     def job(self) -> str:
-        """A name for the workload: ``namespace/pod/container`` when the GPU is allocated,
-        else the sorted distinct process names joined by ``+`` ("" when nothing is known)."""
+        """A name for the workload: ``flopwatt`` while flopwatt's own benchmark runs on the
+        GPU (it holds the GPU then, whichever pod it is allocated to); else
+        ``namespace/pod/container`` when the GPU is allocated to a pod; else the sorted
+        distinct process names joined by ``+``; else ``(no process)`` when the list is known
+        and empty, ``(unknown)`` when it is not known."""
+        names = {p.name or f"pid {p.pid}" for p in self.processes}
+        if FLOPWATT_PROCESS in names:
+            return FLOPWATT_PROCESS
         if self.pod is not None:
             return f"{self.pod.namespace}/{self.pod.pod}/{self.pod.container}"
-        return "+".join(sorted({p.name or f"pid {p.pid}" for p in self.processes}))
+        if names:
+            return "+".join(sorted(names))
+        return NO_PROCESS_JOB if self.processes_known else UNKNOWN_JOB
 
 
 @dataclass(frozen=True)

@@ -203,7 +203,7 @@ def test_the_pod_source_follows_kubelet_socket(tmp_path: Path) -> None:
     assert isinstance(open_pod_source(str(sock), plain), PodResourcesClient)
 
 
-def test_sim_devices_list_their_workload_and_flopwatts_job() -> None:
+def test_sim_devices_list_their_workload() -> None:
     backend = SimBackend.from_options(gpus=3, host="n", workloads=["train:0.4@0", "idle@1"])
     train, idle, free = backend.sim_devices()
     assert isinstance(train, ProcessLister)
@@ -214,8 +214,9 @@ def test_sim_devices_list_their_workload_and_flopwatts_job() -> None:
     assert free.compute_processes() == ()
     from flopwatt.analysis.precision import Precision
 
-    free.set_load(Precision.BF16, 1.0)
-    assert [p.name for p in free.compute_processes() or ()] == ["flopwatt"]
+    train.set_load(Precision.BF16, 1.0)  # flopwatt's GEMM holds it: the job's kernels wait
+    (p,) = train.compute_processes() or ()
+    assert p.sm_utilization_ratio == 0.0
 
 
 def test_sim_pod_grammar() -> None:
@@ -227,3 +228,41 @@ def test_sim_pod_grammar() -> None:
             parse_pod(bad)
     with pytest.raises(ValueError, match="same GPU"):
         SimBackend.from_options(gpus=2, pods=["a/b/c@0", "d/e/f@0"])
+
+
+def test_the_agents_own_process_is_flopwatt_while_its_job_runs(tmp_path: Path) -> None:
+    """flopwatt's benchmark runs in the agent's process: while a job runs on a GPU the agent
+    lists itself there as ``flopwatt`` (listed by NVML or not) and the GPU's job is flopwatt's,
+    whichever pod holds it; between jobs the CUDA context it keeps is no workload: left out.
+    Each change is read at once (the span starts when the job does)."""
+    (tmp_path / "5").mkdir()
+    (tmp_path / "5" / "comm").write_text("python3\n")
+    gpu = FakeGpu("GPU-a", (GpuProcess(5, "", 1, 0.9), GpuProcess(6, "train", 1, 0.0)))
+    bare = FakeGpu("GPU-b", None)  # cannot list processes
+    pods = StaticPods({"GPU-a": PodRef("ml", "p-0", "c")})
+    a = _attributor([gpu, bare], [], pods=pods, proc_root=tmp_path, own_pid=5)
+    d, b = a.read().devices
+    assert [p.name for p in d.processes] == ["train"] and d.job == "ml/p-0/c"
+    assert b.job == "(unknown)"
+    a.job_started(["GPU-a", "GPU-b"])
+    assert a._wake.is_set()
+    d, b = a.read().devices
+    assert [(p.pid, p.name) for p in d.processes] == [(5, "flopwatt"), (6, "train")]
+    assert d.processes[0].used_memory_bytes == 1  # NVML's figures for it are kept
+    assert d.job == "flopwatt"
+    assert b.processes_known and [p.name for p in b.processes] == ["flopwatt"]
+    a.job_finished(["GPU-a", "GPU-b"])
+    d, b = a.read().devices
+    assert d.job == "ml/p-0/c" and b.job == "(unknown)"
+
+
+def test_job_names() -> None:
+    from flopwatt.records import DeviceAttribution
+
+    pod = PodRef("ml", "p-0", "c")
+    assert DeviceAttribution("G", (GpuProcess(1, "train"),), True, pod).job == "ml/p-0/c"
+    two = (GpuProcess(1, "vllm"), GpuProcess(2, ""), GpuProcess(3, "vllm"))
+    assert DeviceAttribution("G", two, True).job == "pid 2+vllm"
+    assert DeviceAttribution("G", (), True).job == "(no process)"
+    assert DeviceAttribution("G", (), False).job == "(unknown)"
+    assert DeviceAttribution("G", (), False, pod).job == "ml/p-0/c"

@@ -71,6 +71,8 @@ SIM_AGENTS: tuple[tuple[str, str, int, tuple[str, ...]], ...] = (
 #: Background workloads (GPM on Hopper): the live-efficiency dashboard needs a busy GPU and an
 #: idle one.
 SIM_WORKLOADS: dict[str, tuple[str, ...]] = {"node-h100": ("train:0.42@0", "idle@1")}
+SIM_PODS: dict[str, tuple[str, ...]] = {"node-h100": ("ml/llama-pretrain-0/trainer@0",)}
+"""The H100 node's GPU 0 is allocated to a pod (as the kubelet would say): the by-pod panels."""
 
 # --- reading dashboards ---------------------------------------------------------------------
 
@@ -372,6 +374,7 @@ def _sim_agent(
         seed=len(name),
         host=name,
         workloads=SIM_WORKLOADS.get(name, ()),
+        pods=SIM_PODS.get(name, ()),
     )
     return Agent(cfg, backend)
 

@@ -30,6 +30,7 @@ from flopwatt.agent.uplink import UPLINK_WINDOW, Uplink
 from flopwatt.channel import ClientCredentials
 from flopwatt.records import (
     AgentMessage,
+    Attribution,
     Command,
     Heartbeat,
     NodeInfo,
@@ -123,7 +124,7 @@ class Agent:
         if config.attribution_interval_s > 0:
             self.attributor = Attributor(
                 self.devices,
-                self.emit,
+                self._emit_attribution,
                 pods=pod_source,
                 interval_s=config.attribution_interval_s,
                 refresh_s=max(config.attribution_refresh_s, config.attribution_interval_s),
@@ -172,6 +173,9 @@ class Agent:
 
     def _emit_telemetry(self, batch: TelemetryBatch) -> None:
         self.emit(batch)
+
+    def _emit_attribution(self, attribution: Attribution) -> None:
+        self.emit(attribution)
 
     def _on_tick(self, held_samples: int, now_unix_ns: int) -> None:
         self.spool.note_pending(self.epoch, held_samples, now_unix_ns)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from flopwatt.agent.kubelet import (
 from flopwatt.records import (
     ATTRIBUTION_MAX_PROCESSES,
     ATTRIBUTION_MAX_TEXT,
+    FLOPWATT_PROCESS,
     Attribution,
     DeviceAttribution,
     GpuProcess,
@@ -137,6 +139,10 @@ class Attributor:
         interval_s: how often to read.
         refresh_s: longest gap between two messages.
         proc_root: where ``/proc`` is (injectable for tests).
+        own_pid: the agent's process id. Its benchmark jobs run in it, so while a job runs on
+            a device (:meth:`job_started` … :meth:`job_finished`) the device lists it, named
+            ``flopwatt``; otherwise it is left out, since a CUDA context it keeps open
+            between jobs is no workload.
         wall_ns / mono_ns: clocks (injectable).
     """
 
@@ -149,6 +155,7 @@ class Attributor:
         interval_s: float = DEFAULT_INTERVAL_S,
         refresh_s: float = DEFAULT_REFRESH_S,
         proc_root: Path = Path("/proc"),
+        own_pid: int | None = None,
         wall_ns: Callable[[], int] = time.time_ns,
         mono_ns: Callable[[], int] = time.monotonic_ns,
     ) -> None:
@@ -162,12 +169,16 @@ class Attributor:
         self.interval_s = interval_s
         self._refresh_ns = int(refresh_s * 1e9)
         self._proc_root = proc_root
+        self._own_pid = os.getpid() if own_pid is None else own_pid
         self._wall_ns = wall_ns
         self._mono_ns = mono_ns
         self._lost: set[str] = set()
         self._last_owners: dict[str, tuple[object, ...]] | None = None
         self._last_sent_ns: int | None = None
         self._pods_failing = False
+        self._jobs: set[str] = set()
+        self._jobs_lock = threading.Lock()
+        self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.sent_total = 0
@@ -190,10 +201,34 @@ class Attributor:
         self._pods_failing = False
         return allocations
 
+    def job_started(self, uuids: Sequence[str]) -> None:
+        """flopwatt's own job now runs on ``uuids``: read at once (the job's span starts
+        now, not at the next read)."""
+        with self._jobs_lock:
+            self._jobs.update(uuids)
+        self._wake.set()
+
+    def job_finished(self, uuids: Sequence[str]) -> None:
+        """flopwatt's own job on ``uuids`` ended: read at once."""
+        with self._jobs_lock:
+            self._jobs.difference_update(uuids)
+        self._wake.set()
+
     def _processes(self, device: Device) -> tuple[tuple[GpuProcess, ...], bool]:
-        if not isinstance(device, ProcessLister):
-            return (), False
-        listed = device.compute_processes()
+        with self._jobs_lock:
+            job = device.info.uuid in self._jobs
+        listed: tuple[GpuProcess, ...] | None = None
+        if isinstance(device, ProcessLister):
+            listed = device.compute_processes()
+        if job:
+            # The job runs in this process, listed by NVML or not (a backend without
+            # processes, a driver that hides it): it holds the GPU now.
+            own = [p for p in listed or () if p.pid == self._own_pid]
+            base = own[0] if own else GpuProcess(self._own_pid)
+            others = tuple(p for p in listed or () if p.pid != self._own_pid)
+            listed = (*others, GpuProcess(self._own_pid, FLOPWATT_PROCESS, *_figures(base)))
+        elif listed is not None:
+            listed = tuple(p for p in listed if p.pid != self._own_pid)
         if listed is None:
             return (), False
         total = device.info.memory_total_bytes
@@ -209,7 +244,10 @@ class Attributor:
             ratio = p.sm_utilization_ratio
             if ratio is not None and not (math.isfinite(ratio) and 0.0 <= ratio <= 1.0):
                 ratio = None
-            name = clean_text(p.name or read_comm(self._proc_root, p.pid))
+            if p.pid == self._own_pid:
+                name = FLOPWATT_PROCESS
+            else:
+                name = clean_text(p.name or read_comm(self._proc_root, p.pid))
             named.append(GpuProcess(p.pid, name, memory, ratio))
         # Past the limit, keep the busiest: the ones that explain the GPU's activity.
         kept = busiest(named, ATTRIBUTION_MAX_PROCESSES)
@@ -258,6 +296,7 @@ class Attributor:
     def stop(self) -> None:
         """Stop the thread (waits for a read in progress) and close the pod source."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self._pods is not None:
@@ -265,8 +304,13 @@ class Attributor:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()  # before the read: a wake during it reads again at once
             try:
                 self.tick()
             except Exception:  # never let attribution take the agent down
                 log.exception("attribution read failed; next try in %.0f s", self.interval_s)
-            self._stop.wait(self.interval_s)
+            self._wake.wait(self.interval_s)
+
+
+def _figures(p: GpuProcess) -> tuple[int | None, float | None]:
+    return p.used_memory_bytes, p.sm_utilization_ratio

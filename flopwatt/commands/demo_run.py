@@ -43,6 +43,8 @@ class SimNode:
     workloads: tuple[str, ...] = ()
     """Background workloads (``--sim-workload`` syntax): what the node's GPUs run between
     flopwatt's own jobs, seen through GPM on Hopper and newer."""
+    pods: tuple[str, ...] = ()
+    """The Kubernetes containers its GPUs are allocated to (``--sim-pod`` syntax)."""
 
 
 DEMO_WORKLOADS: tuple[tuple[str, ...], ...] = (
@@ -53,6 +55,18 @@ DEMO_WORKLOADS: tuple[tuple[str, ...], ...] = (
 """Workloads of the nodes of GPM-capable SKUs, by node: a training job, a serving node with two
 GPUs allocated but idle, a less efficient training job."""
 
+DEMO_PODS: tuple[tuple[str, ...], ...] = (
+    tuple(f"ml-train/llama-pretrain-0/trainer@{i}" for i in range(8)),
+    (
+        *(f"serving/chat-api-{i}/vllm@{i}" for i in range(6)),
+        "research/notebook-alice/jupyter@6",
+        "research/notebook-alice/jupyter@7",
+    ),
+    tuple(f"ml-train/finetune-7b-0/trainer@{i}" for i in range(8)),
+)
+"""The pods holding those GPUs, by node (as the kubelet's pod-resources API would say): the
+report's live efficiency by pod and the dashboard's by-pod panels show them."""
+
 
 def default_fleet(
     skus: Sequence[str] = DEFAULT_SKUS, nodes_per_sku: int = DEFAULT_NODES_PER_SKU
@@ -61,8 +75,9 @@ def default_fleet(
 
     On the second node of the second SKU one GPU is slowed to 80 % (an outlier with no throttle
     reason); on the first node of the last SKU one GPU is held at half its TDP (a power cap).
-    Nodes of GPM-capable SKUs (Hopper) run :data:`DEMO_WORKLOADS` between flopwatt's jobs, and
-    on the third of them one GPU has a row remap pending (a suspect GPU in the report).
+    Nodes of GPM-capable SKUs (Hopper) run :data:`DEMO_WORKLOADS` between flopwatt's jobs, in
+    the pods of :data:`DEMO_PODS`, and on the third of them one GPU has a row remap pending (a
+    suspect GPU in the report).
     """
     from flopwatt.analysis.registry import load_registry
 
@@ -76,12 +91,14 @@ def default_fleet(
             if s == len(skus) - 1 and n == 0:
                 faults += (f"power-cap:{_half_tdp(sku)}@5",)
             workloads: tuple[str, ...] = ()
+            pods: tuple[str, ...] = ()
             if has_gpm(registry.get(sku)):
                 workloads = DEMO_WORKLOADS[n % len(DEMO_WORKLOADS)]
+                pods = DEMO_PODS[n % len(DEMO_PODS)]
                 if n == 2:
                     faults += ("row-remap@2",)  # a GPU with a remap pending: a suspect
             nodes.append(
-                SimNode(f"{_short(sku)}-node-{n + 1}", sku, GPUS_PER_NODE, faults, workloads)
+                SimNode(f"{_short(sku)}-node-{n + 1}", sku, GPUS_PER_NODE, faults, workloads, pods)
             )
     t4_sku, t4_gpus = T4_NODE
     if t4_sku not in skus:
@@ -199,6 +216,7 @@ def _make_agents(config: DemoConfig, collector: RunningCollector, data: Path) ->
             seed=config.seed,
             faults=list(node.faults),
             workloads=list(node.workloads),
+            pods=list(node.pods),
             host=node.hostname,
         )
         agents.append(

@@ -7,8 +7,11 @@ Pure: input is one row per (attribution span ∩ window) with that part's teleme
 :func:`flopwatt.report.window_table.add_live_estimates`; output :data:`JOB_COLUMNS`, one row
 per job, the most energy first.
 
-A job is the Kubernetes container a GPU was allocated to (``namespace/pod/container``), else
-the names of the processes on it (``python3``, ``flopwatt+python3``…). Figures and units:
+A job is ``flopwatt`` while flopwatt's own benchmark ran on the GPU, else the Kubernetes
+container the GPU was allocated to (``namespace/pod/container``), else the names of the
+processes on it (``python3``, ``python3+tritonserver``…); GPUs nobody used are
+``(no process)``, and those whose processes cannot be listed ``(unknown)``
+(:attr:`flopwatt.records.DeviceAttribution.job`). Figures and units:
 
 * ``gpus`` — distinct GPUs the job held in the window; ``observed_gpu_s`` — GPU-seconds it was
   observed holding them (s);

@@ -101,6 +101,17 @@ class LiveLine:
 
 
 @dataclass(frozen=True)
+class JobLine:
+    """Live efficiency of one pod or job over the report's window."""
+
+    job: str
+    gpus: int
+    observed_gpu_s: float
+    estimated_mfu_ratio: float | None
+    energy_j: float | None
+
+
+@dataclass(frozen=True)
 class FleetSummary:
     """Everything the one-screen summary shows (see the module docstring)."""
 
@@ -115,6 +126,9 @@ class FleetSummary:
     suspect_gpus: tuple[SuspectGpu, ...] = ()
     more_suspect_gpus: int = 0
     live: tuple[LiveLine, ...] = ()
+    jobs: tuple[JobLine, ...] = ()
+    """The pods or jobs that spent the most energy (at most ``top``)."""
+    more_jobs: int = 0
 
 
 def _float(v: object) -> float | None:
@@ -257,6 +271,21 @@ def _live_lines(window: pd.DataFrame) -> tuple[LiveLine, ...]:
     return tuple(lines)
 
 
+def _job_lines(jobs: pd.DataFrame) -> list[JobLine]:
+    return [
+        JobLine(
+            job=_text(rec.get("job"), "?"),
+            gpus=int(rec.get("gpus") or 0),
+            observed_gpu_s=_float(rec.get("observed_gpu_s")) or 0.0,
+            estimated_mfu_ratio=_float(rec.get("estimated_mfu_ratio")),
+            energy_j=_float(rec.get("energy_j")),
+        )
+        for rec in jobs.to_dict("records")
+        # "(no process)" and "(unknown)" are GPUs, not workloads: the report lists them.
+        if not str(rec.get("job") or "(").startswith("(")
+    ]
+
+
 def fleet_summary(
     report: FleetReport,
     *,
@@ -277,6 +306,7 @@ def fleet_summary(
     devices = gpus.drop_duplicates("device_uuid")
     outliers = _outlier_devices(report.outliers)
     suspect_gpus = _suspect_gpus(report.suspects)
+    job_lines = _job_lines(report.jobs)
     suspects = _suspects(gpus, silent_after_s) if not gpus.empty else []
     known = {s.hostname for s in suspects}
     for host, why in failed_jobs:
@@ -295,4 +325,6 @@ def fleet_summary(
         suspect_gpus=tuple(suspect_gpus[:top]),
         more_suspect_gpus=max(0, len(suspect_gpus) - top),
         live=_live_lines(report.window),
+        jobs=tuple(job_lines[:top]),
+        more_jobs=max(0, len(job_lines) - top),
     )

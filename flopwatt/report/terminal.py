@@ -198,4 +198,37 @@ def summary_tables(summary: FleetSummary) -> list[TerminalTable]:
                 tuple("magenta" if line.source == SIM else "" for line in summary.live),
             )
         )
+    if summary.jobs:
+        more_jobs = summary.more_jobs
+        tables.append(
+            TerminalTable(
+                "Live efficiency by pod / job, most energy first (ESTIMATED)"
+                + (f" (and {more_jobs} more in the report)" if more_jobs else ""),
+                (
+                    text("job", "pod / job", str, numeric=False),
+                    text("gpus", "GPUs", str),
+                    text("gpu_hours", "GPU-hours", str),
+                    text("mfu", "est. MFU", str),
+                    text("energy", "energy kWh", str),
+                ),
+                tuple(
+                    (
+                        line.job,
+                        str(line.gpus),
+                        f"{line.observed_gpu_s / 3600:.2f}",
+                        "—"
+                        if line.estimated_mfu_ratio is None
+                        else f"{100 * line.estimated_mfu_ratio:.1f} %",
+                        "—" if line.energy_j is None else f"{line.energy_j / 3.6e6:.3f}",
+                    )
+                    for line in summary.jobs
+                ),
+                tuple(
+                    "yellow"
+                    if line.estimated_mfu_ratio is not None and line.estimated_mfu_ratio < 0.2
+                    else ""
+                    for line in summary.jobs
+                ),
+            )
+        )
     return tables

@@ -55,7 +55,6 @@ off the bus after 30 s), ``stuck-power`` (the power sensor freezes at its first 
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
 import uuid as uuidlib
@@ -786,8 +785,9 @@ class SimDevice:
 
     def compute_processes(self) -> tuple[GpuProcess, ...] | None:
         """The simulated processes: the background workload's (a fixed PID per GPU, the
-        memory the snapshot shows, SM utilisation = its SM activity) and, while flopwatt's own
-        job runs here, the agent's own process (the job runs in it).
+        memory the snapshot shows, SM utilisation = its SM activity; 0 while flopwatt's own
+        job holds the GPU). flopwatt's own job runs in the agent's process, which the
+        attribution adds itself while the job runs.
 
         Raises:
             DeviceLost: after a ``lost-after`` fault fires.
@@ -809,8 +809,6 @@ class SimDevice:
                         sm_utilization_ratio=0.0 if self._job else activity["sm_active_ratio"],
                     )
                 )
-            if self._job:
-                out.append(GpuProcess(os.getpid(), "flopwatt", int(total * 0.05), 0.97))
             return tuple(out)
 
     def _activity(self) -> dict[str, float]:

@@ -71,6 +71,14 @@ class JobRunner:
             if self._cancel.is_set():
                 return
             self._status(job_id, JobState.RUNNING)
+            attributor = self._agent.attributor
+            uuids = [
+                d.info.uuid
+                for d in self._agent.sampler_devices()
+                if not spec.device_uuids or d.info.uuid in spec.device_uuids
+            ]
+            if attributor is not None:
+                attributor.job_started(uuids)
             try:
                 results = self._execute(job_id, spec)
             except JobCancelledError as exc:
@@ -83,6 +91,9 @@ class JobRunner:
                 log.error("job %s failed: %s\n%s", job_id, exc, traceback.format_exc())
                 self._status(job_id, JobState.FAILED, f"{type(exc).__name__}: {exc}")
                 continue
+            finally:
+                if attributor is not None:
+                    attributor.job_finished(uuids)
             for result in results:
                 self._agent.emit(result)
             self._status(job_id, JobState.SUCCEEDED, f"{len(results)} results")
