@@ -864,6 +864,15 @@ def test_k8s_agent_daemonset(tmp_path: Path) -> None:
     assert "hostPath" in _volume_for(pod, agent, spool) or "emptyDir" in _volume_for(
         pod, agent, spool
     )
+    # Attribution: the kubelet's pod-resources socket where --kubelet-socket auto looks, and
+    # the host's PIDs (NVML reports them) for process names.
+    assert "--kubelet-socket" not in expanded or (
+        expanded[expanded.index("--kubelet-socket") + 1] == "auto"
+    )
+    socket_dir = "/var/lib/kubelet/pod-resources"
+    volume = _volume_for(pod, agent, f"{socket_dir}/kubelet.sock")
+    assert volume["hostPath"] == {"path": socket_dir, "type": "Directory"}
+    assert pod.get("hostPID") is True
     # It reaches the collector Service on its gRPC port.
     svc = k8s("Service", "flopwatt-collector")
     target = expanded[expanded.index("--collector") + 1]
