@@ -46,11 +46,15 @@ from flopwatt.analysis.registry import load_registry
 from flopwatt.collector.metrics import FleetMetrics
 from flopwatt.collector.state import DeviceState, FleetState
 from flopwatt.records import (
+    Attribution,
+    DeviceAttribution,
     DeviceInfo,
     GemmResult,
     GemmShape,
+    GpuProcess,
     ModelResult,
     NodeInfo,
+    PodRef,
     SeriesBlock,
     SoftwareVersions,
 )
@@ -127,9 +131,15 @@ def _model(model: str, batch: int, delivered: float) -> ModelResult:
 
 
 def build_fleet(
-    agents: int, now_ns: int, *, journal: bool = False, seed: int = 1
+    agents: int,
+    now_ns: int,
+    *,
+    journal: bool = False,
+    seed: int = 1,
+    attribution: bool = False,
 ) -> tuple[FleetState, list[list[str]]]:
-    """The benchmark's fleet state and each agent's GPU uuids."""
+    """The benchmark's fleet state and each agent's GPU uuids; with ``attribution`` every GPU
+    is allocated to a pod (four GPUs per pod) and runs two processes."""
     rng = np.random.default_rng(seed)
     registry = load_registry()
     state = FleetState(journal=journal)
@@ -166,6 +176,24 @@ def build_fleet(
         block = latest_block(telemetry(uuids, now_ns - 2 * _S, rng))
         assert block is not None
         state.apply_latest([block])
+        if attribution:
+            state.apply_attribution(
+                Attribution(
+                    now_ns - 5 * _S,
+                    tuple(
+                        DeviceAttribution(
+                            uuid,
+                            (
+                                GpuProcess(1000 + g, "python3", 40 * 2**30, 0.9),
+                                GpuProcess(2000 + g, "nccl-proxy", 2**30, 0.01),
+                            ),
+                            True,
+                            PodRef("ml-train", f"job-{a:04d}-{g // 4}", "trainer"),
+                        )
+                        for g, uuid in enumerate(uuids)
+                    ),
+                )
+            )
         for g, uuid in enumerate(uuids):
             k = a * GPUS_PER_AGENT + g
             if k % 10 == 0:
@@ -267,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         default=os.cpu_count() or 2,
         help="CPU-bound processes competing during the 'busy' renders (default: one per CPU)",
     )
+    p.add_argument(
+        "--attribution",
+        action="store_true",
+        help="every GPU allocated to a pod and running two processes (the attribution series)",
+    )
     args = p.parse_args(argv)
     now_ns = time.time_ns()
     print(f"# bench/metrics_render.py, {time.strftime('%Y-%m-%d %H:%M')}")
@@ -275,11 +308,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{platform.python_version()}, numpy {np.__version__}"
     )
     t0 = time.perf_counter()
-    state, fleet = build_fleet(args.agents, now_ns)
+    state, fleet = build_fleet(args.agents, now_ns, attribution=args.attribution)
     gpus = args.agents * GPUS_PER_AGENT
     print(
         f"fleet: {args.agents} agents × {GPUS_PER_AGENT} GPUs = {gpus} GPUs, built in "
         f"{time.perf_counter() - t0:.1f} s"
+        + (" (each in a pod, two processes per GPU)" if args.attribution else "")
     )
     exporter = FleetMetrics(state, staleness_s=300.0, clock_ns=lambda: now_ns)
     t0 = time.perf_counter()

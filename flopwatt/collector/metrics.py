@@ -76,7 +76,7 @@ from flopwatt.metrics_spec import (
     PROCESS_SERIES_PER_GPU,
     MetricType,
 )
-from flopwatt.records import GPM_COLUMNS, DeviceKind, NodeInfo, busiest
+from flopwatt.records import GPM_COLUMNS, DeviceAttribution, DeviceKind, NodeInfo, busiest
 
 _MHZ = 1e6
 # (column, family, value of the family's own label); the column is in the family's unit.
@@ -339,6 +339,47 @@ class _Layout:
     """Per agent, the registry specs of the devices it owns, by SKU."""
 
 
+@dataclass(frozen=True)
+class _AttributionText:
+    """One device's attribution lines, kept while its attribution object and labels stay."""
+
+    attribution: DeviceAttribution
+    labels: str
+    pod: str
+    """The pod labels' text (``,namespace="…",pod="…",container="…"``), "" for none."""
+    count: _Lines
+    util: _Lines
+    memory: _Lines
+
+
+def _attribution_lines(a: DeviceAttribution, labels: str) -> _AttributionText:
+    pod = ""
+    if a.pod is not None:
+        pod = (
+            f',namespace="{_escape(a.pod.namespace)}",pod="{_escape(a.pod.pod)}",'
+            f'container="{_escape(a.pod.container)}"'
+        )
+    count: _Lines = []
+    util: _Lines = []
+    memory: _Lines = []
+    if a.processes_known:
+        base = labels + pod
+        count.append(f"\nflopwatt_gpu_compute_processes{{{base}}} {len(a.processes)}".encode())
+        for proc in busiest(a.processes, PROCESS_SERIES_PER_GPU):
+            head = f'{{{base},pid="{proc.pid}",process="{_escape(proc.name)}"}} '
+            if proc.sm_utilization_ratio is not None:
+                util.append(
+                    f"\nflopwatt_gpu_process_sm_utilization_ratio{head}"
+                    f"{_num(proc.sm_utilization_ratio)}".encode()
+                )
+            if proc.used_memory_bytes is not None:
+                memory.append(
+                    f"\nflopwatt_gpu_process_used_memory_bytes{head}"
+                    f"{_num(proc.used_memory_bytes)}".encode()
+                )
+    return _AttributionText(a, labels, pod, count, util, memory)
+
+
 class FleetMetrics:
     """Renders ``/metrics`` from a :class:`FleetState` (see module docstring).
 
@@ -375,6 +416,7 @@ class FleetMetrics:
             str, tuple[GpuSpec | None, Mapping[str, GemmLatest] | None, Mapping[str, PipePeak]]
         ] = {}
         self._sku_lines: dict[str, dict[str, _Lines]] = {}
+        self._attribution_text: dict[str, _AttributionText] = {}
 
     def warm(self, devices: Iterable[DeviceState] = ()) -> None:
         """Build the kept text of the devices registered now, rather than at the next render
@@ -551,33 +593,24 @@ class FleetMetrics:
         count: _Lines = []
         util: _Lines = []
         memory: _Lines = []
+        kept = self._attribution_text
+        if len(kept) > len(view.attributions):  # devices gone: forget their text
+            self._attribution_text = kept = {
+                u: v for u, v in kept.items() if u in view.attributions
+            }
         for uuid, (a, observed) in view.attributions.items():
             r = view.rows.get(uuid)
             if r is None or not wanted[r] or now_unix_ns - observed > ATTRIBUTION_FRESH_NS:
                 continue
-            pod = ""
-            if a.pod is not None:
-                pod = (
-                    f',namespace="{_escape(a.pod.namespace)}",pod="{_escape(a.pod.pod)}",'
-                    f'container="{_escape(a.pod.container)}"'
-                )
-                pods[r] = pod
-            if not a.processes_known:
-                continue
-            base = self._rows.labels[r] + pod
-            count.append(f"\nflopwatt_gpu_compute_processes{{{base}}} {len(a.processes)}".encode())
-            for proc in busiest(a.processes, PROCESS_SERIES_PER_GPU):
-                head = f'{{{base},pid="{proc.pid}",process="{_escape(proc.name)}"}} '
-                if proc.sm_utilization_ratio is not None:
-                    util.append(
-                        f"\nflopwatt_gpu_process_sm_utilization_ratio{head}"
-                        f"{_num(proc.sm_utilization_ratio)}".encode()
-                    )
-                if proc.used_memory_bytes is not None:
-                    memory.append(
-                        f"\nflopwatt_gpu_process_used_memory_bytes{head}"
-                        f"{_num(proc.used_memory_bytes)}".encode()
-                    )
+            labels = self._rows.labels[r]
+            text = kept.get(uuid)
+            if text is None or text.attribution is not a or text.labels != labels:
+                text = kept[uuid] = _attribution_lines(a, labels)
+            if text.pod:
+                pods[r] = text.pod
+            count += text.count
+            util += text.util
+            memory += text.memory
         chunks["flopwatt_gpu_compute_processes"].append(count)
         chunks["flopwatt_gpu_process_sm_utilization_ratio"].append(util)
         chunks["flopwatt_gpu_process_used_memory_bytes"].append(memory)
