@@ -20,6 +20,7 @@ from flopwatt.report.files import as_report
 from flopwatt.report.tables import ReportParameters
 from flopwatt.store.sqlite import SQLiteStore
 from tests.collector_helpers import collector, find, http_get, samples
+from tests.postgres_server import PostgresServer
 from tests.test_agent_e2e import run_agents, wait_for
 
 pytestmark = pytest.mark.slow
@@ -160,3 +161,31 @@ async def test_a_bad_attribution_is_rejected_whole_and_the_stream_goes_on(tmp_pa
     assert agent.uplink.stats.rejected_messages == len(seqs)
     parsed = samples(text)
     assert find(parsed, "flopwatt_gpu_process_sm_utilization_ratio", pid="9") == [0.5]
+
+
+async def test_an_agent_moving_to_another_replica_keeps_its_pod_labels(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """Two collector replicas on one PostgreSQL store: the agent's attribution is stored
+    through the first; when it registers with the second (which never saw an attribution from
+    it), the second labels its GPUs from the store."""
+    dsn = postgres.create_database("attribution_replicas")
+    async with collector(tmp_path / "a", db_path=dsn) as a:
+        agent = _agent(tmp_path, "h100-move", a.grpc_address, pods=["ml/llama-0/trainer@0"])
+        stop, tasks = await run_agents([agent])
+        try:
+            await wait_for(lambda: agent.uplink.stats.acked_messages >= 5, 30, "acks")
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+    async with collector(tmp_path / "b", db_path=dsn) as b:
+        moved = _agent(tmp_path, "h100-move", b.grpc_address, pods=["ml/llama-0/trainer@0"])
+        moved.attributor = None  # nothing sent here: the labels come from the store
+        stop, tasks = await run_agents([moved])
+        try:
+            await wait_for(lambda: moved.uplink.stats.acked_messages >= 3, 30, "acks")
+            _, text = await http_get(b.http_url + "/metrics")
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+    assert find(samples(text), "flopwatt_gpu_compute_processes", pod="llama-0") == [1.0]

@@ -23,6 +23,7 @@ from flopwatt.store.attribution import (
     NEWEST_SPANS_SQL,
     SPAN_GRACE_NS,
     SPANS_IN_WINDOW_SQL,
+    newest_span_sql,
     spans_from_rows,
 )
 from flopwatt.store.base import MessageWrite, Outcome, Store
@@ -84,6 +85,13 @@ def test_unchanged_owners_extend_one_span_and_a_change_opens_the_next(store: Sto
     )
     newest = store.query(NEWEST_SPANS_SQL)
     assert [r["job"] for r in newest] == ["vllm"]
+    # Per device (what a replica reads when an agent registers with it): the same row.
+    store.apply([_write(4, _one(T0, DeviceAttribution("GPU-1", (), True)))])
+    got = store.query(newest_span_sql(3), ("GPU-0", "GPU-1", "GPU-9"))
+    assert sorted((r["device_uuid"], r["job"]) for r in got) == [
+        ("GPU-0", "vllm"),
+        ("GPU-1", "(no process)"),
+    ]
 
 
 def test_a_resend_is_a_duplicate_and_does_not_extend_twice(store: Store) -> None:

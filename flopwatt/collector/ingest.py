@@ -37,7 +37,7 @@ from flopwatt.records import (
     RegisterResponse,
     TelemetryBatch,
 )
-from flopwatt.store.attribution import NEWEST_SPANS_SQL, span_from_row
+from flopwatt.store.attribution import NEWEST_SPANS_SQL, newest_span_sql, span_from_row
 from flopwatt.store.base import MessageWrite, Outcome, Registration, Store, WriteOutcome
 from flopwatt.store.schema import epoch_from_db
 
@@ -390,11 +390,13 @@ class Ingest:
 
     def _load_attribution(self, device_uuids: list[str] | None) -> None:
         """Apply each device's newest stored attribution span (its current owners)."""
-        rows = self.store.query(NEWEST_SPANS_SQL)
-        wanted = None if device_uuids is None else set(device_uuids)
+        if device_uuids is None:
+            rows = self.store.query(NEWEST_SPANS_SQL)
+        elif device_uuids:
+            rows = self.store.query(newest_span_sql(len(device_uuids)), device_uuids)
+        else:
+            return
         for row in rows:
-            if wanted is not None and row["device_uuid"] not in wanted:
-                continue
             span = span_from_row(row, int(row["end_unix_ns"]))
             self.state.apply_attribution(Attribution(span.end_unix_ns, (span.attribution,)))
 

@@ -177,3 +177,15 @@ NEWEST_SPANS_SQL = (
     "ON a.device_uuid = n.device_uuid AND a.start_unix_ns = n.s"
 )
 """Each device's newest span (its current attribution)."""
+
+
+def newest_span_sql(devices: int) -> str:
+    """The newest span of each of ``devices`` devices (params: their UUIDs): one indexed
+    lookup per device (the primary key), for an agent registering with a replica."""
+    return " UNION ALL ".join(
+        [
+            "SELECT * FROM (SELECT * FROM gpu_attribution WHERE device_uuid = ? "
+            "ORDER BY start_unix_ns DESC LIMIT 1) AS d" + str(i)
+            for i in range(devices)
+        ]
+    )
