@@ -6,7 +6,8 @@
 # identity and one snapshot, the energy-counter delta against trapezoid-integrated power (instant
 # and 1-s average) with their ratios, min/mean SM clock, the throttle reasons seen, and the
 # achieved TFLOP/s, and (on Hopper and newer) the live-efficiency estimate from GPM pipe activity
-# against the GEMM's measured FLOP/s (target ±10 %). Exits non-zero with a clear message when
+# against the GEMM's measured FLOP/s (target ±10 %), and whether NVML lists this process on
+# GPU 0 with its memory and per-process SM utilisation (attribution). Exits non-zero with a clear message when
 # there is no GPU or NVML. Then, unless
 # BENCH=0, runs `flopwatt bench gemm` (bf16/fp16/fp8, 30-s sustained) and `flopwatt bench model`
 # (resnet50/vit_b_16, fp16), each skipped with the reason when a dependency is missing there.
@@ -136,6 +137,15 @@ for _ in range(5):  # warm-up: cuBLAS heuristics, clocks out of idle
     torch.matmul(a, b, out=c)
 torch.cuda.synchronize()
 
+# Attribution (issue 14): the process list before the GEMM (this process holds a context) and
+# after it (per-process SM utilisation over the GEMM).
+processes_before = None
+processes_error = ""
+try:
+    processes_before = gemm_dev.compute_processes()
+except Exception as exc:  # reported below; the NVML check stands on its own
+    processes_error = f"{type(exc).__name__}: {exc}"
+
 thread = threading.Thread(target=sampler, name="sampler", daemon=True)
 thread.start()
 time.sleep(min(3.0, max(0.0, (SAMPLE_S - GEMM_S) / 3)))  # an idle stretch before the load
@@ -154,6 +164,11 @@ ev1.record()
 torch.cuda.synchronize()
 gemm_end_ns = time.time_ns()
 gemm_s = ev0.elapsed_time(ev1) / 1000.0
+processes_after = None
+try:
+    processes_after = gemm_dev.compute_processes()
+except Exception as exc:
+    processes_error = f"{type(exc).__name__}: {exc}"
 thread.join(timeout=SAMPLE_S + 10)
 stop.set()
 
@@ -300,6 +315,22 @@ for d in devices:
         )
     except DeviceLost as e:
         print(f"  GPU {d.info.index}: lost ({e})")
+
+section("attribution: this process on the GEMM GPU (nvmlDeviceGetComputeRunningProcesses)")
+if processes_error:
+    print(f"  error: {processes_error}")
+for label, listed in (("before the GEMM", processes_before), ("after the GEMM", processes_after)):
+    if listed is None:
+        print(f"  {label}: unknown (NVML cannot list processes here)")
+        continue
+    mine = [p for p in listed if p.pid == os.getpid()]
+    print(f"  {label}: {len(listed)} process(es); this one (pid {os.getpid()}) listed: {bool(mine)}")
+    for p in mine:
+        mem = "n/a" if p.used_memory_bytes is None else f"{p.used_memory_bytes / 2**30:.2f} GiB"
+        util = "n/a" if p.sm_utilization_ratio is None else f"{100 * p.sm_utilization_ratio:.0f} %"
+        print(f"    memory {mem}, SM utilisation since the previous read {util}")
+if processes_after is not None and not any(p.pid == os.getpid() for p in processes_after):
+    print("  NOTE: this process is not listed (another PID namespace? run with the host's PIDs)")
 
 out = os.environ.get("OUT")
 if out:
