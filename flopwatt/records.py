@@ -597,7 +597,7 @@ def busiest(processes: Sequence[GpuProcess], n: int) -> list[GpuProcess]:
     return sorted(
         processes,
         key=lambda p: (
-            -1.0 if p.sm_utilization_ratio is None else -p.sm_utilization_ratio,
+            1.0 if p.sm_utilization_ratio is None else -p.sm_utilization_ratio,
             1 if p.used_memory_bytes is None else -p.used_memory_bytes,
             p.pid,
         ),

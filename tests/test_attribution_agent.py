@@ -256,6 +256,31 @@ def test_the_agents_own_process_is_flopwatt_while_its_job_runs(tmp_path: Path) -
     assert d.job == "ml/p-0/c" and b.job == "(unknown)"
 
 
+def test_a_jobs_measuring_child_is_flopwatt(tmp_path: Path) -> None:
+    """Real jobs measure in a spawned child of the agent: NVML lists the child (with its
+    memory and utilisation), not the agent; the child is the ``flopwatt`` process, once."""
+    (tmp_path / "8").mkdir()
+    (tmp_path / "8" / "stat").write_text("8 (python3 (x)) S 5 8 8 0 -1\n")  # parent: the agent
+    (tmp_path / "8" / "comm").write_text("python3\n")
+    gpu = FakeGpu("GPU-a", (GpuProcess(8, "", 3, 0.95), GpuProcess(6, "train", 1, 0.0)))
+    a = _attributor([gpu], [], proc_root=tmp_path, own_pid=5)
+    a.job_started(["GPU-a"])
+    (d,) = a.read().devices
+    assert d.processes == (GpuProcess(6, "train", 1, 0.0), GpuProcess(8, "flopwatt", 3, 0.95))
+    assert d.job == "flopwatt"
+    a.job_finished(["GPU-a"])  # the child on its way out is no workload
+    (d,) = a.read().devices
+    assert [p.pid for p in d.processes] == [6]
+
+
+def test_busiest_ranks_unknown_utilisation_last() -> None:
+    from flopwatt.records import busiest
+
+    idle = GpuProcess(1, "idle", 10, None)
+    procs = [idle, GpuProcess(2, "busy", 1, 0.9), GpuProcess(3, "mid", 1, 0.5)]
+    assert [p.name for p in busiest(procs, 2)] == ["busy", "mid"]
+
+
 def test_job_names() -> None:
     from flopwatt.records import DeviceAttribution
 

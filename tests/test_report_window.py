@@ -177,6 +177,17 @@ def test_a_long_window_reads_rollups_where_raw_is_pruned(filled: str) -> None:
     _assert_matches(read, _reference(aligned))
 
 
+def test_a_window_that_ends_in_the_past_stops_at_its_end(filled: str) -> None:
+    """The report's per-span parts end in the past: a window of two hours ending 40 min ago
+    (rollups only) covers nothing after its end — no sample of the last 40 minutes counted (a
+    bucket straddling the end would count whole; this end is on the minute)."""
+    end = NOW - 40 * 60 * S
+    with closing(connect_read_only(filled)) as conn:
+        read = read_windows(conn, end - 2 * 3600 * S, end)[GPU]
+    assert int(read.summary["t_last"][0]) <= end
+    assert float(read.summary["interval_s"][0]) <= 2 * 3600 + 60
+
+
 def test_a_window_before_maintenance_reads_the_fresh_chunks(db: str, store: Store) -> None:
     """Nothing compacted yet (maintenance never ran): a day-long window is read from the raw
     per-message chunks, and says so."""

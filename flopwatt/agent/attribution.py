@@ -115,6 +115,16 @@ def clean_pod(ref: PodRef | None) -> PodRef | None:
     return PodRef(clean_text(ref.namespace), clean_text(ref.pod), clean_text(ref.container))
 
 
+def read_ppid(proc_root: Path, pid: int) -> int | None:
+    """The parent of ``pid`` (``/proc/PID/stat``), None when unreadable."""
+    try:
+        stat = (proc_root / str(pid) / "stat").read_text(errors="replace")
+        # "PID (comm) STATE PPID …": comm may hold spaces and parentheses; the last ")" ends it.
+        return int(stat.rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def read_comm(proc_root: Path, pid: int) -> str:
     """The command name of ``pid`` (``/proc/PID/comm``, at most 15 characters), "" when the
     process is gone or not readable (another PID namespace, no permission)."""
@@ -139,10 +149,10 @@ class Attributor:
         interval_s: how often to read.
         refresh_s: longest gap between two messages.
         proc_root: where ``/proc`` is (injectable for tests).
-        own_pid: the agent's process id. Its benchmark jobs run in it, so while a job runs on
-            a device (:meth:`job_started` … :meth:`job_finished`) the device lists it, named
-            ``flopwatt``; otherwise it is left out, since a CUDA context it keeps open
-            between jobs is no workload.
+        own_pid: the agent's process id. Its benchmark jobs run in a child of it (or in it),
+            so while a job runs on a device (:meth:`job_started` … :meth:`job_finished`) those
+            processes are named ``flopwatt`` (the agent itself stands in while no child is
+            listed yet); otherwise they are left out.
         wall_ns / mono_ns: clocks (injectable).
     """
 
@@ -214,21 +224,25 @@ class Attributor:
             self._jobs.difference_update(uuids)
         self._wake.set()
 
+    def _is_ours(self, pid: int) -> bool:
+        """The agent itself or one of its children (a job's measuring process)."""
+        return pid == self._own_pid or read_ppid(self._proc_root, pid) == self._own_pid
+
     def _processes(self, device: Device) -> tuple[tuple[GpuProcess, ...], bool]:
         with self._jobs_lock:
             job = device.info.uuid in self._jobs
         listed: tuple[GpuProcess, ...] | None = None
         if isinstance(device, ProcessLister):
             listed = device.compute_processes()
+        ours = [p for p in listed or () if self._is_ours(p.pid)]
+        others = tuple(p for p in listed or () if not self._is_ours(p.pid))
         if job:
-            # The job runs in this process, listed by NVML or not (a backend without
-            # processes, a driver that hides it): it holds the GPU now.
-            own = [p for p in listed or () if p.pid == self._own_pid]
-            base = own[0] if own else GpuProcess(self._own_pid)
-            others = tuple(p for p in listed or () if p.pid != self._own_pid)
-            listed = (*others, GpuProcess(self._own_pid, FLOPWATT_PROCESS, *_figures(base)))
+            # The job runs in a child of this process (or in it): it holds the GPU now, listed
+            # by NVML or not (a backend without processes, a child still starting).
+            jobs = tuple(GpuProcess(p.pid, FLOPWATT_PROCESS, *_figures(p)) for p in ours)
+            listed = (*others, *(jobs or (GpuProcess(self._own_pid, FLOPWATT_PROCESS),)))
         elif listed is not None:
-            listed = tuple(p for p in listed if p.pid != self._own_pid)
+            listed = others  # a job's child on its way out is no workload
         if listed is None:
             return (), False
         total = device.info.memory_total_bytes
@@ -244,10 +258,7 @@ class Attributor:
             ratio = p.sm_utilization_ratio
             if ratio is not None and not (math.isfinite(ratio) and 0.0 <= ratio <= 1.0):
                 ratio = None
-            if p.pid == self._own_pid:
-                name = FLOPWATT_PROCESS
-            else:
-                name = clean_text(p.name or read_comm(self._proc_root, p.pid))
+            name = clean_text(p.name or read_comm(self._proc_root, p.pid))
             named.append(GpuProcess(p.pid, name, memory, ratio))
         # Past the limit, keep the busiest: the ones that explain the GPU's activity.
         kept = busiest(named, ATTRIBUTION_MAX_PROCESSES)

@@ -99,11 +99,11 @@ def _sku_choices() -> list[str]:
 @click.option(
     "--attribution-interval",
     "attribution_interval_s",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=0, max=60),
     default=5.0,
     show_default=True,
-    help="How often the processes (NVML) and pods using each GPU are read (s); sent when they "
-    "change and at least every 60 s. 0 turns attribution off.",
+    help="How often the processes (NVML) and pods using each GPU are read (s, at most 60); sent "
+    "when they change and at least every 60 s. 0 turns attribution off.",
 )
 @click.option(
     "--spool",

@@ -85,7 +85,7 @@ def job_frame(parts: pd.DataFrame) -> pd.DataFrame:
     for job, g in parts.groupby("job", sort=True, dropna=False):
         observed = 0.0
         est_s = est_flops = mfu_s = mfu_sum = 0.0
-        energy = span = est_energy = 0.0
+        energy = span = est_energy = est_energy_flops = 0.0
         have_energy = have_est_energy = False
         for rec in g.to_dict("records"):
             obs = _num(rec.get("observed_s")) or 0.0
@@ -104,7 +104,10 @@ def job_frame(parts: pd.DataFrame) -> pd.DataFrame:
                 span += es
                 have_energy = True
                 if flops is not None:
+                    # Energy and FLOPs of the same parts only: a part without an energy
+                    # counter must not lower the energy per FLOP.
                     est_energy += e
+                    est_energy_flops += flops * obs
                     have_est_energy = True
         first = g.iloc[0]
         rows.append(
@@ -126,7 +129,9 @@ def job_frame(parts: pd.DataFrame) -> pd.DataFrame:
                 "energy_j": energy if have_energy else None,
                 "energy_mean_power_w": energy / span if have_energy and span else None,
                 "estimated_energy_per_flop_j": (
-                    est_energy / est_flops if have_est_energy and est_flops > 0 else None
+                    est_energy / est_energy_flops
+                    if have_est_energy and est_energy_flops > 0
+                    else None
                 ),
             }
         )

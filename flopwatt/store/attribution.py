@@ -79,16 +79,16 @@ def store_attribution(execute: Execute, agent_id: str, a: Attribution) -> None:
             and newest[0]["owner_key"] == key
             and a.observed_unix_ns >= newest[0]["start_unix_ns"]
         ):
+            # Never backwards, whichever of two writers (replicas on one PostgreSQL store, an
+            # old and a new agent epoch) commits last: both sides of SET read the old row.
+            obs = a.observed_unix_ns
             execute(
-                "UPDATE gpu_attribution SET end_unix_ns=?, processes_json=?, agent_id=? "
+                "UPDATE gpu_attribution SET "
+                "processes_json = CASE WHEN end_unix_ns <= ? THEN ? ELSE processes_json END, "
+                "agent_id = CASE WHEN end_unix_ns <= ? THEN ? ELSE agent_id END, "
+                "end_unix_ns = CASE WHEN end_unix_ns < ? THEN ? ELSE end_unix_ns END "
                 "WHERE device_uuid=? AND start_unix_ns=?",
-                (
-                    max(a.observed_unix_ns, newest[0]["end_unix_ns"]),
-                    procs,
-                    agent_id,
-                    d.device_uuid,
-                    newest[0]["start_unix_ns"],
-                ),
+                (obs, procs, obs, agent_id, obs, obs, d.device_uuid, newest[0]["start_unix_ns"]),
             )
             continue
         if newest and a.observed_unix_ns <= newest[0]["start_unix_ns"]:

@@ -339,7 +339,10 @@ def _read_device(
             for e in got:
                 e["bucket"] = np.zeros(e["t_last"].shape[0], dtype=np.int64)
         else:
-            buckets = _buckets(conn, rollup.TIER_BY_NAME[name], uuid, begin, until)
+            # The newest part stops at the window's end too (a window may end in the past: a
+            # report's per-span parts): buckets that start before it, one straddling it whole.
+            stop = end if until is None else until
+            buckets = _buckets(conn, rollup.TIER_BY_NAME[name], uuid, begin, stop)
             got = [] if buckets is None else [buckets]
         if got:
             parts.extend(got)
