@@ -64,6 +64,7 @@ except ImportError:
 from flopwatt.agent.devices.base import BackendUnavailable, DeviceLost
 from flopwatt.agent.devices.nvml import NvmlBackend
 from flopwatt.analysis.throttle import decode_throttle
+from flopwatt.records import HEALTH_COLUMNS
 
 heavy = sorted({m.split(".")[0] for m in sys.modules} & {"grpc", "pandas", "google", "matplotlib"})
 if heavy:
@@ -315,6 +316,16 @@ for d in devices:
         )
     except DeviceLost as e:
         print(f"  GPU {d.info.index}: lost ({e})")
+
+section("health telemetry columns (absent: the GPU does not offer the counter)")
+for d in devices:
+    try:
+        snap = d.snapshot(time.time_ns())
+    except DeviceLost as e:
+        print(f"  GPU {d.info.index}: lost ({e})")
+        continue
+    values = {c: getattr(snap, c) for c in HEALTH_COLUMNS}
+    print(f"  GPU {d.info.index}: " + ", ".join(f"{c}={v}" for c, v in values.items()))
 
 section("attribution: this process on the GEMM GPU (nvmlDeviceGetComputeRunningProcesses)")
 if processes_error:

@@ -204,6 +204,20 @@ METRICS: tuple[MetricSpec, ...] = (
         _gpu(),
     ),
     MetricSpec(
+        "flopwatt_gpu_nvlink_replays_total",
+        MetricType.COUNTER,
+        "",
+        "NVLink data-link replays (flits resent after an error), summed over the GPU's links.",
+        _gpu(),
+    ),
+    MetricSpec(
+        "flopwatt_gpu_nvlink_recoveries_total",
+        MetricType.COUNTER,
+        "",
+        "NVLink link recoveries (a link retrained after errors), summed over the GPU's links.",
+        _gpu(),
+    ),
+    MetricSpec(
         "flopwatt_gpu_xid_events_total",
         MetricType.COUNTER,
         "",

@@ -141,6 +141,8 @@ TELEMETRY_COLUMNS: tuple[ColumnSpec, ...] = (
     ColumnSpec("nvlink_crc_errors_total", np.dtype("<u8")),
     ColumnSpec("xid_events_total", np.dtype("<u8")),
     ColumnSpec("xid_last", np.dtype("<u8")),
+    ColumnSpec("nvlink_replay_errors_total", np.dtype("<u8")),
+    ColumnSpec("nvlink_recovery_errors_total", np.dtype("<u8")),
 )
 """Every telemetry column, in wire and storage order: a new column is only ever appended (the
 stored chunks' column bitmaps index this tuple)."""
@@ -168,9 +170,11 @@ HEALTH_COLUMNS: tuple[str, ...] = (
     "nvlink_crc_errors_total",
     "xid_events_total",
     "xid_last",
+    "nvlink_replay_errors_total",
+    "nvlink_recovery_errors_total",
 )
 """Health counters: what names a bad GPU besides its efficiency."""
-assert len(TELEMETRY_COLUMNS) <= 32, "stored chunks index columns in a 32-bit bitmap"
+assert len(TELEMETRY_COLUMNS) <= 63, "chunk bitmaps are 64-bit, built in signed int64 arrays"
 COLUMN_DTYPES: dict[str, np.dtype[Any]] = {c.name: c.dtype for c in TELEMETRY_COLUMNS}
 TELEMETRY_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in TELEMETRY_COLUMNS)
 POWER_COLUMNS: tuple[str, ...] = ("power_instant_w", "power_average_1s_w")

@@ -139,18 +139,27 @@ async def test_the_report_window_estimates_live_efficiency(tmp_path: Path) -> No
 
 
 def test_sim_health_faults_show_in_the_counters() -> None:
-    """xid:79, ecc:3 and row-remap set the counters a real GPU would; a healthy GPU reads 0;
-    V100 (no row remapping before Ampere) has no remap counters at all."""
+    """xid:79, ecc:3, row-remap and nvlink:40 set the counters a real GPU would; a healthy GPU
+    reads 0; V100 (no row remapping before Ampere) has no remap counters at all; a PCIe part
+    has no NVLink counters and refuses an NVLink fault."""
     b = SimBackend.from_options(
-        sku="H100-SXM5-80GB", gpus=3, faults=["xid:79@0", "ecc:3@1", "row-remap@2"]
+        sku="H100-SXM5-80GB",
+        gpus=4,
+        faults=["xid:79@0", "ecc:3@1", "row-remap@2", "nvlink:40@3"],
     )
-    s0, s1, s2 = (d.snapshot(0) for d in b.sim_devices())
+    s0, s1, s2, s3 = (d.snapshot(0) for d in b.sim_devices())
     assert (s0.xid_events_total, s0.xid_last) == (1, 79)
     assert s1.ecc_uncorrected_volatile_total == 3 and s1.xid_last is None  # no XID yet
     assert (s2.remapped_rows_uncorrectable_total, s2.row_remap_pending) == (1, 1)
     assert s0.nvlink_crc_errors_total == 0  # SXM: NVLink, no errors
+    assert (s0.nvlink_replay_errors_total, s0.nvlink_recovery_errors_total) == (0, 0)
+    assert s3.nvlink_replay_errors_total == 40
+    pcie = SimBackend.from_options(sku="T4", gpus=1).sim_devices()[0].snapshot(0)
+    assert pcie.nvlink_replay_errors_total is None and pcie.nvlink_crc_errors_total is None
+    with pytest.raises(ValueError, match="SXM"):
+        SimBackend.from_options(sku="T4", gpus=1, faults=["nvlink:4"])
     v100 = SimBackend.from_options(sku="V100-SXM2-32GB", gpus=1).sim_devices()[0].snapshot(0)
     assert v100.row_remap_pending is None and v100.ecc_uncorrected_volatile_total == 0
-    for bad in ("xid:0", "xid:abc", "ecc:0", "row-remap:2"):
+    for bad in ("xid:0", "xid:abc", "ecc:0", "row-remap:2", "nvlink:0", "nvlink:1.5"):
         with pytest.raises(ValueError):
             SimBackend.from_options(sku="H100-SXM5-80GB", gpus=1, faults=[bad])

@@ -104,6 +104,8 @@ ADDED_SINCE_GOLDEN = (
     "flopwatt_gpu_row_remap_failed",
     "flopwatt_gpu_pcie_replays_total",
     "flopwatt_gpu_nvlink_crc_errors_total",
+    "flopwatt_gpu_nvlink_replays_total",
+    "flopwatt_gpu_nvlink_recoveries_total",
     "flopwatt_gpu_xid_events_total",
     "flopwatt_gpu_xid_last",
     "flopwatt_gpu_compute_processes",

@@ -1,7 +1,7 @@
 """NVML health counters against the typed fake (tests/test_nvml_backend.py, with GPM from
 tests/test_nvml_gpm.py): ECC volatile counts, row remapping, the PCIe replay counter, NVLink CRC
-errors summed over the links that answer, XID events — read every HEALTH_INTERVAL_S and
-repeated in between, absent (never 0) where the GPU does not offer them."""
+errors, replays and recoveries summed over the links that answer, XID events — read every
+HEALTH_INTERVAL_S and repeated in between, absent (never 0) where the GPU does not offer them."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ T0 = 1_764_997_200 * S
 
 class HealthFakeNvml(GpmFakeNvml):
     """The fake with row remapping, PCIe replays and per-link NVLink error counters, from
-    attributes on each FakeGpu (``remap``, ``replays``, ``nvlinks``, ``crc_per_link``)."""
+    attributes on each FakeGpu (``remap``, ``replays``, ``nvlinks``, ``crc_per_link``,
+    ``link_replays_per_link``, ``link_recoveries_per_link``)."""
 
     def nvmlDeviceGetRemappedRows(self, handle: FakeGpu, /) -> tuple[int, int, int, int]:  # noqa: N802
         g = self._gpu(handle, "nvmlDeviceGetRemappedRows")
@@ -33,10 +34,14 @@ class HealthFakeNvml(GpmFakeNvml):
         self, handle: FakeGpu, link: int, counter: int, /
     ) -> int:
         g = self._gpu(handle, "nvmlDeviceGetNvLinkErrorCounter")
-        assert counter == pynvml.NVML_NVLINK_ERROR_DL_CRC_FLIT
         if link >= getattr(g, "nvlinks", 0):
             raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        return int(getattr(g, "crc_per_link", 0))
+        attribute = {
+            pynvml.NVML_NVLINK_ERROR_DL_CRC_FLIT: "crc_per_link",
+            pynvml.NVML_NVLINK_ERROR_DL_REPLAY: "link_replays_per_link",
+            pynvml.NVML_NVLINK_ERROR_DL_RECOVERY: "link_recoveries_per_link",
+        }[counter]
+        return int(getattr(g, attribute, 0))
 
 
 def _sick_h100(**kw: Any) -> FakeGpu:
@@ -45,6 +50,8 @@ def _sick_h100(**kw: Any) -> FakeGpu:
     g.replays = 7  # type: ignore[attr-defined]
     g.nvlinks = 18  # type: ignore[attr-defined]
     g.crc_per_link = 2  # type: ignore[attr-defined]
+    g.link_replays_per_link = 5  # type: ignore[attr-defined]
+    g.link_recoveries_per_link = 1  # type: ignore[attr-defined]
     g.xids = [79]
     return g
 
@@ -58,6 +65,8 @@ def test_every_health_counter_is_read_and_named() -> None:
     assert (s.row_remap_pending, s.row_remap_failed) == (1, 0)
     assert s.pcie_replay_total == 7
     assert s.nvlink_crc_errors_total == 18 * 2
+    assert s.nvlink_replay_errors_total == 18 * 5
+    assert s.nvlink_recovery_errors_total == 18 * 1
     assert (s.xid_events_total, s.xid_last) == (1, 79)
 
 
@@ -89,6 +98,7 @@ def test_counters_a_gpu_lacks_are_absent_not_zero() -> None:
     assert s.remapped_rows_uncorrectable_total is None and s.row_remap_pending is None
     assert s.pcie_replay_total is None
     assert s.nvlink_crc_errors_total is None  # no link answered
+    assert s.nvlink_replay_errors_total is None and s.nvlink_recovery_errors_total is None
     assert d.missing()["nvlink_errors"] == "no NVLink"
     assert s.ecc_uncorrected_volatile_total == 0  # offered, and zero: a real 0
 
@@ -125,3 +135,32 @@ def test_nvlink_errors_sum_every_link_that_answers_even_with_gaps() -> None:
 
     d = gpu(open_fake(GappyNvml([_sick_h100()])), 0)
     assert d.snapshot(T0).nvlink_crc_errors_total == 6 * 3
+
+
+def test_an_nvlink_counter_one_link_refuses_is_absent_the_others_stay() -> None:
+    """Replays refused on link 7 only: a sum over 17 of 18 links would read as a drop, so the
+    replay count is absent; CRC errors and recoveries still sum every link."""
+
+    class NoReplayOnLink7(HealthFakeNvml):
+        def nvmlDeviceGetNvLinkErrorCounter(  # noqa: N802
+            self, handle: FakeGpu, link: int, counter: int, /
+        ) -> int:
+            if link == 7 and counter == pynvml.NVML_NVLINK_ERROR_DL_REPLAY:
+                raise pynvml.NVMLError(pynvml.NVML_ERROR_UNKNOWN)
+            return super().nvmlDeviceGetNvLinkErrorCounter(handle, link, counter)
+
+    s = gpu(open_fake(NoReplayOnLink7([_sick_h100()])), 0).snapshot(T0)
+    assert s.nvlink_replay_errors_total is None
+    assert (s.nvlink_crc_errors_total, s.nvlink_recovery_errors_total) == (18 * 2, 18 * 1)
+
+
+def test_an_older_nvml_module_without_the_replay_counter_reads_only_crc() -> None:
+    """An nvidia-ml-py that names only the CRC counter: replays and recoveries absent."""
+
+    class CrcOnlyNvml(HealthFakeNvml):
+        NVML_NVLINK_ERROR_DL_REPLAY = None
+        NVML_NVLINK_ERROR_DL_RECOVERY = None
+
+    s = gpu(open_fake(CrcOnlyNvml([_sick_h100()])), 0).snapshot(T0)
+    assert s.nvlink_crc_errors_total == 18 * 2
+    assert s.nvlink_replay_errors_total is None and s.nvlink_recovery_errors_total is None

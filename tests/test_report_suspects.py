@@ -74,9 +74,9 @@ async def test_sim_faults_become_suspects_in_the_report(tmp_path: Path) -> None:
         )
         backend = SimBackend.from_options(
             sku="H100-SXM5-80GB",
-            gpus=4,
+            gpus=5,
             host="sick-node",
-            faults=["xid:79@0", "ecc:3@1", "row-remap@2"],
+            faults=["xid:79@0", "ecc:3@1", "row-remap@2", "nvlink:40@4"],
         )
         agent = Agent(config, backend)
         stop, tasks = await run_agents([agent])
@@ -87,11 +87,14 @@ async def test_sim_faults_become_suspects_in_the_report(tmp_path: Path) -> None:
             await asyncio.gather(*tasks)
     report = as_report(db)
     by_index = {r["device_index"]: r for r in report.suspects.to_dict("records")}
-    assert set(by_index) == {0, 1, 2}  # GPU 3 is healthy
+    assert set(by_index) == {0, 1, 2, 4}  # GPU 3 is healthy
     assert by_index[0]["severity"] == "critical" and "XID 79" in by_index[0]["reasons"]
     assert by_index[1]["reasons"] == "3 uncorrected ECC errors"
     assert "row remap pending" in by_index[2]["reasons"]
-    assert list(report.suspects["severity"]) == ["critical"] * 3
+    assert by_index[4]["reasons"] == "40 NVLink replays"
+    assert by_index[4]["nvlink_replay_errors_total"] == 40
+    assert by_index[4]["nvlink_recovery_errors_total"] == 0
+    assert list(report.suspects["severity"]) == ["critical"] * 3 + ["warning"]
 
 
 def test_the_software_power_cap_is_policy_not_a_suspect() -> None:

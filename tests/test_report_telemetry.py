@@ -93,7 +93,7 @@ def test_migration_from_v1_drops_the_per_device_index_and_keeps_the_data(tmp_pat
     store = SQLiteStore(path)
     _register(store, "n1", 1, ["GPU-a"])
     store.apply([_telemetry("n1", 1, 1, 0, {"GPU-a": 100.0})])
-    assert store.schema_version() == SCHEMA_VERSION == 7
+    assert store.schema_version() == SCHEMA_VERSION == 8
     indexes = {r["name"] for r in store.query("SELECT name FROM sqlite_master WHERE type='index'")}
     assert "telemetry_by_device" not in indexes
     store.close()

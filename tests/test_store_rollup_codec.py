@@ -70,6 +70,27 @@ def test_compact_chunks_give_back_every_bit() -> None:
         assert cols2[name].tobytes() == expected.tobytes(), name
 
 
+def test_compact_chunks_widen_the_bitmap_only_for_columns_past_the_32nd() -> None:
+    """Without a column past the 32nd the header is the 32-bit ``FWZ1`` one an older version
+    reads; with one (the NVLink replay counter is the 33rd) it is ``FWZ2`` with a 64-bit bitmap,
+    and every column comes back. A bitmap naming a column this version lacks is refused."""
+    ts, cols = _series(50)
+    assert pack_compact(ts, cols)[:4] == b"FWZ1"
+    assert TELEMETRY_COLUMNS[32].name == "nvlink_replay_errors_total"
+    cols["nvlink_replay_errors_total"] = np.arange(50, dtype=np.uint64)
+    cols["xid_last"] = np.full(50, 79, dtype=np.uint64)
+    blob = pack_compact(ts, cols)
+    assert blob[:4] == b"FWZ2"
+    ts2, cols2 = unpack_compact(blob)
+    assert ts2.tobytes() == ts.tobytes() and set(cols2) == set(cols)
+    assert cols2["nvlink_replay_errors_total"].tolist() == list(range(50))
+    assert cols2["xid_last"].tolist() == [79] * 50
+    unknown = bytearray(blob)
+    unknown[8:16] = (int.from_bytes(blob[8:16], "little") | 1 << 62).to_bytes(8, "little")
+    with pytest.raises(ValueError, match="does not know"):
+        unpack_compact(bytes(unknown))
+
+
 def test_compact_chunks_are_small_for_milliwatt_telemetry() -> None:
     """NVML-resolution values at 10 Hz pack to a few bytes per sample (vs 80 uncompressed)."""
     ts, cols = _series(600)

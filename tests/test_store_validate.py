@@ -99,6 +99,35 @@ def test_chunk_roundtrip_keeps_dtypes_and_absent_columns() -> None:
         unpack_chunk(b"XXXX" + blob[4:])
 
 
+def test_chunks_widen_the_bitmap_only_for_columns_past_the_32nd() -> None:
+    """Chunks of the first 32 columns keep the 32-bit ``FWT1`` header (byte-identical to what
+    an older collector sharing the store writes and reads); the NVLink replay and recovery
+    counters (the 33rd and 34th columns) need the 64-bit ``FWT2`` one. Every packer agrees, and a
+    bitmap naming a column this version lacks is refused, not misread."""
+    ts = np.array([NOW, NOW + 1], dtype=np.int64)
+    narrow = {"xid_last": np.array([79, 79], dtype=np.uint64)}
+    assert pack_chunk(ts, narrow)[:4] == b"FWT1"
+    wide = {
+        "power_instant_w": np.array([300.0, 301.0]),
+        "nvlink_replay_errors_total": np.array([4, 40], dtype=np.uint64),
+        "nvlink_recovery_errors_total": np.array([0, 1], dtype=np.uint64),
+    }
+    blob = pack_chunk(ts, wide)
+    assert blob[:4] == b"FWT2"
+    back_ts, back = unpack_chunk(blob)
+    assert back_ts.tolist() == ts.tolist() and set(back) == set(wide)
+    assert back["nvlink_replay_errors_total"].tolist() == [4, 40]
+    block = SeriesBlock.concat([DeviceSeries("GPU-w", ts, wide)])
+    row = pack_block_chunks(block)[0]
+    assert row is not None and row[4] == blob
+    unknown = bytearray(blob)
+    unknown[8:16] = (int.from_bytes(blob[8:16], "little") | 1 << 62).to_bytes(8, "little")
+    with pytest.raises(ValueError, match="does not know"):
+        unpack_chunk(bytes(unknown))
+    with pytest.raises(ValueError):
+        unpack_chunk(blob[:6])
+
+
 def _write(seq: int, digest: bytes = b"d", *, epoch: int = 1) -> MessageWrite:
     return MessageWrite("a", epoch, seq, "heartbeat", digest, NOW)
 

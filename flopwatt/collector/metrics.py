@@ -110,6 +110,8 @@ _SIMPLE_SERIES = (
     ("row_remap_failed", "flopwatt_gpu_row_remap_failed", 1.0),
     ("pcie_replay_total", "flopwatt_gpu_pcie_replays_total", 1.0),
     ("nvlink_crc_errors_total", "flopwatt_gpu_nvlink_crc_errors_total", 1.0),
+    ("nvlink_replay_errors_total", "flopwatt_gpu_nvlink_replays_total", 1.0),
+    ("nvlink_recovery_errors_total", "flopwatt_gpu_nvlink_recoveries_total", 1.0),
     ("xid_events_total", "flopwatt_gpu_xid_events_total", 1.0),
     ("xid_last", "flopwatt_gpu_xid_last", 1.0),
 )

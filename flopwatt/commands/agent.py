@@ -69,9 +69,9 @@ def _sku_choices() -> list[str]:
     "sim_faults",
     multiple=True,
     help="slow:FRACTION, power-cap:WATTS, lost-after:SECONDSs, stuck-power, xid:CODE (a "
-    "critical XID seen, e.g. xid:79), ecc:COUNT (uncorrected ECC errors) or row-remap (a row "
-    "remapped for an uncorrectable error, pending a reset), each optionally @GPU_INDEX "
-    "(repeatable).",
+    "critical XID seen, e.g. xid:79), ecc:COUNT (uncorrected ECC errors), row-remap (a row "
+    "remapped for an uncorrectable error, pending a reset) or nvlink:COUNT (NVLink replays, "
+    "SXM parts), each optionally @GPU_INDEX (repeatable).",
 )
 @click.option(
     "--sim-workload",

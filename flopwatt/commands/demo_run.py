@@ -96,7 +96,8 @@ def default_fleet(
                 workloads = DEMO_WORKLOADS[n % len(DEMO_WORKLOADS)]
                 pods = DEMO_PODS[n % len(DEMO_PODS)]
                 if n == 2:
-                    faults += ("row-remap@2",)  # a GPU with a remap pending: a suspect
+                    # A GPU with a remap pending (critical), one with a flaky NVLink (warning).
+                    faults += ("row-remap@2", "nvlink:40@6")
             nodes.append(
                 SimNode(f"{_short(sku)}-node-{n + 1}", sku, GPUS_PER_NODE, faults, workloads, pods)
             )

@@ -420,7 +420,8 @@ EXPLANATIONS: Mapping[str, str] = {
     "suspects": (
         "GPUs worth a look, most severe first. critical: a hardware XID (48, 63, 64, 74, 79, "
         "92, 94, 95…), uncorrected ECC errors, a failed row remap or one pending a reset; "
-        "warning: an application XID (13, 31, 43, 45), PCIe replays, NVLink CRC errors, rows "
+        "warning: an application XID (13, 31, 43, 45), PCIe replays, NVLink CRC errors, replays or "
+        "recoveries, rows "
         "remapped for correctable errors; performance: an outlier of its cohort "
         "(slow, hungry) or slowed by thermal, HW slowdown or power-brake throttling (not "
         "the software power cap, which is policy) for at least "

@@ -9,7 +9,8 @@ telemetry input). One row per suspect GPU, most severe first:
   off the bus, 48 = double-bit ECC, 94/95 = contained/uncontained ECC…), uncorrected ECC
   errors, a failed row remap, a row remap pending a reset;
 * ``warning`` — an application XID (13, 31, 43, 45: it names a job, not a bad GPU), PCIe
-  replays (a bad slot or riser), NVLink CRC errors, rows remapped for correctable errors;
+  replays (a bad slot or riser), NVLink CRC errors, replays or recoveries (a bad link, cable
+  or switch port), rows remapped for correctable errors;
 * ``performance`` — a robust-z outlier of its cohort (slow, hungry), or slowed by a reason that
   points at the GPU or its cooling (thermal, HW slowdown, power brake — not the software power
   cap, which is policy) for at least :data:`THROTTLED_SHARE` of the window's observed time.
@@ -49,6 +50,8 @@ SUSPECT_COLUMNS: tuple[str, ...] = (
     "row_remap_failed",
     "pcie_replay_total",
     "nvlink_crc_errors_total",
+    "nvlink_replay_errors_total",
+    "nvlink_recovery_errors_total",
     "outlier_kind",
     "throttled_ratio",
     "estimated_mfu_ratio",
@@ -139,9 +142,14 @@ def assess(
     replays = _n(health.get("pcie_replay_total"))
     if replays:
         warning.append(f"{int(replays)} PCIe replays")
-    crc = _n(health.get("nvlink_crc_errors_total"))
-    if crc:
-        warning.append(f"{int(crc)} NVLink CRC errors")
+    for column, what in (
+        ("nvlink_crc_errors_total", "NVLink CRC errors"),
+        ("nvlink_replay_errors_total", "NVLink replays"),
+        ("nvlink_recovery_errors_total", "NVLink recoveries"),
+    ):
+        count = _n(health.get(column))
+        if count:
+            warning.append(f"{int(count)} {what}")
     corr_rows = _n(health.get("remapped_rows_correctable_total"))
     if corr_rows:
         warning.append(f"{int(corr_rows)} rows remapped (correctable)")

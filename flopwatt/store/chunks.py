@@ -19,6 +19,18 @@ _LE_DTYPES = {c.name: np.dtype(c.dtype).newbyteorder("<") for c in TELEMETRY_COL
 
 CHUNK_MAGIC = b"FWT1"
 _CHUNK_HEADER = struct.Struct("<4sII")
+CHUNK_MAGIC_WIDE = b"FWT2"
+_CHUNK_HEADER_WIDE = struct.Struct("<4sIQ")
+"""The same chunk with a 64-bit column bitmap: written only when a column past the 32nd is
+present, so chunks without one stay byte-identical to those an older collector writes and
+reads (replicas of two versions share one store during a rolling upgrade)."""
+
+
+def chunk_header(n: int, bitmap: int) -> bytes:
+    """The chunk header for ``n`` samples with the columns of ``bitmap`` (narrowest that fits)."""
+    if bitmap >> 32:
+        return _CHUNK_HEADER_WIDE.pack(CHUNK_MAGIC_WIDE, n, bitmap)
+    return _CHUNK_HEADER.pack(CHUNK_MAGIC, n, bitmap)
 
 
 def pack_chunk(
@@ -27,7 +39,8 @@ def pack_chunk(
     """One device's samples as a telemetry chunk blob (the ``data`` column).
 
     Layout, little-endian: magic ``FWT1``; uint32 sample count n; uint32 bitmap of the columns
-    present (bit i ⇔ ``TELEMETRY_COLUMNS[i]``); int64[n] timestamps (ns since the Unix epoch);
+    present (bit i ⇔ ``TELEMETRY_COLUMNS[i]``) — magic ``FWT2`` and a uint64 bitmap where a
+    column past the 32nd is present; int64[n] timestamps (ns since the Unix epoch);
     then each present column's n values in ``TELEMETRY_COLUMNS`` order, in its own dtype.
     One blob per row keeps inserts several times cheaper than a column per array.
     """
@@ -39,7 +52,7 @@ def pack_chunk(
         if col is not None:
             bitmap |= 1 << i
             parts.append(col.astype(_LE_DTYPES[spec.name], copy=False).tobytes())
-    parts[0] = _CHUNK_HEADER.pack(CHUNK_MAGIC, n, bitmap)
+    parts[0] = chunk_header(n, bitmap)
     return b"".join(parts)
 
 
@@ -58,9 +71,8 @@ def pack_raw_chunk_rows(
     writer stores them without decoding. The caller has checked every length against
     ``samples`` and supplies each series' first and last timestamp (ns).
     """
-    header = _CHUNK_HEADER.pack
     return [
-        (s[0], a, b, n, b"".join((header(CHUNK_MAGIC, n, bitmap), *s[1:])))
+        (s[0], a, b, n, b"".join((chunk_header(n, bitmap), *s[1:])))
         for s, n, a, b in zip(series, samples, firsts_unix_ns, lasts_unix_ns, strict=True)
     ]
 
@@ -93,11 +105,10 @@ def pack_block_chunks(block: SeriesBlock) -> list[ChunkRow | None]:
         # the rows of one byte matrix, a few array copies for the whole block.
         n = per_device
         widths = [8 * n] + [col.dtype.itemsize * n for _, col in present]
-        matrix = np.empty((n_dev, _CHUNK_HEADER.size + sum(widths)), dtype=np.uint8)
-        matrix[:, : _CHUNK_HEADER.size] = np.frombuffer(
-            _CHUNK_HEADER.pack(CHUNK_MAGIC, n, bitmap), np.uint8
-        )
-        pos = _CHUNK_HEADER.size
+        head = chunk_header(n, bitmap)
+        matrix = np.empty((n_dev, len(head) + sum(widths)), dtype=np.uint8)
+        matrix[:, : len(head)] = np.frombuffer(head, np.uint8)
+        pos = len(head)
         for arr, width in zip([ts_all] + [col for _, col in present], widths, strict=True):
             matrix[:, pos : pos + width] = arr.view(np.uint8).reshape(n_dev, width)
             pos += width
@@ -112,10 +123,9 @@ def pack_block_chunks(block: SeriesBlock) -> list[ChunkRow | None]:
     starts = np.array([bounds[d] for d in nonempty], dtype=np.int64)
     firsts = np.minimum.reduceat(ts_all, starts).tolist()
     lasts = np.maximum.reduceat(ts_all, starts).tolist()
-    header = _CHUNK_HEADER.pack
     for k, d in enumerate(nonempty):
         a, b = bounds[d], bounds[d + 1]
-        parts = [header(CHUNK_MAGIC, b - a, bitmap), ts_bytes[8 * a : 8 * b]]
+        parts = [chunk_header(b - a, bitmap), ts_bytes[8 * a : 8 * b]]
         parts += [raw[a * size : b * size] for raw, size in packed]
         out[d] = (block.device_uuids[d], firsts[k], lasts[k], b - a, b"".join(parts))
     return out
@@ -127,10 +137,19 @@ def unpack_chunk(blob: bytes) -> tuple[np.ndarray[Any, Any], dict[str, np.ndarra
     Raises:
         ValueError: not a telemetry chunk, or truncated.
     """
-    magic, n, bitmap = _CHUNK_HEADER.unpack_from(blob)
-    if magic != CHUNK_MAGIC:
+    if len(blob) < _CHUNK_HEADER.size:
+        raise ValueError("telemetry chunk is truncated")
+    magic = bytes(blob[:4])
+    if magic == CHUNK_MAGIC:
+        _, n, bitmap = _CHUNK_HEADER.unpack_from(blob)
+        offset = _CHUNK_HEADER.size
+    elif magic == CHUNK_MAGIC_WIDE and len(blob) >= _CHUNK_HEADER_WIDE.size:
+        _, n, bitmap = _CHUNK_HEADER_WIDE.unpack_from(blob)
+        offset = _CHUNK_HEADER_WIDE.size
+    else:
         raise ValueError("not a flopwatt telemetry chunk")
-    offset = _CHUNK_HEADER.size
+    if bitmap >> len(TELEMETRY_COLUMNS):
+        raise ValueError("telemetry chunk names a column this version does not know")
     ts = np.frombuffer(blob, dtype="<i8", count=n, offset=offset)
     offset += 8 * n
     columns = {}

@@ -335,6 +335,10 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX gpu_attribution_by_end ON gpu_attribution (end_unix_ns)",
         ),
     ),
+    # No DDL: telemetry chunks may now carry a 64-bit column bitmap (``FWT2``/``FWZ2``, for
+    # the NVLink replay and recovery counters). An older flopwatt cannot read those, so the
+    # version makes it refuse the store at start ("newer than this flopwatt") instead.
+    (8, ()),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -75,6 +75,8 @@ class Snapshot:
     nvlink_crc_errors_total: int | None = None
     xid_events_total: int | None = None
     xid_last: int | None = None
+    nvlink_replay_errors_total: int | None = None
+    nvlink_recovery_errors_total: int | None = None
 
     def available(self) -> frozenset[str]:
         """Names of the readings present in this snapshot (timestamp excluded)."""

@@ -231,7 +231,7 @@ NVML_ERROR_TABLE: Mapping[str, type[DeviceError]] = MappingProxyType(
 UNRESPONSIVE_TICKS = 3
 
 HEALTH_INTERVAL_S = 5.0
-"""How often the health counters (ECC, row remapping, PCIe replays, NVLink CRC, XID) are read;
+"""How often the health counters (ECC, row remapping, PCIe replays, NVLink errors, XID) are read;
 between reads the last values are repeated (s)."""
 
 
@@ -281,7 +281,9 @@ class _Constants:
     ecc_uncorrected: int
     ecc_volatile: int
     event_xid: int | None
-    nvlink_crc: int | None
+    nvlink_counters: tuple[tuple[str, int], ...]
+    """(telemetry column, NVML_NVLINK_ERROR_DL_* counter) for each per-link error counter the
+    module names: CRC flit errors, replays, recoveries."""
     nvlink_max_links: int
 
     @classmethod
@@ -335,7 +337,15 @@ class _Constants:
             ecc_uncorrected=need("NVML_MEMORY_ERROR_TYPE_UNCORRECTED"),
             ecc_volatile=need("NVML_VOLATILE_ECC"),
             event_xid=maybe("nvmlEventTypeXidCriticalError"),
-            nvlink_crc=maybe("NVML_NVLINK_ERROR_DL_CRC_FLIT"),
+            nvlink_counters=tuple(
+                (column, counter)
+                for column, name in (
+                    ("nvlink_crc_errors_total", "NVML_NVLINK_ERROR_DL_CRC_FLIT"),
+                    ("nvlink_replay_errors_total", "NVML_NVLINK_ERROR_DL_REPLAY"),
+                    ("nvlink_recovery_errors_total", "NVML_NVLINK_ERROR_DL_RECOVERY"),
+                )
+                if (counter := maybe(name)) is not None
+            ),
             nvlink_max_links=maybe("NVML_NVLINK_MAX_LINKS") or 18,
         )
 
@@ -1044,15 +1054,17 @@ class NvmlDevice:
             n = self._read(tick, "pcie_replay", self._replay_fn, h)
             if n is not None:
                 out["pcie_replay_total"] = int(n)
-        if self._nvlinks and self._nvlink_fn is not None and c.nvlink_crc is not None:
-            total = 0
-            for link in self._nvlinks:
-                n = self._read(tick, "nvlink_errors", self._nvlink_fn, h, link, c.nvlink_crc)
-                if n is None:
-                    break
-                total += int(n)
-            else:
-                out["nvlink_crc_errors_total"] = total
+        if self._nvlinks and self._nvlink_fn is not None:
+            for column, counter in c.nvlink_counters:
+                # A sum over some links only would read as a drop: all links, or absent.
+                total = 0
+                for link in self._nvlinks:
+                    n = self._read(tick, "nvlink_errors", self._nvlink_fn, h, link, counter)
+                    if n is None:
+                        break
+                    total += int(n)
+                else:
+                    out[column] = total
         if self._xid_set is not None:
             self._drain_xids()
             out["xid_events_total"] = sum(self._xid_counts.values())
@@ -1063,9 +1075,9 @@ class NvmlDevice:
         return dict(out)
 
     def _probe_health_counters(self) -> None:
-        """Row remapping (Ampere and newer), the PCIe replay counter and NVLink CRC flit errors
-        (per link: every link that answers at probe is summed; one call per possible link, at
-        probe only)."""
+        """Row remapping (Ampere and newer), the PCIe replay counter and the NVLink error
+        counters: CRC flit errors, replays, recoveries (per link: every link whose first
+        counter answers at probe is summed; one call per possible link, at probe only)."""
         c, h = self._c, self._handle
         self._remap_fn = self._nvml.optional("nvmlDeviceGetRemappedRows")
         if self._remap_fn is not None:
@@ -1076,11 +1088,12 @@ class NvmlDevice:
         if self._replay_fn is not None:
             self._probe_reading("pcie_replay", self._replay_fn, h)
         self._nvlink_fn = self._nvml.optional("nvmlDeviceGetNvLinkErrorCounter")
-        if self._nvlink_fn is None or c.nvlink_crc is None:
+        if self._nvlink_fn is None or not c.nvlink_counters:
             return
+        first_counter = c.nvlink_counters[0][1]
         for link in range(c.nvlink_max_links):
             try:
-                self._nvml.call(self._nvlink_fn, h, link, c.nvlink_crc)
+                self._nvml.call(self._nvlink_fn, h, link, first_counter)
             except (DeviceLost, BackendUnavailable):
                 raise
             except DeviceError:

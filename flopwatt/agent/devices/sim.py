@@ -444,7 +444,7 @@ class SimFault:
 
 def parse_fault(text: str) -> SimFault:
     """Parse ``KIND[:ARG][@INDEX]`` (``slow:0.85@2``, ``power-cap:350``, ``lost-after:30s``,
-    ``stuck-power@1``, ``xid:79@2``, ``ecc:3``, ``row-remap@5``).
+    ``stuck-power@1``, ``xid:79@2``, ``ecc:3``, ``row-remap@5``, ``nvlink:40@3``).
 
     Raises:
         ValueError: unknown kind or bad argument (the message lists what is accepted).
@@ -457,7 +457,7 @@ def parse_fault(text: str) -> SimFault:
         raise ValueError(f"bad GPU index in fault {text!r}") from None
     accepted = (
         "slow:FRACTION, power-cap:WATTS, lost-after:SECONDSs, stuck-power, xid:CODE, "
-        "ecc:COUNT, row-remap (each @INDEX)"
+        "ecc:COUNT, row-remap, nvlink:COUNT (each @INDEX)"
     )
     if kind == "slow":
         value = _number(arg, text)
@@ -486,6 +486,11 @@ def parse_fault(text: str) -> SimFault:
         return SimFault("ecc", count, index)
     if kind == "row-remap" and not arg:
         return SimFault("row-remap", None, index)
+    if kind == "nvlink":
+        count = _number(arg, text)
+        if count != int(count) or count <= 0:
+            raise ValueError(f"nvlink needs a whole count of link replays > 0, got {arg!r}")
+        return SimFault("nvlink", count, index)
     raise ValueError(f"unknown sim fault {text!r}; accepted: {accepted}")
 
 
@@ -565,6 +570,7 @@ class SimDevice:
         self._xid_last: int | None = None
         self._xid_events = 0
         self._ecc_uncorrected = 0
+        self._nvlink_replays = 0
         self._remapped_uncorrectable = 0
         self._remap_pending = 0
         for f in faults:
@@ -590,6 +596,10 @@ class SimDevice:
             elif f.kind == "row-remap":
                 self._remapped_uncorrectable += 1
                 self._remap_pending = 1
+            elif f.kind == "nvlink" and f.value is not None:
+                if "SXM" not in spec.sku:
+                    raise ValueError(f"an nvlink fault needs an SXM part; the {spec.sku} has none")
+                self._nvlink_replays += int(f.value)
         uid = uuidlib.UUID(bytes=self._rng.bytes(16), version=4)
         # The spread follows the device (its UUID), not the run: the same GPU is the same draw of
         # silicon every time. Tests inject NOMINAL to see the cited figures exactly.
@@ -758,9 +768,9 @@ class SimDevice:
         return _Load(Precision.BF16, min(1.0, workload.mfu_ratio * peak.flops_per_s / achievable))
 
     def _health(self) -> dict[str, int]:
-        """Health counters: zero on a healthy GPU, as ``xid:``, ``ecc:`` and ``row-remap``
-        faults set them. Row remapping exists from Ampere on, ECC counters on data-center parts
-        (every simulated SKU), NVLink on SXM parts."""
+        """Health counters: zero on a healthy GPU, as ``xid:``, ``ecc:``, ``row-remap`` and
+        ``nvlink:`` (link replays) faults set them. Row remapping exists from Ampere on, ECC
+        counters on data-center parts (every simulated SKU), NVLink on SXM parts."""
         out = {
             "ecc_corrected_volatile_total": 0,
             "ecc_uncorrected_volatile_total": self._ecc_uncorrected,
@@ -776,6 +786,8 @@ class SimDevice:
             out["row_remap_failed"] = 0
         if "SXM" in self.spec.sku:
             out["nvlink_crc_errors_total"] = 0
+            out["nvlink_replay_errors_total"] = self._nvlink_replays
+            out["nvlink_recovery_errors_total"] = 0
         return out
 
     @property
