@@ -16,6 +16,7 @@ the rule files; ``docker-compose.yml`` mounts the rules where ``prometheus.yml``
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import re
 import shutil
@@ -29,8 +30,14 @@ from typing import Any
 import pytest
 import yaml
 
+from flopwatt.agent.agent import Agent, AgentConfig
+from flopwatt.agent.devices.sim import SimBackend
 from flopwatt.analysis.throttle import LIMITING_REASONS, ThrottleReason
+from flopwatt.channel import ClientCredentials
 from flopwatt.metrics_spec import BY_NAME, GPU_LABELS, MetricType
+from tests.collector_helpers import collector
+from tests.prometheus_helpers import query, requires_prometheus, run_prometheus, wait_for_query
+from tests.test_agent_e2e import run_agents
 
 ROOT = Path(__file__).resolve().parent.parent
 PROM_DIR = ROOT / "deploy" / "prometheus"
@@ -265,3 +272,61 @@ def test_compose_mounts_the_rules_where_prometheus_loads_them() -> None:
         target, source = bind
         loaded.update(source.glob(str(in_container.relative_to(target))))
     assert loaded == {p.resolve() for p in RULE_FILES}
+
+
+# --- the health alerts on a real collector's series, in a real Prometheus ----------------------
+
+
+@pytest.mark.prometheus
+@pytest.mark.slow
+@requires_prometheus
+async def test_health_alert_expressions_name_the_sick_gpus_on_real_series(tmp_path: Path) -> None:
+    """Sim faults through a real agent, collector and Prometheus: each health alert's ``expr``,
+    evaluated as Prometheus evaluates it, names exactly the GPU its fault hit. The XID seen
+    before the first scrape counts (the series is first seen above 0); an application XID
+    (13) does not alert; the NVLink count that is already 40 at the first scrape is an old,
+    steady count and does not alert as rising."""
+    faults = ["xid:79@0", "ecc:3@1", "row-remap@2", "nvlink:40@3", "xid:13@4"]
+    expected = {
+        "FlopwattGpuHardwareXid": {"0": 79.0},
+        "FlopwattGpuUncorrectedEcc": {"1": 3.0},
+        "FlopwattGpuRowRemapPending": {"2": 1.0},
+        "FlopwattGpuRowRemapFailed": {},
+        "FlopwattGpuNvlinkErrorsRising": {},
+        "FlopwattGpuPcieReplaysRising": {},
+    }
+    alerts = _alerts()
+    async with collector(tmp_path) as c:
+        prom_cm = run_prometheus(tmp_path, [f"{c.http_host}:{c.http_port}"], interval_s=1)
+        base = await asyncio.to_thread(prom_cm.__enter__)
+        try:
+            config = AgentConfig(
+                hostname="sick-node",
+                collector=ClientCredentials(c.grpc_address),
+                spool_path=tmp_path / "spool.db",
+                interval_s=0.1,
+                batch_interval_s=0.5,
+            )
+            backend = SimBackend.from_options(
+                sku="H100-SXM5-80GB", gpus=6, host="sick-node", faults=faults
+            )
+            stop, tasks = await run_agents([Agent(config, backend)])
+            try:
+                replays = await asyncio.to_thread(
+                    wait_for_query, base, 'flopwatt_gpu_nvlink_replays_total{gpu_index="3"}', 30
+                )
+                assert float(replays[0]["value"][1]) == 40.0
+                await asyncio.sleep(3)  # a few scrapes of the steady counters
+                got: dict[str, dict[str, float]] = {}
+                for name in expected:
+                    rows = await asyncio.to_thread(query, base, alerts[name]["expr"])
+                    got[name] = {r["metric"]["gpu_index"]: float(r["value"][1]) for r in rows}
+                    for r in rows:
+                        assert r["metric"]["hostname"] == "sick-node"
+                        assert r["metric"]["device_kind"] == "gpu"
+                assert got == expected
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks)
+        finally:
+            await asyncio.to_thread(prom_cm.__exit__, None, None, None)
