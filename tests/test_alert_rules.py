@@ -12,6 +12,9 @@ and runbook annotations; every ``flopwatt_*`` metric the rules use is in
 with ``device_kind="gpu"``; the throttle reasons are the project's limiting reasons;
 ``deploy/k8s/prometheusrule.yaml`` is exactly what ``scripts/gen_prometheusrule.py`` makes of
 the rule files; ``docker-compose.yml`` mounts the rules where ``prometheus.yml`` looks for them.
+
+Live: each GPU-health alert's expression, evaluated on a real Prometheus scraping a real
+collector fed by a sim agent with health faults, names exactly the GPU its fault hit.
 """
 
 from __future__ import annotations

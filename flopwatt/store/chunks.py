@@ -4,13 +4,13 @@ telemetry (the report, the fault suite's ledger) uses these functions."""
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from flopwatt.records import TELEMETRY_COLUMNS, SeriesBlock
+from flopwatt.store.column_header import pack_column_header, unpack_column_header
 
 ChunkRow = tuple[str, int, int, int, bytes]
 """One device's stored chunk: (device uuid, first and last timestamp ns, samples, blob)."""
@@ -18,19 +18,14 @@ ChunkRow = tuple[str, int, int, int, bytes]
 _LE_DTYPES = {c.name: np.dtype(c.dtype).newbyteorder("<") for c in TELEMETRY_COLUMNS}
 
 CHUNK_MAGIC = b"FWT1"
-_CHUNK_HEADER = struct.Struct("<4sII")
 CHUNK_MAGIC_WIDE = b"FWT2"
-_CHUNK_HEADER_WIDE = struct.Struct("<4sIQ")
-"""The same chunk with a 64-bit column bitmap: written only when a column past the 32nd is
-present, so chunks without one stay byte-identical to those an older collector writes and
-reads (replicas of two versions share one store during a rolling upgrade)."""
+"""The same chunk with a 64-bit column bitmap (see :mod:`flopwatt.store.column_header`)."""
+_WHAT = "telemetry chunk"
 
 
 def chunk_header(n: int, bitmap: int) -> bytes:
     """The chunk header for ``n`` samples with the columns of ``bitmap`` (narrowest that fits)."""
-    if bitmap >> 32:
-        return _CHUNK_HEADER_WIDE.pack(CHUNK_MAGIC_WIDE, n, bitmap)
-    return _CHUNK_HEADER.pack(CHUNK_MAGIC, n, bitmap)
+    return pack_column_header(CHUNK_MAGIC, CHUNK_MAGIC_WIDE, n, bitmap)
 
 
 def pack_chunk(
@@ -137,19 +132,7 @@ def unpack_chunk(blob: bytes) -> tuple[np.ndarray[Any, Any], dict[str, np.ndarra
     Raises:
         ValueError: not a telemetry chunk, or truncated.
     """
-    if len(blob) < _CHUNK_HEADER.size:
-        raise ValueError("telemetry chunk is truncated")
-    magic = bytes(blob[:4])
-    if magic == CHUNK_MAGIC:
-        _, n, bitmap = _CHUNK_HEADER.unpack_from(blob)
-        offset = _CHUNK_HEADER.size
-    elif magic == CHUNK_MAGIC_WIDE and len(blob) >= _CHUNK_HEADER_WIDE.size:
-        _, n, bitmap = _CHUNK_HEADER_WIDE.unpack_from(blob)
-        offset = _CHUNK_HEADER_WIDE.size
-    else:
-        raise ValueError("not a flopwatt telemetry chunk")
-    if bitmap >> len(TELEMETRY_COLUMNS):
-        raise ValueError("telemetry chunk names a column this version does not know")
+    n, bitmap, offset = unpack_column_header(blob, CHUNK_MAGIC, CHUNK_MAGIC_WIDE, _WHAT)
     ts = np.frombuffer(blob, dtype="<i8", count=n, offset=offset)
     offset += 8 * n
     columns = {}

@@ -20,7 +20,6 @@ was given.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,14 +28,12 @@ import numpy.typing as npt
 import zstandard
 
 from flopwatt.records import TELEMETRY_COLUMNS
+from flopwatt.store.column_header import pack_column_header, unpack_column_header
 
 PACKED_MAGIC = b"FWZ1"
-_HEADER = struct.Struct("<4sII")
-"""magic, sample count, bitmap of present columns (bit i ⇔ ``TELEMETRY_COLUMNS[i]``)."""
 PACKED_MAGIC_WIDE = b"FWZ2"
-_HEADER_WIDE = struct.Struct("<4sIQ")
-"""The same with a 64-bit bitmap, written only when a column past the 32nd is present (chunks
-without one stay readable by an older version sharing the store)."""
+"""Header magics: 32-bit and 64-bit column bitmaps (see :mod:`flopwatt.store.column_header`)."""
+_WHAT = "compact telemetry chunk"
 
 RAW, DELTA, SCALED, XOR = 0, 1, 2, 3
 SCALES = (1, 10, 100, 1000)
@@ -203,11 +200,7 @@ def pack_compact(
         codes += bytes((code, k))
         parts.append(shuffle(words))
     body = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(b"".join(parts))
-    head = (
-        _HEADER_WIDE.pack(PACKED_MAGIC_WIDE, n, bitmap)
-        if bitmap >> 32
-        else _HEADER.pack(PACKED_MAGIC, n, bitmap)
-    )
+    head = pack_column_header(PACKED_MAGIC, PACKED_MAGIC_WIDE, n, bitmap)
     return head + bytes(codes) + body
 
 
@@ -219,17 +212,7 @@ def unpack_compact(
     Raises:
         ValueError: not a compact chunk, or corrupt.
     """
-    magic = bytes(blob[:4])
-    if magic == PACKED_MAGIC and len(blob) >= _HEADER.size:
-        _, n, bitmap = _HEADER.unpack_from(blob)
-        codes_at = _HEADER.size
-    elif magic == PACKED_MAGIC_WIDE and len(blob) >= _HEADER_WIDE.size:
-        _, n, bitmap = _HEADER_WIDE.unpack_from(blob)
-        codes_at = _HEADER_WIDE.size
-    else:
-        raise ValueError("not a flopwatt compact telemetry chunk")
-    if bitmap >> len(TELEMETRY_COLUMNS):
-        raise ValueError("compact telemetry chunk names a column this version does not know")
+    n, bitmap, codes_at = unpack_column_header(blob, PACKED_MAGIC, PACKED_MAGIC_WIDE, _WHAT)
     present = [spec for i, spec in enumerate(TELEMETRY_COLUMNS) if bitmap & (1 << i)]
     body_at = codes_at + 2 * len(present)
     try:
